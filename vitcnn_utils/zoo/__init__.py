@@ -1,0 +1,101 @@
+"""The project's own trained models on Fashion-MNIST ("the zoo"), shipped as safetensors in this folder.
+
+``load("vit-cls")`` (or ``models.load_model("zoo:vit-cls")``) rebuilds the architecture recorded in
+``manifest.json``, checks the weights file's sha256 against the manifest, and loads it. ``python -m
+vitcnn_utils.zoo`` trains the whole zoo (see :mod:`vitcnn_utils.zoo.__main__`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..models import build_architecture
+from ..train import Recipe
+
+ZOO_DIR = Path(__file__).resolve().parent
+MANIFEST = ZOO_DIR / "manifest.json"
+
+VIT = {"kind": "vit", "patch_size": 4, "embed_dim": 128, "depth": 6, "num_heads": 4, "mlp_ratio": 2.0}
+RESNET = {"kind": "resnet", "layers": [1, 2, 2, 1], "channels": [16, 32, 64, 128], "stem_width": 64}
+VIT_EPOCHS, RESNET_EPOCHS = 10, 5
+FRACTIONS = (0.03, 0.10, 0.30)
+NO_SKIP_BLOCKS = (1, 3, 5)  # early, middle, late of 6 blocks (0-based)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to train: an architecture dict, the fraction of the 60,000 training images, a recipe, a seed."""
+    arch: dict
+    fraction: float
+    recipe: Recipe
+    seed: int = 0
+
+
+def _fraction_epochs(full_epochs: int, fraction: float) -> int:
+    # Small-data models get the optimisation steps of the 30% model (= full_epochs epochs of 30% of the data):
+    # enough steps to fit their data, at a fixed compute budget.
+    return round(full_epochs * 0.30 / fraction)
+
+
+def _specs() -> dict[str, Spec]:
+    specs = {
+        "vit-cls": Spec({**VIT, "pool": "cls"}, 1.0, Recipe(VIT_EPOCHS)),
+        "vit-gap": Spec({**VIT, "pool": "gap"}, 1.0, Recipe(VIT_EPOCHS)),
+        "resnet": Spec(dict(RESNET), 1.0, Recipe(RESNET_EPOCHS)),
+    }
+    for fraction in FRACTIONS:
+        tag = f"f{round(fraction * 100):02d}"
+        specs[f"vit-cls-{tag}"] = Spec({**VIT, "pool": "cls"}, fraction,
+                                       Recipe(_fraction_epochs(VIT_EPOCHS, fraction)))
+        specs[f"resnet-{tag}"] = Spec(dict(RESNET), fraction, Recipe(_fraction_epochs(RESNET_EPOCHS, fraction)))
+    for block in NO_SKIP_BLOCKS:
+        specs[f"vit-cls-noskip{block}"] = Spec({**VIT, "pool": "cls", "no_skip_blocks": [block]}, 1.0,
+                                               Recipe(VIT_EPOCHS))
+    return specs
+
+
+SPECS = _specs()
+
+
+def manifest() -> dict:
+    """The manifest: ``{name: entry}`` for every trained model shipped here."""
+    if not MANIFEST.is_file():
+        return {}
+    return json.loads(MANIFEST.read_text())
+
+
+def available() -> list[str]:
+    """Names of the trained models shipped with this installation."""
+    return sorted(manifest())
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load(name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A trained zoo model, in eval mode, with its manifest entry as ``model.zoo_entry``."""
+    entries = manifest()
+    if name not in entries:
+        raise ValueError(f"no zoo model named {name!r}; available: {', '.join(sorted(entries)) or '(none)'}")
+    entry = entries[name]
+    path = ZOO_DIR / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"zoo weights {path} are missing (reinstall the package or retrain: "
+                                f"python -m vitcnn_utils.zoo --only {name})")
+    digest = sha256(path)
+    if digest != entry["sha256"]:
+        raise ValueError(f"checksum mismatch for {path}: sha256 {digest}, manifest says {entry['sha256']}")
+    model = build_architecture(entry["arch"])
+    model.load_state_dict(load_file(path))
+    model.zoo_entry = entry
+    return model.eval().to(device)
