@@ -1,0 +1,272 @@
+"""CKA against an independent float64 NumPy reference (Song et al. 2012's unbiased HSIC, written out)."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from vitcnn_utils.cka import MinibatchCKA, linear_cka, split_heatmap, u_centre_
+
+
+# ---- reference: the formulas, in float64 NumPy, no shared code with the package --------------------------
+def hsic_unbiased_ref(K, L):
+    """HSIC_1 = [tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)), K~ = K, zero diagonal."""
+    n = K.shape[0]
+    Kt, Lt = K.copy(), L.copy()
+    np.fill_diagonal(Kt, 0.0)
+    np.fill_diagonal(Lt, 0.0)
+    one = np.ones(n)
+    return (np.trace(Kt @ Lt) + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (one @ Kt @ Lt @ one)) / (n * (n - 3))
+
+
+def hsic_biased_ref(K, L):
+    n = K.shape[0]
+    H = np.eye(n) - np.ones((n, n)) / n
+    return np.trace(K @ H @ L @ H) / (n - 1) ** 2
+
+
+def gram(x):
+    """Linear Gram matrix of (n, ...) features, after subtracting the FIRST example from all of them: HSIC is
+    exactly invariant to a shared offset (test_offset_invariance_is_exact), and without it the explicit
+    formula cancels terms of ~n^3 K^2 in float64 when the features carry a large common offset."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    x = x - x[:1]
+    return x @ x.T
+
+
+def minibatch_cka_ref(xs, ys, splits):
+    """Nguyen et al. eq. 3: sums of per-batch unbiased HSIC, combined once."""
+    xy = xx = yy = 0.0
+    start = 0
+    for size in splits:
+        K, L = gram(xs[start:start + size]), gram(ys[start:start + size])
+        xy, xx, yy = xy + hsic_unbiased_ref(K, L), xx + hsic_unbiased_ref(K, K), yy + hsic_unbiased_ref(L, L)
+        start += size
+    return xy / math.sqrt(xx * yy)
+
+
+def structured(n, seed, tokens=9, dim=6, pos_scale=3.0):
+    """Token representations: per-example content + a positional component shared by every example,
+    and a second representation that is a noisy non-linear function of the first."""
+    rng = np.random.default_rng(seed)
+    content = rng.normal(size=(n, tokens, dim))
+    position = pos_scale * rng.normal(size=(1, tokens, dim))
+    x = content + position
+    w = rng.normal(size=(dim, 2 * dim))
+    y = np.tanh(x @ w) + 0.3 * rng.normal(size=(n, tokens, 2 * dim))
+    return x, y
+
+
+# ---- one pair, one batch ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e3])
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_unbiased_matches_reference_at_extreme_scales(scale, offset):
+    x, y = structured(64, seed=0)
+    x, y = scale * x + offset, scale * y - offset
+    ref = hsic_unbiased_ref(gram(x), gram(y)) / math.sqrt(hsic_unbiased_ref(gram(x), gram(x))
+                                                          * hsic_unbiased_ref(gram(y), gram(y)))
+    got = linear_cka(torch.from_numpy(x), torch.from_numpy(y), unbiased=True)
+    assert 0.2 < ref < 0.99  # a non-trivial value
+    assert abs(got - ref) <= 1e-6
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e3])
+def test_biased_matches_reference(scale):
+    x, y = structured(50, seed=1)
+    x, y = scale * x, y / scale
+    ref = hsic_biased_ref(gram(x), gram(y)) / math.sqrt(hsic_biased_ref(gram(x), gram(x))
+                                                        * hsic_biased_ref(gram(y), gram(y)))
+    assert abs(linear_cka(torch.from_numpy(x), torch.from_numpy(y)) - ref) <= 1e-6
+
+
+def test_float32_inputs_with_offset_match_float64_reference():
+    x, y = structured(128, seed=2)
+    x32, y32 = torch.from_numpy(x + 500.0).float(), torch.from_numpy(y * 1e3).float()
+    xr, yr = x32.double().numpy(), y32.double().numpy()   # the reference sees exactly the same values
+    ref = minibatch_cka_ref(xr, yr, [128])
+    assert abs(linear_cka(x32, y32, unbiased=True) - ref) <= 1e-6
+
+
+def test_offset_invariance_is_exact():
+    """In exact rational arithmetic, Song's HSIC_1 of shifted features equals that of the originals."""
+    from fractions import Fraction
+    rng = np.random.default_rng(12)
+    x = [[Fraction(int(v)) for v in row] for row in rng.integers(-9, 9, size=(7, 3))]
+    y = [[Fraction(int(v)) for v in row] for row in rng.integers(-9, 9, size=(7, 2))]
+    shift_x, shift_y = [Fraction(1001, 3), Fraction(-7, 2), Fraction(50)], [Fraction(13), Fraction(-1, 7)]
+
+    def hsic(a, b):
+        n = len(a)
+        K = [[sum(p * q for p, q in zip(a[i], a[j])) if i != j else 0 for j in range(n)] for i in range(n)]
+        L = [[sum(p * q for p, q in zip(b[i], b[j])) if i != j else 0 for j in range(n)] for i in range(n)]
+        KL = [[sum(K[i][k] * L[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
+        return (sum(KL[i][i] for i in range(n)) + sum(map(sum, K)) * sum(map(sum, L)) / ((n - 1) * (n - 2))
+                - Fraction(2, n - 2) * sum(map(sum, KL))) / (n * (n - 3))
+
+    shifted_x = [[v + s for v, s in zip(row, shift_x)] for row in x]
+    shifted_y = [[v + s for v, s in zip(row, shift_y)] for row in y]
+    assert hsic(shifted_x, shifted_y) == hsic(x, y) and hsic(x, y) != 0
+
+
+def test_u_centring_equals_song_formula():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(12, 5)), rng.normal(size=(12, 7))
+    K, L = gram(a), gram(b)
+    stack = u_centre_(torch.from_numpy(np.stack([K, L])))
+    n = 12
+    assert abs((stack[0] * stack[1]).sum().item() / (n * (n - 3)) - hsic_unbiased_ref(K, L)) < 1e-12
+
+
+# ---- invariances and anchors --------------------------------------------------------------------------------
+def test_orthogonal_and_isotropic_scaling_invariance():
+    x, y = structured(80, seed=5)
+    x, y = torch.from_numpy(x.reshape(80, -1)), torch.from_numpy(y.reshape(80, -1))
+    q, _ = torch.linalg.qr(torch.randn(x.shape[1], x.shape[1], dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(0)))
+    for unbiased in (False, True):
+        base = linear_cka(x, y, unbiased)
+        assert abs(linear_cka(x @ q, y, unbiased) - base) < 1e-10
+        assert abs(linear_cka(37.5 * x, 1e-4 * y, unbiased) - base) < 1e-10
+
+
+def test_self_similarity_is_one():
+    x = torch.randn(40, 3, 5, generator=torch.Generator().manual_seed(6))
+    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert linear_cka(x, x, unbiased=True) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_unbiased_cka_of_independent_features_is_near_zero_and_can_be_negative():
+    values, biased = [], []
+    for seed in range(12):
+        gen = torch.Generator().manual_seed(seed)
+        x, y = torch.randn(200, 100, generator=gen), torch.randn(200, 100, generator=gen)
+        values.append(linear_cka(x, y, unbiased=True))
+        biased.append(linear_cka(x, y))
+    assert max(abs(v) for v in values) < 0.02
+    assert min(values) < 0                      # never clamped to [0, 1]
+    assert min(biased) > 0.3                    # the biased estimator is far from 0 at d/n = 0.5
+
+
+# ---- minibatch accumulation ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("splits", [[96], [48, 48], [24, 24, 24, 24], [40, 31, 25]])
+def test_minibatch_equals_reference_for_batch_splits(splits):
+    x, y = structured(96, seed=7)
+    z = np.sin(x) * 1e3                          # a third layer, on another scale
+    cka = MinibatchCKA()
+    start = 0
+    for size in splits:                          # the last split of [40, 31, 25] is ragged
+        sl = slice(start, start + size)
+        cka.update({"x": torch.from_numpy(x[sl]), "z": torch.from_numpy(z[sl])}, [torch.from_numpy(y[sl])])
+        start += size
+    got = cka.compute()
+    assert got.dtype == torch.float64 and got.shape == (2, 1)
+    assert abs(got[0, 0].item() - minibatch_cka_ref(x, y, splits)) <= 1e-6
+    assert abs(got[1, 0].item() - minibatch_cka_ref(z, y, splits)) <= 1e-6
+    assert cka.num_examples == 96 and cka.num_batches == len(splits)
+
+
+def test_minibatch_is_not_a_mean_of_per_batch_cka():
+    x, y = structured(64, seed=8)
+    y[:16] *= 50.0                               # one batch with a much larger HSIC
+    splits = [16, 16, 16, 16]
+    per_batch = np.mean([minibatch_cka_ref(x[i:i + 16], y[i:i + 16], [16]) for i in range(0, 64, 16)])
+    cka = MinibatchCKA()
+    for i in range(0, 64, 16):
+        cka.update([torch.from_numpy(x[i:i + 16])], [torch.from_numpy(y[i:i + 16])])
+    got = cka.compute().item()
+    assert abs(got - minibatch_cka_ref(x, y, splits)) <= 1e-6
+    assert abs(got - per_batch) > 1e-3
+
+
+def test_all_pairs_within_and_across_from_one_update():
+    rng = np.random.default_rng(9)
+    a = [rng.normal(size=(32, 4, 3)) for _ in range(3)]
+    b = [np.tanh(a[0].reshape(32, -1) @ rng.normal(size=(12, 8))), rng.normal(size=(32, 5))]
+    splits = [12, 10, 10]
+    bounds = np.cumsum([0] + splits)
+
+    def batches(arrs):
+        return [[torch.from_numpy(v[s:e]) for v in arrs] for s, e in zip(bounds[:-1], bounds[1:])]
+
+    joint, cross = MinibatchCKA(), MinibatchCKA()
+    for feats_ab, feats_a, feats_b in zip(batches(a + b), batches(a), batches(b)):
+        joint.update(feats_ab)
+        cross.update(feats_a, feats_b)
+    aa, bb, ab = split_heatmap(joint.compute(), 3)
+    for i in range(3):
+        for j in range(3):
+            assert abs(aa[i, j].item() - minibatch_cka_ref(a[i], a[j], splits)) <= 1e-6
+        for j in range(2):
+            assert abs(ab[i, j].item() - minibatch_cka_ref(a[i], b[j], splits)) <= 1e-6
+    assert torch.allclose(aa, aa.T) and torch.allclose(aa.diagonal(), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(cross.compute(), ab, atol=1e-12)
+    assert abs(bb[0, 1].item() - minibatch_cka_ref(b[0], b[1], splits)) <= 1e-6
+
+
+def test_float32_grams_close_to_float64():
+    x, y = structured(256, seed=10)
+    xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+    c64, c32 = MinibatchCKA(), MinibatchCKA(gram_dtype=torch.float32)
+    for i in range(0, 256, 64):
+        c64.update([xt[i:i + 64]], [yt[i:i + 64]])
+        c32.update([xt[i:i + 64]], [yt[i:i + 64]])
+    assert abs(c64.compute().item() - c32.compute().item()) < 1e-5
+
+
+# ---- errors ---------------------------------------------------------------------------------------------------
+def test_errors_are_clear():
+    cka = MinibatchCKA()
+    with pytest.raises(ValueError, match="before any update"):
+        cka.compute()
+    with pytest.raises(ValueError, match="at least 4"):
+        cka.update([torch.randn(3, 5)])
+    with pytest.raises(ValueError, match="'b1' has 7 examples"):
+        cka.update({"b0": torch.randn(8, 5), "b1": torch.randn(7, 5)})
+    with pytest.raises(ValueError, match="model A's minibatch has 8 examples, model B's 6"):
+        cka.update([torch.randn(8, 5)], [torch.randn(6, 5)])
+    bad = torch.randn(8, 5)
+    bad[2, 3] = float("nan")
+    with pytest.raises(ValueError, match="non-finite.*'blocks.2'"):
+        MinibatchCKA().update({"blocks.1": torch.randn(8, 5), "blocks.2": bad})
+    bad[2, 3] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        MinibatchCKA().update([bad], [torch.randn(8, 4)])
+    with pytest.raises(ValueError, match="differ from those of the first update"):
+        c = MinibatchCKA()
+        c.update([torch.randn(8, 5)])
+        c.update([torch.randn(8, 5), torch.randn(8, 5)])
+
+
+def test_constant_layer_is_nan_with_warning_never_zero():
+    x = torch.randn(16, 6, dtype=torch.float64)
+    const = torch.full((16, 4), 0.1, dtype=torch.float64) * 3.7   # values with rounding in their mean
+    cka = MinibatchCKA()
+    cka.update({"x": x, "dead": const})
+    cka.update({"x": x, "dead": const})
+    with pytest.warns(UserWarning, match="'dead' are constant over all 32 examples"):
+        out = cka.compute()
+    assert out[0, 0].item() == pytest.approx(1.0) and torch.isnan(out[1]).all() and torch.isnan(out[:, 1]).all()
+    with pytest.warns(UserWarning, match="constant"):
+        assert math.isnan(linear_cka(x, const))
+    # constant in one batch only: that batch adds exactly 0 to HSIC(x,y) and HSIC(y,y), but HSIC(x,x) to the
+    # x-denominator. With h = HSIC(x,x) per batch and y = 2x in batch 2: CKA = 2h / sqrt(2h * 4h) = 1/sqrt(2)
+    cka = MinibatchCKA()
+    cka.update([x], [const])
+    cka.update([x], [x * 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cka.compute().item() == pytest.approx(1 / math.sqrt(2), abs=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("gram_dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_cuda_matches_cpu(gram_dtype, tol):
+    x, y = structured(512, seed=11)
+    xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+    cpu, gpu = MinibatchCKA(), MinibatchCKA(gram_dtype=gram_dtype)
+    for i in range(0, 512, 128):
+        cpu.update([xt[i:i + 128], yt[i:i + 128]])
+        gpu.update([xt[i:i + 128].cuda(), yt[i:i + 128].cuda()])
+    assert (cpu.compute() - gpu.compute()).abs().max().item() < tol

@@ -1,0 +1,118 @@
+"""Mean attention distance (paper Figs 3–4): how far, in pixels, each attention head looks.
+
+For one head, query patch ``q`` and key patch ``k`` on the ``gh × gw`` patch grid, the distance is the
+Euclidean distance between the patch centres in pixels, ``patch_size · ‖(r_q, c_q) − (r_k, c_k)‖``. A query's
+attention distance is the attention-weighted mean of the distances to all keys; the head's *mean attention
+distance* averages that over queries and images.
+
+Prefix tokens (the CLS token) have no position. Their query rows are dropped, and their key columns are
+dropped too. ``renormalize=True`` (default) then rescales each query's attention over the patch keys to sum
+to 1: the distance is the mean distance *of the attention that goes to patches*. ``renormalize=False``
+keeps the raw weights, which amounts to counting attention to CLS as distance 0; this is what the public
+ViT code referred to in google-research/vision_transformer issue #162 does, and it gives smaller values for
+heads that attend to CLS a lot.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from .hooks import Capture, resolve_layers
+
+
+def _grid(grid) -> tuple[int, int]:
+    gh, gw = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    if gh < 1 or gw < 1:
+        raise ValueError(f"grid must be positive, got {grid}")
+    return gh, gw
+
+
+def patch_distances(grid: int | tuple[int, int], patch_size: float, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Pixel distances between patch centres, ``(gh·gw, gh·gw)``, patches in row-major order."""
+    gh, gw = _grid(grid)
+    rows, cols = torch.meshgrid(torch.arange(gh, dtype=dtype, device=device),
+                                torch.arange(gw, dtype=dtype, device=device), indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1) * patch_size
+    return torch.cdist(centres, centres)
+
+
+def attention_distance_per_image(attn: torch.Tensor, patch_size: float, grid: int | tuple[int, int],
+                                 num_prefix_tokens: int = 1, renormalize: bool = True,
+                                 atol: float = 1e-3) -> torch.Tensor:
+    """Per-image, per-head mean attention distance in pixels, ``(B, heads)`` float64 (averaged over the
+    patch queries of each image). Arguments as in :func:`mean_attention_distance`."""
+    if attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
+        raise ValueError(f"attn must be (B, heads, N, N) attention probabilities, got shape {tuple(attn.shape)}")
+    gh, gw = _grid(grid)
+    n_tokens = attn.shape[-1]
+    if n_tokens != num_prefix_tokens + gh * gw:
+        raise ValueError(f"attn has {n_tokens} tokens but num_prefix_tokens + grid = {num_prefix_tokens} + "
+                         f"{gh}×{gw} = {num_prefix_tokens + gh * gw}: check grid and num_prefix_tokens")
+    attn = attn.detach().double()
+    if not torch.isfinite(attn).all():
+        raise ValueError("attn has non-finite values")
+    deviation = (attn.sum(-1) - 1).abs().max().item()
+    if deviation > atol or (attn < 0).any():
+        raise ValueError(f"attn rows must be probabilities summing to 1 (max deviation {deviation:.2e}, "
+                         f"min value {attn.min().item():.2e}): pass softmax outputs, not logits")
+    patches = attn[:, :, num_prefix_tokens:, num_prefix_tokens:]          # (B, H, P, P): queries × keys
+    if renormalize:
+        mass = patches.sum(-1, keepdim=True)
+        if (mass == 0).any():
+            raise ValueError("some queries put all their attention on prefix tokens: the distance over patches "
+                             "is undefined with renormalize=True (use renormalize=False)")
+        patches = patches / mass
+    dist = patch_distances((gh, gw), patch_size, device=attn.device)
+    per_query = (patches * dist).sum(-1)                                 # (B, H, P)
+    return per_query.mean(-1)
+
+
+def mean_attention_distance(attn: torch.Tensor, patch_size: float, grid: int | tuple[int, int],
+                            num_prefix_tokens: int = 1, renormalize: bool = True) -> torch.Tensor:
+    """Mean attention distance per head, in pixels.
+
+    Args:
+        attn: attention probabilities ``(B, heads, N, N)`` (rows sum to 1), ``N = num_prefix_tokens + gh·gw``.
+        patch_size: patch side in pixels (the unit of the result).
+        grid: patch grid, ``g`` or ``(gh, gw)``.
+        num_prefix_tokens: leading non-patch tokens (1 for a CLS token, 0 for a GAP ViT).
+        renormalize: see the module docstring for the treatment of prefix tokens.
+
+    Returns:
+        float64 ``(heads,)``: averaged over queries and the ``B`` images.
+    """
+    return attention_distance_per_image(attn, patch_size, grid, num_prefix_tokens, renormalize).mean(0)
+
+
+def model_attention_distances(model: torch.nn.Module, batches: Iterable, renormalize: bool = True,
+                              device: str | torch.device | None = None) -> tuple[torch.Tensor, int]:
+    """Mean attention distance of every head of every block of a timm ViT, over all images of ``batches``.
+
+    Returns:
+        ``(distances, n_images)`` with distances float64 ``(blocks, heads)`` in pixels. The per-image values
+        are summed and divided once at the end, so batches of any sizes average correctly; under
+        ``torch.distributed`` the sums are all-reduced.
+    """
+    layers = resolve_layers(model, "blocks.*.attn.probs")
+    patch_size = model.patch_embed.patch_size[0]
+    grid = model.patch_embed.grid_size
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    total, count = None, 0
+    model.eval()
+    with Capture(model, layers) as cap, torch.inference_mode():
+        for images, _ in batches:
+            feats = cap(images.to(device))
+            per_image = torch.stack([attention_distance_per_image(feats[name], patch_size, grid,
+                                                                  model.num_prefix_tokens, renormalize)
+                                     for name in layers], dim=1)         # (B, blocks, heads)
+            total = per_image.sum(0) if total is None else total + per_image.sum(0)
+            count += per_image.shape[0]
+    if total is None:
+        raise ValueError("no batches were given")
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flat = torch.cat([total.flatten(), torch.tensor([float(count)], device=total.device, dtype=total.dtype)])
+        dist.all_reduce(flat)
+        total, count = flat[:-1].view_as(total), int(flat[-1].item())
+    return (total / count).cpu(), count

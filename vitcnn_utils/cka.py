@@ -1,0 +1,252 @@
+r"""Centred kernel alignment (CKA) with linear kernels, as used by Raghu et al. (2021).
+
+For representations :math:`X \in \mathbb{R}^{n\times p}`, :math:`Y \in \mathbb{R}^{n\times q}` of the same
+``n`` examples, with Gram matrices :math:`K = XX^\top`, :math:`L = YY^\top`:
+
+.. math:: \mathrm{CKA}(K, L) = \frac{\mathrm{HSIC}(K, L)}{\sqrt{\mathrm{HSIC}(K, K)\,\mathrm{HSIC}(L, L)}}
+
+The paper uses **minibatch CKA** (Nguyen, Raghu & Kornblith 2021, eq. 3): over minibatches
+:math:`i = 1..k`, the unbiased HSIC estimator of Song et al. (2012) is summed *separately* for the
+numerator and both denominator terms, and only then combined:
+
+.. math:: \mathrm{CKA}_{mb} = \frac{\sum_i \mathrm{HSIC}_1(K_i, L_i)}
+          {\sqrt{\sum_i \mathrm{HSIC}_1(K_i, K_i)\ \sum_i \mathrm{HSIC}_1(L_i, L_i)}}
+
+:math:`\mathrm{HSIC}_1(K, L) = \langle \tilde K, \tilde L \rangle_F / (n(n-3))`, where :math:`\tilde K` is the
+*U-centred* Gram matrix (zero diagonal; off the diagonal, row, column and grand means removed with the
+:math:`n-2`, :math:`n-1` normalisers). The estimate is unbiased, so CKA of unrelated representations
+scatters around 0 and can be slightly negative: nothing here clamps it.
+
+Implementation notes:
+
+* Features are flattened to ``(n, -1)`` and mean-centred over the minibatch before the Gram product.
+  U-centring annihilates any offset shared by the examples, so this changes nothing mathematically; it
+  removes the cancellation a large common offset would cause in floating point.
+* Gram matrices are computed once per layer and minibatch (in ``gram_dtype``, float64 by default), U-centred
+  as a stack ``(L, n, n)``, and every layer pair's HSIC comes from one matrix product
+  ``(L_a, n²) @ (n², L_b)``. Sums are accumulated in float64; memory does not grow with the number of
+  examples.
+* Inputs are checked once per minibatch (one host synchronisation): fewer than 4 examples, different ``n``
+  across layers, or non-finite values (named by layer) raise ``ValueError``. A layer that is constant over
+  all examples has HSIC(K, K) = 0 exactly; its CKA is undefined and reported as NaN with a warning.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+
+Features = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
+
+
+def u_centre_(grams: torch.Tensor) -> torch.Tensor:
+    """U-centre a stack of symmetric Gram matrices ``(..., n, n)`` in place (Székely & Rizzo 2014) and
+    return it. Requires ``n >= 4``."""
+    n = grams.shape[-1]
+    diag = grams.diagonal(dim1=-2, dim2=-1)
+    diag.zero_()
+    means = grams.sum(-1) / (n - 2)                          # (..., n): row sums; rows = columns
+    means -= means.sum(-1, keepdim=True) / (2 * (n - 1))
+    grams -= means.unsqueeze(-1)
+    grams -= means.unsqueeze(-2)
+    diag.zero_()
+    return grams
+
+
+def _split_names(features: Features, prefix: str) -> tuple[list[str], list[torch.Tensor]]:
+    if isinstance(features, Mapping):
+        return list(features.keys()), list(features.values())
+    if isinstance(features, torch.Tensor):
+        raise TypeError("pass a list (or dict) of per-layer tensors, not a single tensor")
+    return [f"{prefix}[{i}]" for i in range(len(features))], list(features)
+
+
+class MinibatchCKA:
+    """Accumulate minibatch CKA (unbiased HSIC) between all layers of two sets of representations.
+
+    Usage::
+
+        cka = MinibatchCKA()
+        for batch in loader:
+            feats_a = capture(model_a, batch)         # dict or list of (n, ...) tensors, one per layer
+            feats_b = capture(model_b, batch)
+            cka.update(feats_a, feats_b)             # or cka.update(feats_a) for a within-model heatmap
+        heatmap = cka.compute()                      # float64 (L_a, L_b)
+
+    For the within-A, within-B and A×B heatmaps of two models with every Gram matrix computed once per
+    minibatch, pass the concatenation ``{**feats_a, **feats_b}`` (or ``list_a + list_b``) to
+    :meth:`update` alone and cut the square result with :func:`split_heatmap`.
+
+    Minibatches are weighted equally, as in the estimator's definition; a ragged last batch (of at least
+    4 examples) is accepted and simply contributes its own unbiased estimate. For equal weights per example
+    use equal batch sizes (e.g. ``drop_last=True``).
+
+    Args:
+        gram_dtype: dtype of the Gram matrices and HSIC products (float64 by default; float32 is faster on
+            GPUs and typically within 1e-6 of float64 for the CKA values). Sums are always float64.
+        device: where Gram matrices and accumulators live; default: the device of the first features.
+        sync_distributed: in :meth:`compute`, sum the accumulators over all ranks of the default
+            ``torch.distributed`` process group when one is initialised (every rank must call it).
+    """
+
+    def __init__(self, gram_dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
+                 sync_distributed: bool = True):
+        if gram_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"gram_dtype must be torch.float32 or torch.float64, got {gram_dtype}")
+        self.gram_dtype, self.device, self.sync_distributed = gram_dtype, device, sync_distributed
+        self.reset()
+
+    def reset(self) -> None:
+        self.names_a: list[str] | None = None
+        self.names_b: list[str] | None = None
+        self.within = False
+        self.hsic_xy = self.hsic_xx = self.hsic_yy = None
+        self.nonconstant_a = self.nonconstant_b = None
+        self.num_batches = self.num_examples = 0
+
+    # -- per minibatch ------------------------------------------------------------------------------
+    def _grams(self, names: list[str], feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """U-centred Grams ``(L, n, n)`` and per-layer flags ``(L,)``: 1 = finite, 2 = non-constant."""
+        if not feats:
+            raise ValueError("no layers given: pass at least one (n, ...) tensor")
+        n = feats[0].shape[0]
+        if n < 4:
+            raise ValueError(f"minibatch of {n} examples: unbiased HSIC needs at least 4 per batch "
+                             "(use larger batches, or drop the ragged last batch)")
+        device = self.device or feats[0].device
+        grams = torch.empty(len(feats), n, n, dtype=self.gram_dtype, device=device)
+        flags = torch.empty(len(feats), dtype=torch.int64, device=device)
+        for i, (name, x) in enumerate(zip(names, feats)):
+            if x.ndim == 0 or x.shape[0] != n:
+                raise ValueError(f"layer {name!r} has {x.shape[0] if x.ndim else 0} examples, the first layer "
+                                 f"{n}: every layer (and model) must see the same minibatch")
+            x = x.detach().reshape(n, -1).to(device=device, dtype=self.gram_dtype)
+            varying = (x != x[:1]).any()                     # exact: no tolerance to break scale invariance
+            x = x - x.mean(0, keepdim=True)
+            torch.mm(x, x.T, out=grams[i])
+            grams[i] *= varying                              # a constant layer's centred Gram is exactly 0
+            flags[i] = torch.isfinite(grams[i]).all().long() + 2 * varying.long()
+        return u_centre_(grams), flags
+
+    def update(self, feats_a: Features, feats_b: Features | None = None) -> None:
+        """Add one minibatch.
+
+        Args:
+            feats_a: per-layer representations of model A, each ``(n, ...)`` (a list, or a dict name →
+                tensor whose names are used in messages and kept as ``names_a``).
+            feats_b: the same ``n`` examples through model B; ``None`` (or ``feats_a`` itself) for a
+                within-model heatmap, which then computes each Gram matrix only once.
+        """
+        names_a, list_a = _split_names(feats_a, "a")
+        within = feats_b is None or feats_b is feats_a
+        names_b, list_b = (names_a, list_a) if within else _split_names(feats_b, "b")
+        if self.names_a is not None and (names_a, names_b, within) != (self.names_a, self.names_b, self.within):
+            raise ValueError("the layers differ from those of the first update: "
+                             f"{len(names_a)}×{len(names_b)} now, {len(self.names_a)}×{len(self.names_b)} before")
+        grams_a, flags_a = self._grams(names_a, list_a)
+        grams_b, flags_b = (grams_a, flags_a) if within else self._grams(names_b, list_b)
+        n = grams_a.shape[-1]
+        if grams_b.shape[-1] != n:
+            raise ValueError(f"model A's minibatch has {n} examples, model B's {grams_b.shape[-1]}")
+        flags = torch.cat([flags_a, flags_b]).cpu()             # the one host sync per minibatch
+        bad = [name for name, f in zip(names_a + names_b, flags.tolist()) if not f & 1]
+        if bad:
+            raise ValueError(f"non-finite values (NaN/inf, or a Gram matrix overflowing {self.gram_dtype}) "
+                             f"in layer(s) {', '.join(map(repr, dict.fromkeys(bad)))} of this minibatch")
+
+        if self.names_a is None:
+            self.names_a, self.names_b, self.within = names_a, names_b, within
+        scale = 1.0 / (n * (n - 3))
+        flat_a, flat_b = grams_a.flatten(1), grams_b.flatten(1)
+        xy = (flat_a @ flat_b.T).double() * scale              # all layer pairs in one product
+        xx = xy.diagonal().clone() if within else (flat_a * flat_a).sum(1).double() * scale
+        yy = xx.clone() if within else (flat_b * flat_b).sum(1).double() * scale  # never alias xx
+        varying_a, varying_b = (flags_a & 2).bool(), (flags_b & 2).bool()
+        if self.hsic_xy is None:
+            self.hsic_xy, self.hsic_xx, self.hsic_yy = xy, xx, yy
+            self.nonconstant_a, self.nonconstant_b = varying_a, varying_b
+        else:
+            self.hsic_xy += xy
+            self.hsic_xx += xx
+            self.hsic_yy += yy
+            self.nonconstant_a |= varying_a
+            self.nonconstant_b |= varying_b
+        self.num_batches += 1
+        self.num_examples += n
+
+    # -- result ------------------------------------------------------------------------------------
+    def sums(self) -> dict[str, torch.Tensor]:
+        """The accumulated float64 sums (summed over ranks when distributed): ``xy (L_a, L_b)``,
+        ``xx (L_a,)``, ``yy (L_b,)``, ``nonconstant_a``, ``nonconstant_b``, ``examples``, ``batches``."""
+        if self.hsic_xy is None:
+            raise ValueError("MinibatchCKA.compute() before any update(): no minibatch was added")
+        sums = {"xy": self.hsic_xy.clone(), "xx": self.hsic_xx.clone(), "yy": self.hsic_yy.clone(),
+                "nonconstant_a": self.nonconstant_a.double(), "nonconstant_b": self.nonconstant_b.double(),
+                "examples": torch.tensor([float(self.num_examples)], device=self.hsic_xy.device),
+                "batches": torch.tensor([float(self.num_batches)], device=self.hsic_xy.device)}
+        dist = torch.distributed
+        if self.sync_distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flat = torch.cat([v.flatten() for v in sums.values()])
+            dist.all_reduce(flat)                               # every accumulator is a plain sum
+            out, offset = {}, 0
+            for key, value in sums.items():
+                out[key] = flat[offset:offset + value.numel()].view_as(value)
+                offset += value.numel()
+            sums = out
+        return sums
+
+    def compute(self) -> torch.Tensor:
+        """CKA for every layer pair: a float64 CPU tensor ``(L_a, L_b)``; NaN (with a warning naming the
+        layer) where a layer was constant over every example seen."""
+        s = self.sums()
+        groups = [(self.names_a, s["nonconstant_a"])]
+        if not self.within:
+            groups.append((self.names_b, s["nonconstant_b"]))
+        for names, varying in groups:
+            constant = [name for name, v in zip(names, varying.tolist()) if not v]
+            if constant:
+                warnings.warn(f"layer(s) {', '.join(map(repr, constant))} are constant over all "
+                              f"{int(s['examples'].item())} examples: their CKA is undefined (NaN)", stacklevel=2)
+        denom = torch.sqrt(torch.outer(s["xx"], s["yy"]))
+        cka = s["xy"] / denom
+        cka[denom == 0] = float("nan")
+        return cka.cpu()
+
+
+def split_heatmap(cka: torch.Tensor, num_a: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut the square heatmap of ``A + B`` layers into ``(within A, within B, A × B)``."""
+    return cka[:num_a, :num_a], cka[num_a:, num_a:], cka[:num_a, num_a:]
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> float:
+    """Linear CKA between two representations of the same ``n`` examples, in one batch, in float64.
+
+    Args:
+        x: ``(n, ...)``, flattened to ``(n, p)``.
+        y: ``(n, ...)``, flattened to ``(n, q)``.
+        unbiased: ``False``: the original estimator of Kornblith et al. (2019),
+            ``<HKH, HLH> / (‖HKH‖ ‖HLH‖)``, in [0, 1]. ``True``: the unbiased-HSIC estimator (``n >= 4``;
+            same as one :class:`MinibatchCKA` batch), which can be slightly negative.
+
+    Returns:
+        The CKA value; NaN (with a warning) if either representation is constant over the examples.
+    """
+    if not unbiased:
+        x, y = x.detach().reshape(len(x), -1).double(), y.detach().reshape(len(y), -1).double()
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} examples and y {y.shape[0]}: they must be the same examples")
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            raise ValueError("x or y has non-finite values (NaN/inf)")
+        grams = []
+        for z in (x, y):
+            z = z - z.mean(0, keepdim=True)
+            grams.append((z @ z.T) * (z != z[:1]).any())       # = H K H; exactly 0 if constant
+        hsic_xy, hsic_xx, hsic_yy = (grams[0] * grams[1]).sum(), grams[0].square().sum(), grams[1].square().sum()
+        if hsic_xx == 0 or hsic_yy == 0:
+            warnings.warn("a representation is constant over the examples: CKA is undefined (NaN)", stacklevel=2)
+            return float("nan")
+        return (hsic_xy / torch.sqrt(hsic_xx * hsic_yy)).item()
+    cka = MinibatchCKA(sync_distributed=False)
+    cka.update({"x": x}, {"y": y})
+    return cka.compute().item()
