@@ -92,11 +92,12 @@ def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike |
         from . import zoo
         return zoo.load(name[len("zoo:"):], device=device)
     if weights is not None:
+        if pretrained:
+            raise ValueError("pass either pretrained=True (fetch from the hub) or weights=FILE, not both")
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file {weights} does not exist")
-        timm_kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
     try:
-        model = timm.create_model(name, pretrained=pretrained or weights is not None, **timm_kwargs)
+        model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(f"{name!r} is neither a timm model nor 'zoo:<name>' "
@@ -112,4 +113,6 @@ def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike |
                 f"Face hub (e.g. `hf download timm/{name} model.safetensors`), copy it here and call "
                 f"load_model({name!r}, weights='/path/to/model.safetensors').") from None
         raise
+    if weights is not None:  # strict: every tensor of the file must match the architecture, no silent re-init
+        timm.models.load_checkpoint(model, str(weights), strict=True)
     return model.eval().to(device)
