@@ -78,7 +78,8 @@ def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike |
 
     Args:
         name: ``"zoo:<name>"`` for one of the project's trained Fashion-MNIST models (see
-            :func:`vitcnn_utils.zoo.available`), or any timm model name, e.g.
+            :func:`vitcnn_utils.zoo.available`), ``"arch:<name>"`` for the same architecture untrained
+            (seeded random init), or any timm model name, e.g.
             ``"vit_base_patch16_224.augreg2_in21k_ft_in1k"`` or ``"resnet50"``.
         pretrained: timm names only: fetch timm's pretrained weights (needs the Hugging Face hub).
         weights: timm names only: a local weights file (``.safetensors``, ``.pth``, ``.bin``) to load
@@ -86,6 +87,12 @@ def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike |
         device: where to put the model.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``num_classes``, ``img_size``).
     """
+    if name.startswith("arch:"):  # an untrained zoo architecture (seed 0): for smoke tests and timing
+        from . import zoo
+        if name[len("arch:"):] not in zoo.SPECS:
+            raise ValueError(f"no zoo architecture {name[5:]!r}; known: {', '.join(sorted(zoo.SPECS))}")
+        torch.manual_seed(0)
+        return build_architecture(zoo.SPECS[name[len("arch:"):]].arch).eval().to(device)
     if name.startswith("zoo:"):
         if pretrained or weights is not None or timm_kwargs:
             raise ValueError("zoo models take no pretrained/weights/timm arguments: they ship their weights")
