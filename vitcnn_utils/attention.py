@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import torch
 
 from .hooks import Capture, resolve_layers
+from .models import preprocessor
 
 
 def _grid(grid) -> tuple[int, int]:
@@ -87,7 +88,8 @@ def mean_attention_distance(attn: torch.Tensor, patch_size: float, grid: int | t
 
 def model_attention_distances(model: torch.nn.Module, batches: Iterable, renormalize: bool = True,
                               device: str | torch.device | None = None) -> tuple[torch.Tensor, int]:
-    """Mean attention distance of every head of every block of a timm ViT, over all images of ``batches``.
+    """Mean attention distance of every head of every block of a timm ViT, over all images of ``batches``
+    (raw ``(images, labels)`` minibatches; the model's :func:`~vitcnn_utils.models.preprocessor` is applied).
 
     Returns:
         ``(distances, n_images)`` with distances float64 ``(blocks, heads)`` in pixels. The per-image values
@@ -98,11 +100,12 @@ def model_attention_distances(model: torch.nn.Module, batches: Iterable, renorma
     patch_size = model.patch_embed.patch_size[0]
     grid = model.patch_embed.grid_size
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    prep = preprocessor(model)
     total, count = None, 0
     model.eval()
     with Capture(model, layers) as cap, torch.inference_mode():
         for images, _ in batches:
-            feats = cap(images.to(device))
+            feats = cap(prep(images.to(device)))
             per_image = torch.stack([attention_distance_per_image(feats[name], patch_size, grid,
                                                                   model.num_prefix_tokens, renormalize)
                                      for name in layers], dim=1)         # (B, blocks, heads)

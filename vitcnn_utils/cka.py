@@ -250,3 +250,87 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> floa
     cka = MinibatchCKA(sync_distributed=False)
     cka.update({"x": x}, {"y": y})
     return cka.compute().item()
+
+
+class Heatmaps:
+    """Within- and cross-model CKA heatmaps of several models from one joint accumulation.
+
+    ``heatmaps[a, b]`` is the float64 ``(layers of a, layers of b)`` block; ``heatmaps.names[a]`` lists the
+    layers of model ``a``.
+    """
+
+    def __init__(self, names: dict[str, list[str]], matrix: torch.Tensor, n_images: int):
+        self.names, self.matrix, self.n_images = names, matrix, n_images
+        self._offsets, start = {}, 0
+        for model, layers in names.items():
+            self._offsets[model] = slice(start, start + len(layers))
+            start += len(layers)
+
+    def __getitem__(self, pair: tuple[str, str]) -> torch.Tensor:
+        a, b = pair
+        return self.matrix[self._offsets[a], self._offsets[b]]
+
+
+def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mapping[str, object] | None = None,
+                   device: str | torch.device = "cpu", gram_dtype: torch.dtype = torch.float64,
+                   amp_dtype: torch.dtype | None = None, progress: bool = True) -> Heatmaps:
+    """CKA between every captured layer of every model (within and across), over all ``batches``.
+
+    Args:
+        models: ``{name: model}``; every model sees the same images.
+        batches: iterable of ``(raw images, labels)`` minibatches (at least 4 images each), e.g.
+            :func:`vitcnn_utils.data.analysis_batches`; each model applies its own
+            :func:`~vitcnn_utils.models.preprocessor`.
+        layers: ``{name: layers}`` for :class:`~vitcnn_utils.hooks.Capture` (default: ``"default"``).
+        amp_dtype: optional autocast dtype for the forward passes (Grams stay in ``gram_dtype``).
+
+    Returns:
+        :class:`Heatmaps`; each layer's Gram matrix is computed once per minibatch for all heatmaps.
+    """
+    from contextlib import ExitStack
+
+    from tqdm.auto import tqdm
+
+    from .hooks import Capture
+    from .models import preprocessor
+
+    layers = layers or {}
+    device = torch.device(device)
+    cka = MinibatchCKA(gram_dtype=gram_dtype, device=device)
+    names: dict[str, list[str]] = {}
+    with ExitStack() as stack, torch.inference_mode():
+        caps = {}
+        for name, model in models.items():
+            model.eval().to(device)
+            caps[name] = stack.enter_context(Capture(model, layers.get(name, "default")))
+        prep = {name: preprocessor(model) for name, model in models.items()}
+        for images, _ in tqdm(batches, desc="CKA", disable=not progress, leave=False):
+            images = images.to(device)
+            joint = {}
+            for name, cap in caps.items():
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    feats = cap(prep[name](images))
+                names.setdefault(name, list(feats))          # execution order, as captured
+                joint.update({f"{name}/{layer}": value for layer, value in feats.items()})
+            cka.update(joint)
+    return Heatmaps(names, cka.compute(), cka.num_examples)
+
+
+def band_mean(matrix: torch.Tensor, rows: tuple[float, float], cols: tuple[float, float]) -> float:
+    """Mean CKA over a block of a heatmap given as fractions of depth, e.g. ``rows=(0, 0.25)`` = the lowest
+    quarter of the row model's layers (NaNs ignored)."""
+    r, c = matrix.shape
+    block = matrix[int(rows[0] * r):max(int(rows[0] * r) + 1, round(rows[1] * r)),
+                   int(cols[0] * c):max(int(cols[0] * c) + 1, round(cols[1] * c))]
+    return torch.nanmean(block.double()).item()
+
+
+def best_match(matrix: torch.Tensor) -> torch.Tensor:
+    """For each column layer, the row layer with the highest CKA: ``(columns,)`` int64 indices."""
+    return torch.nan_to_num(matrix, nan=-torch.inf).argmax(0)
+
+
+def nanmax(matrix: torch.Tensor, dim: int | None = None):
+    """Maximum ignoring NaN (undefined CKA of constant layers): a float, or values along ``dim``."""
+    filled = torch.nan_to_num(matrix.double(), nan=-torch.inf)
+    return filled.max().item() if dim is None else filled.max(dim).values

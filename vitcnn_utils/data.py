@@ -162,21 +162,46 @@ def analysis_subset(data: ImageSet, n: int, seed: int = 0) -> ImageSet:
     return data.subset(stratified_order(data.labels, seed)[:n])
 
 
-def image_folder(root: str | os.PathLike, model: torch.nn.Module, n: int | None = None, seed: int = 0):
-    """An ImageNet-style folder (``root/<class>/<image>``) preprocessed with ``model``'s own timm transform.
+def batches(data: ImageSet, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Raw ``(uint8 images (b, C, H, W), labels (b,))`` minibatches of ``data`` in order; each model applies
+    its own preprocessing (:func:`vitcnn_utils.models.preprocessor`). A last batch of fewer than 4 images
+    is dropped (unbiased HSIC needs n >= 4 per minibatch)."""
+    if batch_size < 4:
+        raise ValueError(f"batch_size must be at least 4 (unbiased HSIC), got {batch_size}")
+    return [(data.images[i:i + batch_size], data.labels[i:i + batch_size])
+            for i in range(0, len(data), batch_size) if min(batch_size, len(data) - i) >= 4]
 
-    Returns a ``torch.utils.data.Dataset`` of ``(float image (3, H, W), label)``; with ``n`` a seeded
-    class-agnostic random subset of that size.
+
+def analysis_batches(source: str, n_images: int, batch_size: int, seed: int = 0,
+                     data_dir: str | None = None, image_size: int = 224):
+    """The images of an analysis: ``source="fashion-mnist"`` takes ``n_images`` class-balanced test images
+    (raw uint8); any other ``source`` is an ImageNet-style folder (``root/<class>/<image>``), resized and
+    centre-cropped to ``image_size`` as float tensors in [0, 1], a seeded random subset of ``n_images``.
+
+    Returns a re-iterable of ``(images, labels)`` minibatches.
     """
-    import timm.data
-    from torchvision.datasets import ImageFolder
-    if not Path(root).is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist (expected root/<class>/<image>.JPEG)")
-    config = timm.data.resolve_data_config({}, model=model)
-    dataset = ImageFolder(root, transform=timm.data.create_transform(**config))
-    if n is not None:
-        if not 0 < n <= len(dataset):
-            raise ValueError(f"n must be in [1, {len(dataset)}] for {root}, got {n}")
-        idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
-        dataset = torch.utils.data.Subset(dataset, idx.tolist())
-    return dataset
+    if source == "fashion-mnist":
+        return batches(analysis_subset(load_fashion_mnist("test", data_dir), n_images, seed), batch_size)
+    return _FolderBatches(source, n_images, batch_size, seed, image_size)
+
+
+class _FolderBatches:
+    def __init__(self, root, n_images, batch_size, seed, image_size):
+        from torchvision import transforms
+        from torchvision.datasets import ImageFolder
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist (expected root/<class>/<image>.JPEG)")
+        transform = transforms.Compose([transforms.Resize(round(image_size / 0.875)),
+                                        transforms.CenterCrop(image_size), transforms.ToTensor()])
+        dataset = ImageFolder(root, transform=transform)
+        if not 0 < n_images <= len(dataset):
+            raise ValueError(f"n_images must be in [1, {len(dataset)}] for {root}, got {n_images}")
+        idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n_images]
+        self.loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx.tolist()),
+                                                  batch_size=batch_size, num_workers=4, drop_last=False)
+
+    def __iter__(self):
+        return (batch for batch in self.loader if len(batch[0]) >= 4)
+
+    def __len__(self):
+        return len(self.loader)

@@ -41,6 +41,7 @@ def build_vit(patch_size: int = 4, embed_dim: int = 128, depth: int = 6, num_hea
                               num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                               mlp_ratio=mlp_ratio, class_token=pool == "cls",
                               global_pool="token" if pool == "cls" else "avg", qkv_bias=True)
+    model.vitcnn_input = "fashion-mnist"
     for i in no_skip_blocks:
         if not 0 <= i < depth:
             raise ValueError(f"no_skip_blocks entry {i} is not a block index of a depth-{depth} ViT")
@@ -59,6 +60,7 @@ def build_resnet(layers=(1, 2, 2, 1), channels=(16, 32, 64, 128), stem_width: in
         raise ValueError(f"stem_width must be {model.conv1.out_channels} (timm's first stage expects it)")
     model.conv1 = torch.nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = torch.nn.Identity()
+    model.vitcnn_input = "fashion-mnist"
     return model
 
 
@@ -123,3 +125,20 @@ def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike |
     if weights is not None:  # strict: every tensor of the file must match the architecture, no silent re-init
         timm.models.load_checkpoint(model, str(weights), strict=True)
     return model.eval().to(device)
+
+
+def preprocessor(model: torch.nn.Module):
+    """The function mapping raw images to ``model``'s input: Fashion-MNIST standardisation for the zoo
+    (``uint8`` in, see :func:`vitcnn_utils.data.normalize`), else the mean/std normalisation of the timm
+    model's pretrained config (``uint8`` or float images in [0, 1], already resized)."""
+    from .data import normalize
+    if getattr(model, "vitcnn_input", None) == "fashion-mnist":
+        return normalize
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, -1, 1, 1)
+
+    def preprocess(images: torch.Tensor) -> torch.Tensor:
+        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return (images - mean.to(images.device)) / std.to(images.device)
+    return preprocess

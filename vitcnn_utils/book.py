@@ -1,0 +1,110 @@
+"""Build the book: run every chapter notebook with papermill, then ``jupyter-book build``.
+
+    python -m vitcnn_utils.book                       # all chapters with their defaults, then the HTML book
+    python -m vitcnn_utils.book -c representation_structure -f params/paper/representation_structure.yaml
+    python -m vitcnn_utils.book --no-build            # execute only
+
+Executed notebooks go to ``book/chapters/<chapter>.ipynb`` (where ``_toc.yml`` points). A chapter whose
+source notebook, parameters, library code and zoo manifest are unchanged since its last successful run is
+not re-executed, so a rebuild after a text edit is fast. Each notebook is executed into a temporary file and
+moved into place only when papermill succeeds: an interrupted or failed run never leaves a half-written
+chapter for the book, and the command stops with papermill's error.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = ["representation_structure"]
+HIDDEN_TAGS = {"parameters", "injected-parameters"}
+
+
+def _fingerprint(source: Path, params: dict) -> str:
+    """Hash of what a chapter's output depends on."""
+    digest = hashlib.sha256(source.read_bytes())
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")) + [package / "zoo" / "manifest.json"]:
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _up_to_date(output: Path, key: str) -> bool:
+    if not output.is_file():
+        return False
+    return nbformat.read(output, as_version=4).metadata.get("vitcnn", {}).get("key") == key
+
+
+def run_chapter(chapter: str, params: dict, out_dir: Path, force: bool = False) -> Path:
+    """Execute ``notebooks/<chapter>.ipynb`` with ``params`` into ``out_dir/<chapter>.ipynb``."""
+    import papermill
+
+    source = ROOT / "notebooks" / f"{chapter}.ipynb"
+    if not source.is_file():
+        raise SystemExit(f"no chapter notebook {source}; chapters: {', '.join(CHAPTERS)}")
+    output = out_dir / f"{chapter}.ipynb"
+    key = _fingerprint(source, params)
+    if not force and _up_to_date(output, key):
+        print(f"{chapter}: up to date, not re-executed")
+        return output
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{chapter}.running.ipynb"
+    print(f"{chapter}: executing with {params or 'its defaults'}", flush=True)
+    try:
+        papermill.execute_notebook(str(source), str(tmp), parameters=params, cwd=str(ROOT),
+                                   kernel_name="python3", progress_bar=True, log_output=False)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    nb = nbformat.read(tmp, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if HIDDEN_TAGS & set(tags):                       # the reader sees results, not parameter plumbing
+            cell.metadata["tags"] = sorted(set(tags) | {"remove-cell"})
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if errors:
+            tmp.unlink(missing_ok=True)
+            raise SystemExit(f"{chapter}: a cell produced an error output: {errors[0].get('ename')}")
+    nb.metadata["vitcnn"] = {"key": key, "parameters": params}
+    nbformat.write(nb, tmp)
+    tmp.replace(output)
+    return output
+
+
+def build_html() -> Path:
+    """``jupyter-book build`` with warnings as errors; returns the HTML folder."""
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe), "build", str(ROOT), "--path-output", str(ROOT / "book"), "-W", "-n", "--keep-going"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return ROOT / "book" / "_build" / "html"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--chapters", nargs="+", choices=CHAPTERS, default=CHAPTERS)
+    parser.add_argument("-f", "--params", help="YAML file of parameters applied to every chosen chapter")
+    parser.add_argument("-o", "--output", default=str(ROOT / "book" / "chapters"), help="executed notebooks")
+    parser.add_argument("--force", action="store_true", help="re-execute chapters that are up to date")
+    parser.add_argument("--no-build", action="store_true", help="execute the notebooks, skip jupyter-book")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    params = yaml.safe_load(Path(args.params).read_text()) or {} if args.params else {}
+    for chapter in args.chapters:
+        run_chapter(chapter, params, Path(args.output), force=args.force)
+    if not args.no_build:
+        print(f"book: {build_html() / 'index.html'}")
+
+
+if __name__ == "__main__":
+    main()

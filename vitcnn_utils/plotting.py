@@ -1,0 +1,51 @@
+"""One visual style for every figure of the book (seaborn/matplotlib), and saving figures as PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+MODEL_COLOURS = {"vit": "#3b6fb6", "resnet": "#d1495b", "vit-gap": "#2e9e6e"}
+
+
+def setup() -> None:
+    """Apply the book's style."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="deep", font_scale=0.95)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 130, "savefig.bbox": "tight",
+                         "axes.titleweight": "semibold", "image.cmap": "magma"})
+
+
+def save(fig, name: str, folder: str | Path) -> Path:
+    """Save ``fig`` as ``folder/name.png`` and return the path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path)
+    return path
+
+
+def _layer_ticks(ax, names, axis, every):
+    idx = np.arange(0, len(names), every)
+    getattr(ax, f"set_{axis}ticks")(idx + 0.5)
+    getattr(ax, f"set_{axis}ticklabels")([names[i] for i in idx], fontsize=7,
+                                         rotation=90 if axis == "x" else 0)
+
+
+def cka_heatmap(ax, matrix, row_names, col_names, title: str, row_label: str, col_label: str,
+                vmin: float = 0.0, vmax: float = 1.0, tick_every: int | None = None, colorbar: bool = True):
+    """CKA heatmap with layer 0 at the bottom-left (as in the paper); rows on the y axis."""
+    matrix = np.asarray(matrix, dtype=float)
+    sns.heatmap(matrix, ax=ax, vmin=vmin, vmax=vmax, cmap="magma", square=matrix.shape[0] == matrix.shape[1],
+                cbar=colorbar, cbar_kws={"label": "CKA", "shrink": 0.8}, xticklabels=False, yticklabels=False)
+    ax.invert_yaxis()
+    ax.grid(False)
+    if np.isnan(matrix).any():
+        ax.set_facecolor("#d9d9d9")                       # undefined CKA (constant layer): grey, not a colour
+    _layer_ticks(ax, col_names, "x", tick_every or max(1, len(col_names) // 8))
+    _layer_ticks(ax, row_names, "y", tick_every or max(1, len(row_names) // 8))
+    ax.set_title(title)
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    return ax
