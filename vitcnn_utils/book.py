@@ -99,6 +99,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-build", action="store_true", help="execute the notebooks, skip jupyter-book")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")    # progress bars belong to the terminal (papermill's), not the book
     params = yaml.safe_load(Path(args.params).read_text()) or {} if args.params else {}
     for chapter in args.chapters:
         run_chapter(chapter, params, Path(args.output), force=args.force)

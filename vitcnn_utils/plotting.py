@@ -14,7 +14,7 @@ def setup() -> None:
     """Apply the book's style."""
     sns.set_theme(context="notebook", style="whitegrid", palette="deep", font_scale=0.95)
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 130, "savefig.bbox": "tight",
-                         "axes.titleweight": "semibold", "image.cmap": "magma"})
+                         "axes.titleweight": "bold", "image.cmap": "magma"})
 
 
 def save(fig, name: str, folder: str | Path) -> Path:
