@@ -81,13 +81,14 @@ def run_chapter(chapter: str, params: dict, out_dir: Path, force: bool = False) 
     return output
 
 
-def build_html() -> Path:
-    """``jupyter-book build`` with warnings as errors; returns the HTML folder."""
+def build_html(root: Path = ROOT) -> Path:
+    """``jupyter-book build`` of the book whose ``_config.yml`` and ``_toc.yml`` are in ``root``, with
+    warnings as errors; returns the HTML folder."""
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe), "build", str(ROOT), "--path-output", str(ROOT / "book"), "-W", "-n", "--keep-going"]
+    cmd = [str(exe), "build", str(root), "--path-output", str(root / "book"), "-W", "-n", "--keep-going"]
     print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return ROOT / "book" / "_build" / "html"
+    subprocess.run(cmd, check=True, cwd=root)
+    return root / "book" / "_build" / "html"
 
 
 def main(argv=None) -> None:
