@@ -119,3 +119,43 @@ def model_attention_distances(model: torch.nn.Module, batches: Iterable, renorma
         dist.all_reduce(flat)
         total, count = flat[:-1].view_as(total), int(flat[-1].item())
     return (total / count).cpu(), count
+
+
+def head_subset_cka(vit: torch.nn.Module, other: torch.nn.Module, batches, other_layers, block: int = 0,
+                    subset_size: int = 1, device: str | torch.device = "cpu") -> dict:
+    """CKA between subsets of one ViT block's attention heads and layers of another model (paper Fig 5).
+
+    The heads of ``block`` are sorted by mean attention distance (over the same ``batches``); each subset is
+    a window of ``subset_size`` consecutive heads in that order, from the most local to the most global. A
+    subset's representation is the concatenation of its heads' outputs (the input of ``attn.proj``) at the
+    patch tokens (prefix tokens dropped), compared by minibatch CKA with each of ``other_layers``.
+
+    Returns:
+        ``{"heads": [[head indices], ...], "distance": float64 (subsets,) mean distance of each subset in
+        pixels, "cka": float64 (subsets, len(other_layers)), "layers": other_layers}``.
+    """
+    from .cka import MinibatchCKA
+    from .hooks import resolve_layers
+
+    distances, _ = model_attention_distances(vit, batches, device=device)
+    per_head = distances[block]
+    heads = len(per_head)
+    if not 1 <= subset_size <= heads:
+        raise ValueError(f"subset_size must be in [1, {heads}], got {subset_size}")
+    order = torch.argsort(per_head).tolist()
+    subsets = [order[i:i + subset_size] for i in range(heads - subset_size + 1)]
+    tap = f"blocks.{block}.attn.proj:in"
+    other_layers = resolve_layers(other, other_layers)
+    prep_vit, prep_other = preprocessor(vit), preprocessor(other)
+    cka = MinibatchCKA(device=device)
+    vit.eval().to(device)
+    other.eval().to(device)
+    with Capture(vit, tap) as cap_v, Capture(other, other_layers) as cap_o, torch.inference_mode():
+        for images, _ in batches:
+            images = images.to(device)
+            out = cap_v(prep_vit(images))[tap][:, vit.num_prefix_tokens:]          # (B, P, heads·head_dim)
+            out = out.unflatten(-1, (heads, -1))                                    # (B, P, heads, head_dim)
+            feats_o = cap_o(prep_other(images))
+            cka.update([out[:, :, s] for s in subsets], [feats_o[name] for name in other_layers])
+    return {"heads": subsets, "distance": torch.stack([per_head[s].mean() for s in subsets]),
+            "cka": cka.compute(), "layers": other_layers}
