@@ -86,3 +86,13 @@ def test_model_distances_average_over_batches(tiny_vit):
     assert torch.allclose(dist, one, atol=1e-10)
     max_distance = 4 * math.hypot(6, 6)
     assert (dist > 0).all() and (dist < max_distance).all()
+
+
+def test_rank_correlation_and_uniform_distance(tiny_vit):
+    from vitcnn_utils.attention import rank_correlation, uniform_distance
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert rank_correlation(x, x ** 3) == pytest.approx(1.0)
+    assert rank_correlation(x, -x) == pytest.approx(-1.0)
+    uniform = torch.full((1, 1, 50, 50), 1 / 50)
+    assert uniform_distance(tiny_vit) == pytest.approx(
+        mean_attention_distance(uniform, 4, 7, num_prefix_tokens=1).item(), abs=1e-9)

@@ -6,7 +6,8 @@ import pytest
 
 from vitcnn_utils import book
 
-TINY = {"vit": "arch:vit-cls", "resnet": "arch:resnet", "n_images": 48, "batch_size": 24, "use_cache": False}
+TINY = {"vit": "arch:vit-cls", "vit_small_data": "arch:vit-cls-f03", "resnet": "arch:resnet", "n_images": 48,
+        "batch_size": 24, "n_erf_images": 4, "use_cache": False}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def test_chapters_execute_without_errors_and_hide_parameters(built_book):
 def test_figures_saved_as_png(built_book):
     root, _, _ = built_book
     pngs = sorted((root / "book" / "chapters" / "figures").glob("*.png"))
-    assert {p.stem for p in pngs} >= {"representation_within", "representation_across"}
+    assert {p.stem for p in pngs} >= {"representation_within", "representation_across", "attention_distance",
+                                      "head_subset_cka", "receptive_fields"}
     assert all(p.stat().st_size > 10_000 for p in pngs)
 
 

@@ -72,3 +72,12 @@ def test_vit_erf_and_head_subsets(tiny_vit, tiny_resnet):
     ref.update([heads[:16]], [res[:16]])
     ref.update([heads[16:]], [res[16:]])
     assert abs(result["cka"][0, 0].item() - ref.compute().item()) < 1e-10
+
+
+def test_erf_radius():
+    from vitcnn_utils.localisation import erf_radius
+    erf = torch.zeros(9, 9, dtype=torch.float64)
+    erf[4, 4] = 1.0
+    assert erf_radius(erf) == 0.0
+    erf[4, 7] = 1.0                       # half of the mass 3 px from the centre
+    assert erf_radius(erf) == 0.0 and erf_radius(erf, 0.75) == 3.0

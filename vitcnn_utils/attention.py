@@ -159,3 +159,23 @@ def head_subset_cka(vit: torch.nn.Module, other: torch.nn.Module, batches, other
             cka.update([out[:, :, s] for s in subsets], [feats_o[name] for name in other_layers])
     return {"heads": subsets, "distance": torch.stack([per_head[s].mean() for s in subsets]),
             "cka": cka.compute(), "layers": other_layers}
+
+
+def uniform_distance(model: torch.nn.Module) -> float:
+    """Mean attention distance (pixels) of a head attending uniformly to all patches of ``model``'s grid."""
+    return patch_distances(tuple(model.patch_embed.grid_size), model.patch_embed.patch_size[0]).mean().item()
+
+
+def distance_summary(distances: torch.Tensor) -> dict[str, float]:
+    """Smallest and largest head distance in the first and the last block of ``(blocks, heads)``."""
+    return {"first_min": distances[0].min().item(), "first_max": distances[0].max().item(),
+            "last_min": distances[-1].min().item(), "last_max": distances[-1].max().item()}
+
+
+def rank_correlation(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (ties get their order of appearance)."""
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"need two 1-D tensors of the same length >= 2, got {tuple(x.shape)} and {tuple(y.shape)}")
+    rx, ry = (torch.argsort(torch.argsort(v)).double() for v in (x, y))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return (rx @ ry / torch.sqrt((rx @ rx) * (ry @ ry))).item()

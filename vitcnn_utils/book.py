@@ -24,7 +24,7 @@ import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = ["representation_structure"]
+CHAPTERS = ["representation_structure", "local_global"]
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
 
 

@@ -79,24 +79,48 @@ def localisation_summary(matrix: torch.Tensor, grid: tuple[int, int]) -> dict:
             "mean_own": own.mean().item(), "mean_other": off.mean().item()}
 
 
-def effective_receptive_field(model: torch.nn.Module, images: torch.Tensor, layer: str, grid: tuple[int, int],
-                              num_prefix_tokens: int = 0, device: str | torch.device = "cpu") -> torch.Tensor:
+def _infer_grid(features: torch.Tensor, num_prefix_tokens: int) -> tuple[int, int]:
+    if features.ndim == 4:
+        return tuple(features.shape[-2:])
+    side = round((features.shape[1] - num_prefix_tokens) ** 0.5)
+    if side * side != features.shape[1] - num_prefix_tokens:
+        raise ValueError(f"cannot infer a square grid from {features.shape[1]} tokens: pass grid=(gh, gw)")
+    return side, side
+
+
+def effective_receptive_field(model: torch.nn.Module, images: torch.Tensor, layer: str,
+                              grid: tuple[int, int] | None = None, num_prefix_tokens: int | None = None,
+                              device: str | torch.device = "cpu") -> torch.Tensor:
     """Effective receptive field of the centre position of ``layer`` (paper Fig 6).
 
     For each image, the gradient of the centre token's channels, summed, with respect to the input:
     ``|∂ Σ_c f_c(centre) / ∂x|``, summed over input channels, averaged over the images, and normalised to
-    a maximum of 1. Returns float64 ``(H, W)``.
+    a maximum of 1. ``grid`` (the layer's ``(gh, gw)``) and ``num_prefix_tokens`` are inferred from the
+    features and the model when not given. Returns float64 ``(H, W)``.
     """
-    gh, gw = grid
-    centre = (gh // 2) * gw + gw // 2
+    if num_prefix_tokens is None:
+        num_prefix_tokens = getattr(model, "num_prefix_tokens", 0)
     prep = preprocessor(model)
     model.eval().to(device)
     x = prep(images.to(device)).detach().requires_grad_(True)
     with Capture(model, layer, detach=False) as cap, torch.enable_grad():
-        tokens = grid_tokens(cap(x)[layer], grid, num_prefix_tokens)
-        tokens[:, centre].sum().backward()
+        features = cap(x)[layer]
+        gh, gw = grid or _infer_grid(features, num_prefix_tokens)
+        tokens = grid_tokens(features, (gh, gw), num_prefix_tokens)
+        tokens[:, (gh // 2) * gw + gw // 2].sum().backward()
     erf = x.grad.abs().sum(1).mean(0).double()
     peak = erf.max()
     if peak == 0:
         raise ValueError(f"the centre of {layer!r} does not depend on the input (zero gradient)")
     return (erf / peak).cpu()
+
+
+def erf_radius(erf: torch.Tensor, fraction: float = 0.5) -> float:
+    """Radius (pixels) around the image centre that holds ``fraction`` of the receptive field's mass."""
+    h, w = erf.shape
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                                indexing="ij")
+    radius = torch.sqrt((rows - (h - 1) / 2) ** 2 + (cols - (w - 1) / 2) ** 2).flatten()
+    order = torch.argsort(radius)
+    mass = torch.cumsum(erf.flatten()[order], 0)
+    return radius[order][torch.searchsorted(mass, fraction * mass[-1])].item()

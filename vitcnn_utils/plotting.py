@@ -49,3 +49,47 @@ def cka_heatmap(ax, matrix, row_names, col_names, title: str, row_label: str, co
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
     return ax
+
+
+def head_distances(ax, distances, title: str, image_px: float):
+    """Mean attention distance of each head (dots) per block (x)."""
+    distances = np.asarray(distances, dtype=float)
+    blocks, heads = distances.shape
+    for h in range(heads):
+        ax.scatter(np.arange(blocks), distances[:, h], s=28, alpha=0.85, label=f"head {h}")
+    ax.set_xticks(range(blocks))
+    ax.set_xlabel("block")
+    ax.set_ylabel("mean attention distance (px)")
+    ax.set_ylim(0, image_px * 0.75)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncols=2, loc="lower right")
+    return ax
+
+
+def head_subset_cka(ax, result: dict):
+    """CKA of first-block head subsets with other-model layers against the subsets' mean distance."""
+    distance = np.asarray(result["distance"], dtype=float)
+    cka = np.asarray(result["cka"], dtype=float)
+    for j, layer in enumerate(result["layers"]):
+        ax.plot(distance, cka[:, j], marker="o", label=layer)
+    ax.set_xlabel("mean attention distance of the head(s) (px)")
+    ax.set_ylabel("CKA with ResNet layer")
+    ax.set_title("First-block heads vs ResNet lower layers")
+    ax.legend(fontsize=8, title="ResNet layer", title_fontsize=8)
+    return ax
+
+
+def receptive_fields(erfs: dict, ncols: int = 3):
+    """A grid of effective receptive fields (each normalised to max 1)."""
+    nrows = int(np.ceil(len(erfs) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.1 * nrows), layout="constrained", squeeze=False)
+    for ax, (name, erf) in zip(axes.flat, erfs.items()):
+        im = ax.imshow(np.asarray(erf), cmap="magma", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    for ax in list(axes.flat)[len(erfs):]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.7, label="|gradient| (normalised)")
+    return fig
