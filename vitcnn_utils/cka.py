@@ -289,7 +289,7 @@ def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mappi
     """
     from contextlib import ExitStack
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .hooks import Capture
     from .models import preprocessor
@@ -304,7 +304,8 @@ def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mappi
             model.eval().to(device)
             caps[name] = stack.enter_context(Capture(model, layers.get(name, "default")))
         prep = {name: preprocessor(model) for name, model in models.items()}
-        for images, _ in tqdm(batches, desc="CKA", disable=not progress, leave=False):
+        # progress=False silences the bar; otherwise tqdm's defaults apply (so TQDM_DISABLE=1 is honoured)
+        for images, _ in tqdm(batches, desc="CKA", leave=False, **({} if progress else {"disable": True})):
             images = images.to(device)
             joint = {}
             for name, cap in caps.items():
