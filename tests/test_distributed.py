@@ -1,4 +1,5 @@
-"""Sharded over 2 gloo processes, minibatch CKA and attention distances equal the single-process result."""
+"""Sharded over 2 gloo processes, minibatch CKA, attention distances and skip ratios equal the
+single-process result."""
 import os
 import socket
 
@@ -9,6 +10,7 @@ import torch.multiprocessing as mp
 from vitcnn_utils.attention import model_attention_distances
 from vitcnn_utils.cka import MinibatchCKA
 from vitcnn_utils.models import build_vit
+from vitcnn_utils.skips import vit_skip_ratios
 
 
 def _data():
@@ -39,8 +41,9 @@ def _worker(rank, world, port, out):
     result = cka.compute()                                   # all-reduced sums
     shards = [(images[sl], None) for sl in _batches(12, 3)[rank::world]]
     dist_result, count = model_attention_distances(_model(), shards)
+    ratios, _ = vit_skip_ratios(_model(), shards)
     if rank == 0:
-        out.put((result, cka.num_examples, dist_result, count))
+        out.put((result, cka.num_examples, dist_result, count, ratios))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -51,6 +54,7 @@ def test_two_gloo_processes_equal_one_process():
     for sl in _batches(48, 8):
         single.update([x[sl] for x in a], [y[sl] for y in b])
     expected_dist, _ = model_attention_distances(_model(), [(images[sl], None) for sl in _batches(12, 3)])
+    expected_ratios, _ = vit_skip_ratios(_model(), [(images[sl], None) for sl in _batches(12, 3)])
 
     with socket.socket() as s:                               # a free loopback port
         s.bind(("127.0.0.1", 0))
@@ -60,10 +64,11 @@ def test_two_gloo_processes_equal_one_process():
     procs = [ctx.Process(target=_worker, args=(rank, 2, port, out)) for rank in range(2)]
     for p in procs:
         p.start()
-    result, local_examples, dist_result, count = out.get(timeout=120)
+    result, local_examples, dist_result, count, ratios = out.get(timeout=120)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
     assert local_examples == 24 and count == 12              # rank 0 saw half, the result covers all
     assert (result - single.compute()).abs().max().item() < 1e-12
     assert (dist_result - expected_dist).abs().max().item() < 1e-10
+    assert (ratios - expected_ratios).abs().max().item() < 1e-10

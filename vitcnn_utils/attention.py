@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .hooks import Capture, resolve_layers
+from .hooks import Capture, mean_over_images, resolve_layers
 from .models import preprocessor
 
 
@@ -99,26 +99,11 @@ def model_attention_distances(model: torch.nn.Module, batches: Iterable, renorma
     layers = resolve_layers(model, "blocks.*.attn.probs")
     patch_size = model.patch_embed.patch_size[0]
     grid = model.patch_embed.grid_size
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    prep = preprocessor(model)
-    total, count = None, 0
-    model.eval()
-    with Capture(model, layers) as cap, torch.inference_mode():
-        for images, _ in batches:
-            feats = cap(prep(images.to(device)))
-            per_image = torch.stack([attention_distance_per_image(feats[name], patch_size, grid,
-                                                                  model.num_prefix_tokens, renormalize)
-                                     for name in layers], dim=1)         # (B, blocks, heads)
-            total = per_image.sum(0) if total is None else total + per_image.sum(0)
-            count += per_image.shape[0]
-    if total is None:
-        raise ValueError("no batches were given")
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        flat = torch.cat([total.flatten(), torch.tensor([float(count)], device=total.device, dtype=total.dtype)])
-        dist.all_reduce(flat)
-        total, count = flat[:-1].view_as(total), int(flat[-1].item())
-    return (total / count).cpu(), count
+
+    def per_image(feats):                                                   # (B, blocks, heads)
+        return torch.stack([attention_distance_per_image(feats[name], patch_size, grid, model.num_prefix_tokens,
+                                                         renormalize) for name in layers], dim=1)
+    return mean_over_images(model, batches, layers, per_image, device=device)
 
 
 def head_subset_cka(vit: torch.nn.Module, other: torch.nn.Module, batches, other_layers, block: int = 0,
@@ -135,7 +120,6 @@ def head_subset_cka(vit: torch.nn.Module, other: torch.nn.Module, batches, other
         pixels, "cka": float64 (subsets, len(other_layers)), "layers": other_layers}``.
     """
     from .cka import MinibatchCKA
-    from .hooks import resolve_layers
 
     distances, _ = model_attention_distances(vit, batches, device=device)
     per_head = distances[block]

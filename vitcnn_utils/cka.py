@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .distributed import all_reduce_sum
+
 Features = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
 
 
@@ -52,6 +54,15 @@ def u_centre_(grams: torch.Tensor) -> torch.Tensor:
     grams -= means.unsqueeze(-2)
     diag.zero_()
     return grams
+
+
+def _centred_gram(x: torch.Tensor, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gram matrix ``(n, n)`` of the minibatch-mean-centred features ``x (n, ...)`` (= HKH), exactly 0 for
+    a representation that is constant over the examples, and whether it varies (a 0-d bool tensor)."""
+    x = x.detach().reshape(len(x), -1).to(device=device, dtype=dtype)
+    varying = (x != x[:1]).any()                              # exact: no tolerance to break scale invariance
+    x = x - x.mean(0, keepdim=True)
+    return (x @ x.T) * varying, varying
 
 
 def _split_names(features: Features, prefix: str) -> tuple[list[str], list[torch.Tensor]]:
@@ -121,11 +132,7 @@ class MinibatchCKA:
             if x.ndim == 0 or x.shape[0] != n:
                 raise ValueError(f"layer {name!r} has {x.shape[0] if x.ndim else 0} examples, the first layer "
                                  f"{n}: every layer (and model) must see the same minibatch")
-            x = x.detach().reshape(n, -1).to(device=device, dtype=self.gram_dtype)
-            varying = (x != x[:1]).any()                     # exact: no tolerance to break scale invariance
-            x = x - x.mean(0, keepdim=True)
-            torch.mm(x, x.T, out=grams[i])
-            grams[i] *= varying                              # a constant layer's centred Gram is exactly 0
+            grams[i], varying = _centred_gram(x, self.gram_dtype, device)
             flags[i] = torch.isfinite(grams[i]).all().long() + 2 * varying.long()
         return u_centre_(grams), flags
 
@@ -185,15 +192,8 @@ class MinibatchCKA:
                 "nonconstant_a": self.nonconstant_a.double(), "nonconstant_b": self.nonconstant_b.double(),
                 "examples": torch.tensor([float(self.num_examples)], device=self.hsic_xy.device),
                 "batches": torch.tensor([float(self.num_batches)], device=self.hsic_xy.device)}
-        dist = torch.distributed
-        if self.sync_distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flat = torch.cat([v.flatten() for v in sums.values()])
-            dist.all_reduce(flat)                               # every accumulator is a plain sum
-            out, offset = {}, 0
-            for key, value in sums.items():
-                out[key] = flat[offset:offset + value.numel()].view_as(value)
-                offset += value.numel()
-            sums = out
+        if self.sync_distributed:                                # every accumulator is a plain sum
+            sums = dict(zip(sums, all_reduce_sum(list(sums.values()))))
         return sums
 
     def compute(self) -> torch.Tensor:
@@ -238,10 +238,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> floa
             raise ValueError(f"x has {x.shape[0]} examples and y {y.shape[0]}: they must be the same examples")
         if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
             raise ValueError("x or y has non-finite values (NaN/inf)")
-        grams = []
-        for z in (x, y):
-            z = z - z.mean(0, keepdim=True)
-            grams.append((z @ z.T) * (z != z[:1]).any())       # = H K H; exactly 0 if constant
+        grams = [_centred_gram(z, torch.float64, z.device)[0] for z in (x, y)]
         hsic_xy, hsic_xx, hsic_yy = (grams[0] * grams[1]).sum(), grams[0].square().sum(), grams[1].square().sum()
         if hsic_xx == 0 or hsic_yy == 0:
             warnings.warn("a representation is constant over the examples: CKA is undefined (NaN)", stacklevel=2)
@@ -328,10 +325,15 @@ def band_mean(matrix: torch.Tensor, rows: tuple[float, float], cols: tuple[float
 
 def best_match(matrix: torch.Tensor) -> torch.Tensor:
     """For each column layer, the row layer with the highest CKA: ``(columns,)`` int64 indices."""
-    return torch.nan_to_num(matrix, nan=-torch.inf).argmax(0)
+    return _nan_to_minus_inf(matrix).argmax(0)
 
 
 def nanmax(matrix: torch.Tensor, dim: int | None = None):
     """Maximum ignoring NaN (undefined CKA of constant layers): a float, or values along ``dim``."""
-    filled = torch.nan_to_num(matrix.double(), nan=-torch.inf)
+    filled = _nan_to_minus_inf(matrix)
     return filled.max().item() if dim is None else filled.max(dim).values
+
+
+def _nan_to_minus_inf(matrix: torch.Tensor) -> torch.Tensor:
+    """float64 copy in which undefined (NaN) CKA values can never win a maximum."""
+    return torch.nan_to_num(matrix.double(), nan=-torch.inf)

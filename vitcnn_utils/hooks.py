@@ -188,13 +188,37 @@ def capture(model: torch.nn.Module, x: torch.Tensor, layers: str | Sequence[str]
 
 def iter_features(model: torch.nn.Module, batches: Iterable, layers: str | Sequence[str] = "default",
                   device: str | torch.device | None = None, amp_dtype: torch.dtype | None = None):
-    """Yield ``(features, labels)`` for each ``(images, labels)`` batch of ``batches``, under
-    ``torch.inference_mode()`` with ``model`` in eval mode; ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
-    forward pass under autocast on the model's device."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    """Yield ``(features, labels)`` for each raw ``(images, labels)`` batch of ``batches``: the model's
+    :func:`~vitcnn_utils.models.preprocessor` is applied, ``model`` is put in eval mode (and on ``device``
+    when given) and run under ``torch.inference_mode()``; ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
+    forward pass under autocast."""
+    from .models import preprocessor
+
+    if device is not None:
+        model.to(device)
+    device = next(model.parameters()).device
+    prep = preprocessor(model)
     model.eval()
     with Capture(model, layers) as cap, torch.inference_mode():
         for images, labels in batches:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                feats = cap(images.to(device, non_blocking=True))
+                feats = cap(prep(images.to(device, non_blocking=True)))
             yield feats, labels
+
+
+def mean_over_images(model: torch.nn.Module, batches: Iterable, layers: str | Sequence[str], per_image,
+                     device: str | torch.device | None = None) -> tuple[torch.Tensor, int]:
+    """Average of ``per_image(features)`` (a ``(B, ...)`` tensor for each batch) over all images of
+    ``batches``. Values are summed and divided once at the end, so batches of any size average correctly;
+    under ``torch.distributed`` the sums are all-reduced. Returns ``(mean on the CPU, number of images)``."""
+    from .distributed import all_reduce_sum
+
+    total, count = None, 0
+    for feats, _ in iter_features(model, batches, layers, device=device):
+        values = per_image(feats)
+        total = values.sum(0) if total is None else total + values.sum(0)
+        count += values.shape[0]
+    if total is None:
+        raise ValueError("no batches were given")
+    total, count = all_reduce_sum([total, torch.tensor(float(count), device=total.device)])
+    return (total / count).cpu(), int(count.item())

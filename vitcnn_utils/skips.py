@@ -4,7 +4,8 @@ For a residual sublayer ``z ↦ z + f(z)``, the ratio ``‖z‖ / ‖f(z)‖`` o
 the residual branch. For a timm ViT, per block and sublayer (attention, MLP), per token (token 0 = CLS when
 present), norms over channels, ratios averaged over images: ``(2·blocks, tokens)``. For a timm ResNet, per
 bottleneck unit, norms over the whole unit tensor (the shortcut after any downsampling, and ``bn3``, the
-branch before the addition), averaged over images: ``(units,)``.
+branch before the addition), averaged over images: ``(units,)``. Under ``torch.distributed`` the sums
+are all-reduced.
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import torch
 from timm.models.resnet import Bottleneck, ResNet
 from timm.models.vision_transformer import VisionTransformer
 
-from .hooks import Capture
-from .models import preprocessor
+from .hooks import mean_over_images
 
 
 def vit_skip_ratios(model: VisionTransformer, batches: Iterable, device="cpu") -> tuple[torch.Tensor, list[str]]:
@@ -41,23 +41,15 @@ def resnet_skip_ratios(model: ResNet, batches: Iterable, device="cpu") -> tuple[
 
 
 def _ratios(model, batches, taps, per_token: bool, device) -> torch.Tensor:
-    prep = preprocessor(model)
     layers = list(dict.fromkeys(name for pair in taps for name in pair))
-    total, count = None, 0
-    model.eval().to(device)
-    with Capture(model, layers) as cap, torch.inference_mode():
-        for images, _ in batches:
-            feats = cap(prep(images.to(device)))
-            rows = []
-            for identity, branch in taps:
-                z, f = feats[identity].double(), feats[branch].double()
-                if per_token:                                     # (B, N, D): norms over channels
-                    rows.append(z.norm(dim=-1) / f.norm(dim=-1))
-                else:                                             # (B, C, H, W): norms over the tensor
-                    rows.append(z.flatten(1).norm(dim=1) / f.flatten(1).norm(dim=1))
-            ratios = torch.stack(rows, dim=1)                     # (B, sublayers[, tokens])
-            total = ratios.sum(0) if total is None else total + ratios.sum(0)
-            count += ratios.shape[0]
-    if total is None:
-        raise ValueError("no batches were given")
-    return (total / count).cpu()
+
+    def per_image(feats):                                         # (B, sublayers[, tokens])
+        rows = []
+        for identity, branch in taps:
+            z, f = feats[identity].double(), feats[branch].double()
+            if per_token:                                         # (B, N, D): norms over channels
+                rows.append(z.norm(dim=-1) / f.norm(dim=-1))
+            else:                                                 # (B, C, H, W): norms over the tensor
+                rows.append(z.flatten(1).norm(dim=1) / f.flatten(1).norm(dim=1))
+        return torch.stack(rows, dim=1)
+    return mean_over_images(model, batches, layers, per_image, device=device)[0]
