@@ -66,7 +66,7 @@ def head_distances(ax, distances, title: str, image_px: float):
     return ax
 
 
-def head_subset_cka(ax, result: dict):
+def head_subset_cka(ax, result: dict, n_images: int):
     """CKA of first-block head subsets with other-model layers against the subsets' mean distance."""
     distance = np.asarray(result["distance"], dtype=float)
     cka = np.asarray(result["cka"], dtype=float)
@@ -74,22 +74,24 @@ def head_subset_cka(ax, result: dict):
         ax.plot(distance, cka[:, j], marker="o", label=layer)
     ax.set_xlabel("mean attention distance of the head(s) (px)")
     ax.set_ylabel("CKA with ResNet layer")
-    ax.set_title("First-block heads vs ResNet lower layers")
+    ax.set_title(f"First-block heads vs ResNet lower layers ({n_images} test images)")
     ax.legend(fontsize=8, title="ResNet layer", title_fontsize=8)
     return ax
 
 
-def receptive_fields(erfs: dict, ncols: int = 3):
-    """A grid of effective receptive fields (each normalised to max 1)."""
+def receptive_fields(erfs: dict, ncols: int = 3, gamma: float = 0.3):
+    """A grid of effective receptive fields (each normalised to max 1), on a power colour scale
+    (``gamma`` < 1) so that gradients far below the centre's peak stay visible."""
+    from matplotlib.colors import PowerNorm
     nrows = int(np.ceil(len(erfs) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.1 * nrows), layout="constrained", squeeze=False)
     for ax, (name, erf) in zip(axes.flat, erfs.items()):
-        im = ax.imshow(np.asarray(erf), cmap="magma", vmin=0, vmax=1)
+        im = ax.imshow(np.asarray(erf), cmap="magma", norm=PowerNorm(gamma, vmin=0, vmax=1))
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.grid(False)
     for ax in list(axes.flat)[len(erfs):]:
         ax.axis("off")
-    fig.colorbar(im, ax=axes, shrink=0.7, label="|gradient| (normalised)")
+    fig.colorbar(im, ax=axes, shrink=0.7, label=f"|gradient| (normalised; power scale, γ = {gamma})")
     return fig
