@@ -1,5 +1,5 @@
-"""Sharded over 2 gloo processes, minibatch CKA, attention distances and skip ratios equal the
-single-process result."""
+"""Sharded over 2 gloo processes, minibatch CKA, attention distances, skip ratios and linear probes equal
+the single-process result."""
 import os
 import socket
 
@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 from vitcnn_utils.attention import model_attention_distances
 from vitcnn_utils.cka import MinibatchCKA
 from vitcnn_utils.models import build_vit
+from vitcnn_utils.probes import probe_layers
 from vitcnn_utils.skips import vit_skip_ratios
 
 
@@ -26,7 +27,21 @@ def _model():
     return build_vit(embed_dim=16, depth=2, num_heads=2).eval()
 
 
-def _batches(n, size):
+def _probe_sets():
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(36) % 3
+    images = (torch.rand(36, 1, 28, 28, generator=gen) * 80 + labels.view(-1, 1, 1, 1) * 50).to(torch.uint8)
+    return [[(images[sl], labels[sl]) for sl in _batches(12, 4, start)] for start in (0, 12, 24)]
+
+
+def _probe(sets):
+    result = probe_layers(_model(), ["blocks.0", "blocks.1"], *sets, num_classes=3, progress=False)
+    return result.accuracy, result.relative_lambda, (result.n_fit, result.n_val, result.n_test)
+
+
+def _batches(n, size, start=0):
+    if start:
+        return [slice(i, i + size) for i in range(start, start + n, size)]
     return [slice(i, i + size) for i in range(0, n, size)]
 
 
@@ -42,8 +57,9 @@ def _worker(rank, world, port, out):
     shards = [(images[sl], None) for sl in _batches(12, 3)[rank::world]]
     dist_result, count = model_attention_distances(_model(), shards)
     ratios, _ = vit_skip_ratios(_model(), shards)
+    probes = _probe([batches[rank::world] for batches in _probe_sets()])
     if rank == 0:
-        out.put((result, cka.num_examples, dist_result, count, ratios))
+        out.put((result, cka.num_examples, dist_result, count, ratios, probes))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -55,6 +71,7 @@ def test_two_gloo_processes_equal_one_process():
         single.update([x[sl] for x in a], [y[sl] for y in b])
     expected_dist, _ = model_attention_distances(_model(), [(images[sl], None) for sl in _batches(12, 3)])
     expected_ratios, _ = vit_skip_ratios(_model(), [(images[sl], None) for sl in _batches(12, 3)])
+    expected_probes = _probe(_probe_sets())
 
     with socket.socket() as s:                               # a free loopback port
         s.bind(("127.0.0.1", 0))
@@ -64,7 +81,7 @@ def test_two_gloo_processes_equal_one_process():
     procs = [ctx.Process(target=_worker, args=(rank, 2, port, out)) for rank in range(2)]
     for p in procs:
         p.start()
-    result, local_examples, dist_result, count, ratios = out.get(timeout=120)
+    result, local_examples, dist_result, count, ratios, probes = out.get(timeout=120)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
@@ -72,3 +89,7 @@ def test_two_gloo_processes_equal_one_process():
     assert (result - single.compute()).abs().max().item() < 1e-12
     assert (dist_result - expected_dist).abs().max().item() < 1e-10
     assert (ratios - expected_ratios).abs().max().item() < 1e-10
+    assert probes[2] == expected_probes[2] == (12, 12, 12)
+    for agg, acc in expected_probes[0].items():
+        assert torch.equal(probes[0][agg], acc), agg                 # same λ choices, same test counts
+        assert torch.equal(probes[1][agg], expected_probes[1][agg]), agg

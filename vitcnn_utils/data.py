@@ -185,8 +185,40 @@ def analysis_batches(source: str, n_images: int, batch_size: int, seed: int = 0,
     return _FolderBatches(source, n_images, batch_size, seed, image_size)
 
 
+def probe_batches(source: str, shots: int, val_per_class: int, n_test: int, batch_size: int, seed: int = 0,
+                  data_dir: str | None = None, image_size: int = 224):
+    """The three image sets of a linear-probe experiment, as re-iterables of raw ``(images, labels)``
+    minibatches: ``shots`` training images per class to fit the probes, ``val_per_class`` further (disjoint)
+    training images per class to choose the regularisation, and ``n_test`` class-balanced test images.
+
+    ``source="fashion-mnist"`` uses its train and test splits; any other ``source`` is a folder holding
+    ImageNet-style ``train/`` and ``val/`` folders (``<class>/<image>``).
+    """
+    if shots < 1 or val_per_class < 1:
+        raise ValueError(f"shots and val_per_class must be at least 1, got {shots} and {val_per_class}")
+    if source == "fashion-mnist":
+        train = load_fashion_mnist("train", data_dir)
+        order = stratified_order(train.labels, seed)
+        classes = len(train.labels.unique())
+        fit_idx, val_idx = order[:shots * classes], order[shots * classes:(shots + val_per_class) * classes]
+        return (batches(train.subset(fit_idx), batch_size), batches(train.subset(val_idx), batch_size),
+                batches(analysis_subset(load_fashion_mnist("test", data_dir), n_test, seed), batch_size))
+    root = Path(source)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f"{root / split} does not exist: a probe source folder needs train/ and val/ "
+                                    "ImageNet-style subfolders")
+    from torchvision.datasets import ImageFolder
+    targets = torch.tensor(ImageFolder(str(root / "train")).targets)
+    order, classes = stratified_order(targets, seed), len(targets.unique())
+    fit_idx, val_idx = order[:shots * classes], order[shots * classes:(shots + val_per_class) * classes]
+    return (_FolderBatches(root / "train", None, batch_size, seed, image_size, indices=fit_idx),
+            _FolderBatches(root / "train", None, batch_size, seed, image_size, indices=val_idx),
+            _FolderBatches(root / "val", n_test, batch_size, seed, image_size))
+
+
 class _FolderBatches:
-    def __init__(self, root, n_images, batch_size, seed, image_size):
+    def __init__(self, root, n_images, batch_size, seed, image_size, indices=None):
         from torchvision import transforms
         from torchvision.datasets import ImageFolder
         if not Path(root).is_dir():
@@ -194,9 +226,12 @@ class _FolderBatches:
         transform = transforms.Compose([transforms.Resize(round(image_size / 0.875)),
                                         transforms.CenterCrop(image_size), transforms.ToTensor()])
         dataset = ImageFolder(root, transform=transform)
-        if not 0 < n_images <= len(dataset):
+        if indices is not None:
+            idx = torch.as_tensor(indices)
+        elif not 0 < n_images <= len(dataset):
             raise ValueError(f"n_images must be in [1, {len(dataset)}] for {root}, got {n_images}")
-        idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n_images]
+        else:
+            idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n_images]
         self.loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx.tolist()),
                                                   batch_size=batch_size, num_workers=4, drop_last=False)
 

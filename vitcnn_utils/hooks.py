@@ -73,6 +73,18 @@ def default_layers(model: torch.nn.Module) -> list[str]:
                      "(see available_layers(model))")
 
 
+def block_outputs(model: torch.nn.Module) -> list[str]:
+    """The block-level representations (probes, data-scale CKA): a timm ViT's block outputs
+    ``blocks.i``, a timm ResNet's residual unit outputs ``layerS.U``."""
+    if isinstance(model, VisionTransformer):
+        return [f"blocks.{i}" for i in range(len(model.blocks))]
+    units = [name for name, m in model.named_modules() if isinstance(m, (Bottleneck, BasicBlock))]
+    if not units:
+        raise ValueError(f"no block outputs known for {type(model).__name__}: pass layer names "
+                         "(see available_layers(model))")
+    return units
+
+
 def resolve_layers(model: torch.nn.Module, layers: str | Sequence[str] = "default") -> list[str]:
     """Expand ``"default"``, exact names and glob patterns into a list of layer names (no duplicates)."""
     if isinstance(layers, str):

@@ -20,7 +20,11 @@ from .data import ImageSet, normalize
 @dataclass(frozen=True)
 class Recipe:
     """Training hyper-parameters: AdamW, linear warm-up then cosine decay to 0, label smoothing, and
-    random translations of up to ``shift`` pixels (zero padding) plus horizontal flips."""
+    random translations of up to ``shift`` pixels (zero padding) plus horizontal flips.
+
+    ``precision="bf16"`` runs forward and backward under bfloat16 autocast with channels-last tensors (weights
+    and optimiser state stay float32): 2.5x faster for the zoo's ResNet on a 2-core AVX512-BF16 CPU, but
+    slower for its ViT (measured: 303 -> 752 images/s for the ResNet, 442 -> 343 for the ViT)."""
     epochs: int
     batch_size: int = 128
     lr: float = 1e-3
@@ -29,6 +33,11 @@ class Recipe:
     label_smoothing: float = 0.1
     shift: int = 2
     flip: bool = True
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"Recipe.precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +94,9 @@ def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, recip
         "train_seconds", "device"}``; the per-step losses of the last epoch are under ``"losses"``.
     """
     torch.manual_seed(seed)
-    model.to(device).train()
+    bf16 = recipe.precision == "bf16"
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    model.to(device, memory_format=fmt).train()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
@@ -96,6 +107,10 @@ def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, recip
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state.get("recipe", recipe.to_dict()) != recipe.to_dict() or state.get("seed", seed) != seed:
+            raise ValueError(f"checkpoint {ckpt} was written for recipe {state['recipe']} (seed "
+                             f"{state.get('seed')}), not {recipe.to_dict()} (seed {seed}); delete it to start "
+                             f"this recipe afresh")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start_epoch, seconds = state["history"], state["epoch"], state["seconds"]
@@ -108,11 +123,13 @@ def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, recip
                                leave=False, mininterval=5)
         for i in bar:
             idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            x = normalize(augment(train_set.images[idx], recipe.shift, recipe.flip, gen)).to(device)
+            x = normalize(augment(train_set.images[idx], recipe.shift, recipe.flip, gen))
+            x = x.to(device, memory_format=fmt)
             y = train_set.labels[idx].to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, recipe)
-            loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -134,9 +151,9 @@ def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, recip
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
-                        "epoch": epoch + 1, "seconds": seconds}, tmp)
+                        "epoch": epoch + 1, "seconds": seconds, "recipe": recipe.to_dict(), "seed": seed}, tmp)
             tmp.replace(ckpt)
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()
     return {"history": history, "test_accuracy": history[-1]["test_accuracy"], "train_seconds": round(seconds, 1),
             "device": _device_name(device), "losses": losses}
 

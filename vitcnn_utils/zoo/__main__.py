@@ -14,7 +14,7 @@ import platform
 import torch
 from safetensors.torch import save_file
 
-from . import MANIFEST, SPECS, ZOO_DIR, manifest, sha256
+from . import MANIFEST, SPECS, ZOO_DIR, is_current, manifest, sha256
 from ..data import fraction_subset, load_fashion_mnist
 from ..models import build_architecture
 from ..train import train
@@ -32,9 +32,11 @@ def main(argv=None) -> None:
     train_full, test = load_fashion_mnist("train", args.data_dir), load_fashion_mnist("test", args.data_dir)
     names = args.only or list(SPECS)
     for name in names:
-        if name in manifest() and not args.retrain:
+        if is_current(name) and not args.retrain:
             print(f"{name}: already trained (test accuracy {manifest()[name]['test_accuracy']:.4f}); skipping")
             continue
+        if name in manifest() and not args.retrain:
+            print(f"{name}: trained under an older spec; retraining")
         spec = SPECS[name]
         torch.manual_seed(spec.seed)
         model = build_architecture(spec.arch)

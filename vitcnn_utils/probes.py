@@ -1,0 +1,279 @@
+"""Linear probes (paper Figs 11 and 13): closed-form ridge regression onto ±1 one-hot targets.
+
+A probe reads a representation ``x ∈ R^d`` (one token, or an aggregate of tokens) and predicts the class as
+``argmax_c (Wᵀx + b)_c``, where ``(W, b)`` minimise ``Σ‖Wᵀxᵢ + b − yᵢ‖² + λ‖W‖²`` over the *fit* images,
+``yᵢ ∈ {−1, +1}^C`` (``+1`` at the true class), the bias unpenalised. The closed form needs only the sums
+``Σ x̃x̃ᵀ`` and ``Σ x̃yᵀ`` of the augmented features ``x̃ = [x, 1]``, and the held-out squared error of any
+``(W, b)`` needs only the same sums over the *held-out* images plus ``Σ‖y‖²``; so every statistic is a sum
+over images: features never have to be stored, minibatches stream, and under ``torch.distributed`` the
+sums (and the test counts) are all-reduced, giving exactly the single-process probes.
+
+``λ`` is chosen per probe from a grid relative to the mean feature variance (``λ = r · tr(Σ)/d``,
+``r ∈`` :data:`RELATIVE_LAMBDAS`), by the squared error on held-out *training* images (the loss the probe
+minimises); the probe is then scored once on the test images. Sums are float64.
+
+Feature *sites* are named ``"<layer>/<aggregation>"`` and hold ``(B, P, d)`` tensors: ``P`` independent
+probes of dimension ``d`` each (``P = 1`` for an aggregate, ``P = tokens`` for per-token probes).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .distributed import all_reduce_sum
+from .hooks import iter_features
+
+RELATIVE_LAMBDAS = tuple(10.0 ** k for k in range(-6, 4))
+AGGREGATIONS = ("first", "gap", "gap_spatial", "tokens")
+
+
+def signed_one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float64) -> torch.Tensor:
+    """``(B,)`` integer labels → ``(B, C)`` targets, ``+1`` at the class and ``−1`` elsewhere."""
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be (B,), got {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
+    return 2 * F.one_hot(labels, num_classes).to(dtype) - 1
+
+
+class RidgeProbes:
+    """Many ridge probes fitted from streamed sums.
+
+    Usage (three phases, each any number of minibatches)::
+
+        probes = RidgeProbes(num_classes=10)
+        for feats, y in fit:      probes.update("fit", feats, y)    # feats: {site: (B, P, d)}
+        for feats, y in held_out: probes.update("val", feats, y)
+        probes.solve()                                              # all-reduces, picks λ per probe
+        for feats, y in test:     probes.score(feats, y)
+        acc = probes.accuracy()                                     # {site: (P,) float64 in [0, 1]}
+    """
+
+    def __init__(self, num_classes: int, relative_lambdas: Sequence[float] = RELATIVE_LAMBDAS,
+                 device: str | torch.device | None = None):
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if not relative_lambdas or min(relative_lambdas) <= 0:
+            raise ValueError(f"relative_lambdas must be positive, got {tuple(relative_lambdas)}")
+        self.num_classes, self.device = num_classes, device
+        self.relative_lambdas = torch.tensor(relative_lambdas, dtype=torch.float64)
+        self.moments: dict[str, dict[str, list[torch.Tensor]]] = {"fit": {}, "val": {}}
+        self.weights: OrderedDict[str, torch.Tensor] = OrderedDict()    # (P, d + 1, C)
+        self.chosen: OrderedDict[str, torch.Tensor] = OrderedDict()     # (P,) relative λ
+        self._correct: dict[str, torch.Tensor] = {}
+        self._seen = 0
+
+    def update(self, split: str, features: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:
+        """Add a minibatch to the ``"fit"`` or ``"val"`` (held-out) sums. ``features``: ``{site: (B, P, d)}``."""
+        if split not in self.moments:
+            raise ValueError(f"split must be 'fit' or 'val', got {split!r}")
+        if self.weights:
+            raise RuntimeError("probes are already solved: create a new RidgeProbes to fit again")
+        for site, x in features.items():
+            x_aug, y = self._augment(site, x, labels)
+            xx = torch.einsum("bpi,bpj->pij", x_aug, x_aug)
+            xy = torch.einsum("bpi,bc->pic", x_aug, y)
+            stats = [xx, xy, (y * y).sum().expand(1)]
+            bucket = self.moments[split]
+            if site in bucket:
+                if bucket[site][0].shape != xx.shape:
+                    raise ValueError(f"site {site!r}: features {tuple(x.shape[1:])} differ from earlier batches")
+                bucket[site] = [a + b for a, b in zip(bucket[site], stats)]
+            else:
+                bucket[site] = stats
+
+    def _augment(self, site, x, labels):
+        if x.ndim != 3:
+            raise ValueError(f"site {site!r}: features must be (B, P, d), got {tuple(x.shape)}")
+        if x.shape[0] != labels.shape[0]:
+            raise ValueError(f"site {site!r}: {x.shape[0]} feature rows but {labels.shape[0]} labels")
+        x = x.to(self.device, torch.float64)
+        x_aug = torch.cat([x, x.new_ones(x.shape[:-1] + (1,))], dim=-1)
+        return x_aug, signed_one_hot(labels.to(x.device), self.num_classes)
+
+    def solve(self) -> None:
+        """All-reduce the sums, fit every probe for every λ and keep the one with the least held-out error."""
+        fit, val = self.moments["fit"], self.moments["val"]
+        if not fit or set(fit) != set(val):
+            raise RuntimeError(f"every site needs fit and held-out batches (fit: {sorted(fit)}, held-out: "
+                               f"{sorted(val)})")
+        for site in fit:
+            a_fit, b_fit, _ = all_reduce_sum(fit[site])
+            a_val, b_val, yy_val = all_reduce_sum(val[site])
+            candidates = ridge_solutions(a_fit, b_fit, self.relative_lambdas.to(a_fit.device))  # (L, P, d+1, C)
+            n_val = a_val[0, -1, -1]
+            # held-out mean squared error of each candidate from the sums: tr(WᵀAW) − 2 tr(WᵀB) + Σ‖y‖²
+            err = (torch.einsum("lpic,pij,lpjc->lp", candidates, a_val, candidates)
+                   - 2 * torch.einsum("lpic,pic->lp", candidates, b_val) + yy_val) / n_val
+            best = err.argmin(0)                                                               # (P,)
+            self.weights[site] = candidates[best, torch.arange(len(best))]
+            self.chosen[site] = self.relative_lambdas[best.cpu()]
+        self.moments = {"fit": {}, "val": {}}
+
+    def score(self, features: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:
+        """Count the test minibatch's correct predictions of every solved probe."""
+        if not self.weights:
+            raise RuntimeError("call solve() before score()")
+        for site, x in features.items():
+            if site not in self.weights:
+                raise KeyError(f"site {site!r} was not fitted; fitted sites: {', '.join(self.weights)}")
+            x_aug, _ = self._augment(site, x, labels)
+            pred = torch.einsum("bpi,pic->bpc", x_aug, self.weights[site]).argmax(-1)          # (B, P)
+            correct = (pred == labels.to(pred.device)[:, None]).sum(0).double()
+            self._correct[site] = self._correct.get(site, 0) + correct
+        self._seen += labels.shape[0]
+
+    def accuracy(self) -> OrderedDict[str, torch.Tensor]:
+        """Test accuracy ``{site: (P,) float64}`` over everything scored (all-reduced across processes)."""
+        if not self._seen and not torch.distributed.is_initialized():
+            raise RuntimeError("no test batches were scored")
+        sites = list(self.weights)
+        device = self.weights[sites[0]].device
+        counts = all_reduce_sum([self._correct.get(s, torch.zeros(len(self.chosen[s]), dtype=torch.float64,
+                                                                   device=device)) for s in sites]
+                                + [torch.tensor([float(self._seen)], dtype=torch.float64, device=device)])
+        seen = counts.pop()
+        return OrderedDict((s, (c / seen).cpu()) for s, c in zip(sites, counts))
+
+
+def ridge_solutions(xx: torch.Tensor, xy: torch.Tensor, relative_lambdas: torch.Tensor) -> torch.Tensor:
+    """Ridge solutions from augmented sums, for every λ at once.
+
+    Args:
+        xx: ``(P, d + 1, d + 1)`` sums ``Σ x̃x̃ᵀ`` (last coordinate the constant 1, so ``xx[:, -1, -1] = n``).
+        xy: ``(P, d + 1, C)`` sums ``Σ x̃yᵀ``.
+        relative_lambdas: ``(L,)``; ``λ = r · tr(Σ)/d`` with ``Σ`` the features' covariance times ``n``.
+
+    Returns:
+        ``(L, P, d + 1, C)``: ``[W; b]`` minimising ``Σ‖Wᵀx + b − y‖² + λ‖W‖²`` (bias unpenalised).
+    """
+    n = xx[:, -1, -1]                                                     # (P,)
+    sx, sy = xx[:, :-1, -1], xy[:, -1, :]                                  # Σx (P, d), Σy (P, C)
+    mean_x, mean_y = sx / n[:, None], sy / n[:, None]
+    cov = xx[:, :-1, :-1] - n[:, None, None] * mean_x[:, :, None] * mean_x[:, None, :]   # centred Σ(x−x̄)(x−x̄)ᵀ
+    cross = xy[:, :-1, :] - n[:, None, None] * mean_x[:, :, None] * mean_y[:, None, :]   # Σ(x−x̄)(y−ȳ)ᵀ
+    d = cov.shape[-1]
+    evals, evecs = torch.linalg.eigh(cov)                                  # one decomposition, every λ
+    evals = evals.clamp_min(0)                                             # round-off below 0 on a PSD sum
+    scale = cov.diagonal(dim1=-2, dim2=-1).sum(-1) / d                    # (P,) mean variance × n
+    lam = relative_lambdas[:, None] * torch.where(scale > 0, scale, torch.ones_like(scale))   # (L, P)
+    proj = evecs.transpose(-1, -2) @ cross                                 # (P, d, C)
+    w = evecs @ (proj / (evals + lam[..., None])[..., None])               # (L, P, d, C)
+    b = mean_y - torch.einsum("pd,lpdc->lpc", mean_x, w)                   # (L, P, C)
+    return torch.cat([w, b[:, :, None, :]], dim=2)
+
+
+def aggregate(features: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int] | None = None,
+              aggregations: Sequence[str] = AGGREGATIONS) -> OrderedDict[str, torch.Tensor]:
+    """Probe inputs ``{aggregation: (B, P, d)}`` from one layer's features.
+
+    Args:
+        features: ViT tokens ``(B, N, D)`` (prefix tokens first) or a CNN map ``(B, C, H, W)``; a map is
+            average-pooled to ``grid`` (the last stage's size, as in the paper) and its positions are tokens.
+        aggregations: any of ``"first"`` (token 0: the CLS token of a CLS model), ``"gap"`` (mean of all
+            tokens), ``"gap_spatial"`` (mean of the non-prefix tokens) and ``"tokens"`` (one probe per token,
+            ``P = N``); for a map ``"first"`` is not defined and ``"gap_spatial"`` equals ``"gap"``.
+    """
+    unknown = set(aggregations) - set(AGGREGATIONS)
+    if unknown:
+        raise ValueError(f"unknown aggregation(s) {sorted(unknown)}; choose from {AGGREGATIONS}")
+    if features.ndim == 4:
+        if grid is not None:
+            features = F.adaptive_avg_pool2d(features.float(), grid)
+        tokens, num_prefix_tokens = features.flatten(2).transpose(1, 2), 0
+        if "first" in aggregations:
+            raise ValueError("aggregation 'first' is defined for token sequences, not CNN feature maps")
+    elif features.ndim == 3:
+        tokens = features
+        if not 0 <= num_prefix_tokens < tokens.shape[1]:
+            raise ValueError(f"num_prefix_tokens={num_prefix_tokens} for {tokens.shape[1]} tokens")
+    else:
+        raise ValueError(f"features must be (B, N, D) tokens or a (B, C, H, W) map, got {tuple(features.shape)}")
+    out = OrderedDict()
+    for name in aggregations:
+        if name == "first":
+            out[name] = tokens[:, :1]
+        elif name == "gap":
+            out[name] = tokens.mean(1, keepdim=True)
+        elif name == "gap_spatial":
+            out[name] = tokens[:, num_prefix_tokens:].mean(1, keepdim=True)
+        else:
+            out[name] = tokens
+    return out
+
+
+@dataclass
+class ProbeResult:
+    """Test accuracies of a model's probes.
+
+    Attributes:
+        layers: probed layer names, in execution order.
+        accuracy: ``{aggregation: (layers, P) float64}`` (``P = 1`` for aggregates, tokens for ``"tokens"``).
+        relative_lambda: the chosen ``λ / (tr Σ / d)`` per probe, same shapes.
+        n_fit, n_val, n_test: images used to fit, choose λ, and score.
+    """
+    layers: list[str]
+    accuracy: dict[str, torch.Tensor]
+    relative_lambda: dict[str, torch.Tensor]
+    n_fit: int
+    n_val: int
+    n_test: int
+
+
+def probe_layers(model: torch.nn.Module, layers: Sequence[str], fit: Iterable, val: Iterable, test: Iterable,
+                 num_classes: int, aggregations: Sequence[str] = AGGREGATIONS, pool_grid=None,
+                 device: str | torch.device = "cpu", progress: bool = True) -> ProbeResult:
+    """Fit and score probes on ``layers`` of ``model`` for every aggregation.
+
+    Args:
+        fit, val, test: raw ``(images, labels)`` minibatches (the model's preprocessing is applied): the
+            probes' training images, the held-out training images that choose λ, and the test images.
+        num_classes: number of classes ``C``.
+        pool_grid: CNN maps are average-pooled to this ``(h, w)`` (default: the smallest map among
+            ``layers``, i.e. the last stage's size).
+        aggregations: see :func:`aggregate`; ``"first"`` is skipped for CNN maps.
+
+    Memory: per-token probes keep ``2 · tokens · (d+1)²`` float64 sums per layer (ViT-B/16: ~1.9 GB a
+    layer); probe aggregates only for large models.
+    """
+    num_prefix = getattr(model, "num_prefix_tokens", 0)
+    probes = RidgeProbes(num_classes, device=device)
+    counts = {}
+
+    def sites(feats):
+        nonlocal pool_grid
+        if pool_grid is None:
+            maps = [f.shape[-2:] for f in feats.values() if f.ndim == 4]
+            pool_grid = tuple(min(maps)) if maps else None
+        out = OrderedDict()
+        for layer in layers:
+            f = feats[layer]
+            aggs = [a for a in aggregations if not (a == "first" and f.ndim == 4)]
+            for agg, x in aggregate(f, num_prefix, pool_grid, aggs).items():
+                out[f"{layer}/{agg}"] = x
+        return out
+
+    for split, batches in (("fit", fit), ("val", val), ("test", test)):
+        if split == "test":
+            probes.solve()
+        n = 0
+        for feats, labels in tqdm(iter_features(model, batches, list(layers), device=device),
+                                  desc=f"probes: {split}", disable=not progress, leave=False,
+                                  total=len(batches) if hasattr(batches, "__len__") else None):
+            x = sites(feats)
+            probes.score(x, labels) if split == "test" else probes.update(split, x, labels)
+            n += labels.shape[0]
+        counts[split] = int(all_reduce_sum([torch.tensor(float(n))])[0].item())
+    accs = probes.accuracy()
+    accuracy, lambdas = {}, {}
+    for agg in aggregations:
+        keys = [f"{layer}/{agg}" for layer in layers if f"{layer}/{agg}" in accs]
+        if keys:
+            accuracy[agg] = torch.stack([accs[k] for k in keys])
+            lambdas[agg] = torch.stack([probes.chosen[k] for k in keys])
+    return ProbeResult(list(layers), accuracy, lambdas, counts["fit"], counts["val"], counts["test"])
