@@ -24,13 +24,18 @@ import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = ["representation_structure", "local_global"]
+CHAPTERS = ["representation_structure", "local_global", "skip_connections", "spatial", "data_scale", "conclusion"]
+READS_RESULTS = {"conclusion"}   # chapters that judge the numbers the others recorded (see vitcnn_utils.findings)
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
 
 
 def _fingerprint(source: Path, params: dict) -> str:
-    """Hash of what a chapter's output depends on."""
+    """Hash of what a chapter's output depends on (for the conclusion also the recorded results)."""
     digest = hashlib.sha256(source.read_bytes())
+    if source.stem in READS_RESULTS:
+        from .findings import RESULTS_DIR
+        for path in sorted((ROOT / params.get("results_dir", RESULTS_DIR)).glob("*.json")):
+            digest.update(path.read_bytes())
     digest.update(json.dumps(params, sort_keys=True, default=str).encode())
     package = Path(__file__).resolve().parent
     for path in sorted(package.rglob("*.py")) + [package / "zoo" / "manifest.json"]:
@@ -45,8 +50,53 @@ def _up_to_date(output: Path, key: str) -> bool:
     return nbformat.read(output, as_version=4).metadata.get("vitcnn", {}).get("key") == key
 
 
+def chapter_parameters(source: Path, params: dict) -> dict:
+    """The parameters a chapter runs with: its ``parameters`` cell's defaults, overridden by ``params``."""
+    nb = nbformat.read(source, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    defaults: dict = {}
+    if cells:
+        exec(cells[0].source, {}, defaults)          # plain assignments by convention (papermill's own rule)
+    return {**defaults, **params}
+
+
+def missing_zoo_models(values) -> list[str]:
+    """``zoo:<name>`` models named anywhere in ``values`` (nested lists/dicts) that this installation lacks."""
+    from .zoo import available
+
+    names: list[str] = []
+
+    def walk(v):
+        if isinstance(v, str) and v.startswith("zoo:"):
+            names.append(v[4:])
+        elif isinstance(v, dict):
+            [walk(x) for x in v.values()]
+        elif isinstance(v, (list, tuple)):
+            [walk(x) for x in v]
+    walk(values)
+    have = set(available())
+    return sorted({n for n in names if n not in have})
+
+
+def _placeholder(source: Path, missing: list[str]) -> nbformat.NotebookNode:
+    title = next((line for c in nbformat.read(source, as_version=4).cells if c.cell_type == "markdown"
+                  for line in c.source.splitlines() if line.startswith("# ")), f"# {source.stem}")
+    only = " ".join(missing)
+    text = (f"{title}\n\n```{{warning}}\nThis chapter was not executed in this build: it needs the zoo model(s) "
+            f"{', '.join(f'`{m}`' for m in missing)}, which this installation has not trained yet. Train them with "
+            f"`python -m vitcnn_utils.zoo --only {only}` (or `make zoo` for the whole zoo) and rebuild; the chapter "
+            f"then runs and its findings enter the conclusion.\n```\n")
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text)],
+                                    metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                             "language": "python"}})
+
+
 def run_chapter(chapter: str, params: dict, out_dir: Path, force: bool = False) -> Path:
-    """Execute ``notebooks/<chapter>.ipynb`` with ``params`` into ``out_dir/<chapter>.ipynb``."""
+    """Execute ``notebooks/<chapter>.ipynb`` with ``params`` into ``out_dir/<chapter>.ipynb``.
+
+    A chapter whose parameters name ``zoo:`` models this installation has not trained is not executed: a
+    page saying which models to train takes its place, and its recorded findings are removed (the
+    conclusion then reports them as not measured)."""
     import papermill
 
     source = ROOT / "notebooks" / f"{chapter}.ipynb"
@@ -58,6 +108,17 @@ def run_chapter(chapter: str, params: dict, out_dir: Path, force: bool = False) 
         print(f"{chapter}: up to date, not re-executed")
         return output
     out_dir.mkdir(parents=True, exist_ok=True)
+    effective = chapter_parameters(source, params)
+    missing = missing_zoo_models(effective)
+    if missing:
+        print(f"{chapter}: NOT executed: zoo model(s) {', '.join(missing)} not trained "
+              f"(python -m vitcnn_utils.zoo --only {' '.join(missing)})", flush=True)
+        nb = _placeholder(source, missing)
+        nb.metadata["vitcnn"] = {"key": key, "parameters": params, "missing_models": missing}
+        if "results_dir" in effective:
+            (ROOT / effective["results_dir"] / f"{chapter}.json").unlink(missing_ok=True)
+        nbformat.write(nb, output)
+        return output
     tmp = out_dir / f".{chapter}.running.ipynb"
     print(f"{chapter}: executing with {params or 'its defaults'}", flush=True)
     try:

@@ -337,3 +337,40 @@ def nanmax(matrix: torch.Tensor, dim: int | None = None):
 def _nan_to_minus_inf(matrix: torch.Tensor) -> torch.Tensor:
     """float64 copy in which undefined (NaN) CKA values can never win a maximum."""
     return torch.nan_to_num(matrix.double(), nan=-torch.inf)
+
+
+# -- scale of data (paper section 6, Figs 12-13) ------------------------------------------------------------
+def matched_layer_cka(heatmaps: Heatmaps, reference: str) -> dict[str, torch.Tensor]:
+    """CKA of each layer of every model in ``heatmaps`` with the *same* layer of ``reference`` (the diagonal
+    of ``heatmaps[model, reference]``), for models of one architecture.
+
+    Returns:
+        ``{model: (L,) float64}`` for every model except ``reference``, in ``heatmaps.names`` order.
+
+    Raises:
+        ValueError: if a model's captured layers differ from the reference's (different architectures).
+    """
+    if reference not in heatmaps.names:
+        raise ValueError(f"no model {reference!r} in the heatmaps; models: {', '.join(heatmaps.names)}")
+    ref_layers = heatmaps.names[reference]
+    out = {}
+    for model, layers in heatmaps.names.items():
+        if model == reference:
+            continue
+        if layers != ref_layers:
+            raise ValueError(f"model {model!r} has layers {layers[:3]}... ({len(layers)}), the reference "
+                             f"{reference!r} {ref_layers[:3]}... ({len(ref_layers)}): matched-layer CKA needs "
+                             "the same architecture")
+        out[model] = heatmaps[model, reference].diagonal().clone()
+    return out
+
+
+def block_heatmaps(models: Mapping[str, torch.nn.Module], batches, with_input: bool = True,
+                   device: str | torch.device = "cpu", progress: bool = True) -> Heatmaps:
+    """:func:`model_heatmaps` restricted to each model's :func:`~vitcnn_utils.hooks.block_layers` (layer 0 =
+    embedding / stem when ``with_input``, then the block outputs): ``heatmaps[a, b]`` is ``(blocks of a, blocks
+    of b)``."""
+    from .hooks import block_layers
+
+    layers = {label: block_layers(model, with_input) for label, model in models.items()}
+    return model_heatmaps(models, batches, layers, device=device, progress=progress)

@@ -14,6 +14,9 @@ order, as they were computed: a ViT's tokens stay ``(B, N, D)`` with the CLS tok
 ``forward_intermediates``). Every captured tensor is detached (unless ``detach=False``) and *cloned*: timm
 modules update activations in place (``x += shortcut``, in-place ReLU), which would otherwise overwrite what
 was captured. Hooks are removed on exit, also on error; a requested layer that did not fire is an error.
+
+Layer structure: :func:`block_outputs` and :func:`block_layers` name a network's block-level representations,
+:func:`normalised_depth` and :func:`middle_index` place layers on a shared 0–1 depth axis.
 """
 from __future__ import annotations
 
@@ -83,6 +86,32 @@ def block_outputs(model: torch.nn.Module) -> list[str]:
         raise ValueError(f"no block outputs known for {type(model).__name__}: pass layer names "
                          "(see available_layers(model))")
     return units
+
+
+def block_layers(model: torch.nn.Module, with_input: bool = True) -> list[str]:
+    """The block-level layers of a timm ViT or ResNet, in depth order: optionally the representation that
+    enters the first block ("layer 0": ``norm_pre`` = the ViT's token embedding, ``maxpool`` = the ResNet's
+    stem output), then :func:`~vitcnn_utils.hooks.block_outputs` (``blocks.i`` / ``layerS.U``)."""
+    blocks = block_outputs(model)
+    if not with_input:
+        return blocks
+    return ["norm_pre" if isinstance(model, VisionTransformer) else "maxpool"] + blocks
+
+
+def normalised_depth(n_layers: int) -> torch.Tensor:
+    """Position of each of ``n_layers`` layers as a fraction of depth: ``i / (n - 1)`` (0 = first, 1 = last;
+    a single layer sits at 0). float64 ``(n,)``."""
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+    return torch.arange(n_layers, dtype=torch.float64) / max(n_layers - 1, 1)
+
+
+def middle_index(n_layers: int) -> int:
+    """Index of the layer nearest normalised depth 0.5; of two equally near (an even count) the lower one.
+    Exact integer arithmetic: ``(n - 1) // 2``."""
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+    return (n_layers - 1) // 2
 
 
 def resolve_layers(model: torch.nn.Module, layers: str | Sequence[str] = "default") -> list[str]:

@@ -67,16 +67,31 @@ def token_patch_cka(model: torch.nn.Module, batches: Iterable, layer: str, patch
 
 def localisation_summary(matrix: torch.Tensor, grid: tuple[int, int]) -> dict:
     """How well tokens localise: the fraction of tokens whose most similar patch is their own, the mean
-    CKA with the own patch and with the other patches, and the same fraction for interior tokens only."""
+    CKA with the own patch and with the other patches, and the same fraction for interior tokens only.
+
+    Undefined (NaN) entries, from a token or a patch that is constant over the images (e.g. an always-blank
+    image corner), are ignored: a token's best patch is the argmax over its defined entries, the fractions
+    count only tokens whose own-patch CKA is defined, and the means run over defined entries.
+    ``undefined_fraction`` is the fraction of NaN entries of ``matrix``.
+    """
     gh, gw = grid
+    matrix = matrix.double()
+    n = len(matrix)
     own = matrix.diagonal()
-    off = matrix[~torch.eye(len(matrix), dtype=torch.bool)]
-    hits = matrix.argmax(1) == torch.arange(len(matrix))
+    off = matrix[~torch.eye(n, dtype=torch.bool)]
+    hits = torch.nan_to_num(matrix, nan=-torch.inf).argmax(1) == torch.arange(n)
+    defined = ~torch.isnan(own)
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     interior = ((rows > 0) & (rows < gh - 1) & (cols > 0) & (cols < gw - 1)).flatten()
-    return {"own_patch_is_best": hits.double().mean().item(),
-            "interior_own_patch_is_best": hits[interior].double().mean().item() if interior.any() else float("nan"),
-            "mean_own": own.mean().item(), "mean_other": off.mean().item()}
+
+    def fraction(mask):
+        mask = mask & defined
+        return hits[mask].double().mean().item() if mask.any() else float("nan")
+
+    return {"own_patch_is_best": fraction(torch.ones(n, dtype=torch.bool)),
+            "interior_own_patch_is_best": fraction(interior),
+            "mean_own": own.nanmean().item(), "mean_other": off.nanmean().item(),
+            "undefined_fraction": torch.isnan(matrix).double().mean().item()}
 
 
 def _infer_grid(features: torch.Tensor, num_prefix_tokens: int) -> tuple[int, int]:
@@ -124,3 +139,55 @@ def erf_radius(erf: torch.Tensor, fraction: float = 0.5) -> float:
     order = torch.argsort(radius)
     mass = torch.cumsum(erf.flatten()[order], 0)
     return radius[order][torch.searchsorted(mass, fraction * mass[-1])].item()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Chapter "spatial" (paper Figs 9–10): token grids of any model and token heatmaps (the Fig 11 token probes are
+# in :mod:`vitcnn_utils.probes`).
+
+def token_geometry(model: torch.nn.Module, layer: str, batches: Iterable,
+                   device: str | torch.device = "cpu") -> dict:
+    """How ``layer``'s tokens sit on the input: ``{"patch_size": P (pixels), "grid": (gh, gw),
+    "num_prefix_tokens": k}``, the arguments :func:`token_patch_cka` needs.
+
+    A ViT (a model with ``patch_embed``) gives its patch size, patch grid and prefix (CLS/register) tokens.
+    For a CNN one image of ``batches`` is run to read the ``(gh, gw)`` size of ``layer``'s map; its
+    "tokens" are the channel vectors at each position and each covers a ``P × P`` input patch with
+    ``P = H / gh = W / gw`` (the map must tile the input exactly, else ``ValueError``).
+    """
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None:
+        ph, pw = (embed.patch_size, embed.patch_size) if isinstance(embed.patch_size, int) else embed.patch_size
+        if ph != pw:
+            raise ValueError(f"non-square patches {ph}×{pw} are not supported")
+        return {"patch_size": int(ph), "grid": tuple(int(g) for g in embed.grid_size),
+                "num_prefix_tokens": int(getattr(model, "num_prefix_tokens", 0))}
+    images, _ = next(iter(batches))
+    x = preprocessor(model)(images[:1].to(device))
+    model.eval().to(device)
+    with Capture(model, layer) as cap, torch.inference_mode():
+        features = cap(x)[layer]
+    if features.ndim != 4:
+        raise ValueError(f"{layer!r} gives {tuple(features.shape)}, not a (B, C, H, W) map; for token models "
+                         "pass a model with patch_embed")
+    (h, w), (gh, gw) = x.shape[-2:], features.shape[-2:]
+    if h % gh or w % gw or h // gh != w // gw:
+        raise ValueError(f"the {gh}×{gw} map of {layer!r} does not tile the {h}×{w} input in square patches")
+    return {"patch_size": h // gh, "grid": (int(gh), int(gw)), "num_prefix_tokens": 0}
+
+
+def position_maps(matrix: torch.Tensor, grid: tuple[int, int], positions) -> torch.Tensor:
+    """The rows of a token–patch matrix ``(gh·gw, gh·gw)`` (from :func:`token_patch_cka`) for the tokens at
+    ``positions`` (``(row, col)`` pairs), each laid out on the grid: float64 ``(len(positions), gh, gw)``;
+    entry ``[k, r, c]`` is the CKA of token ``positions[k]`` with the input patch at ``(r, c)``."""
+    gh, gw = grid
+    if tuple(matrix.shape) != (gh * gw, gh * gw):
+        raise ValueError(f"matrix {tuple(matrix.shape)} does not match the {gh}×{gw} grid")
+    rows = []
+    for position in positions:
+        r, c = (int(v) for v in position)
+        if not (0 <= r < gh and 0 <= c < gw):
+            raise ValueError(f"token position {(r, c)} lies outside the {gh}×{gw} grid")
+        rows.append(matrix[r * gw + c].reshape(gh, gw))
+    return torch.stack(rows).double() if rows else matrix.new_zeros((0, gh, gw), dtype=torch.float64)
+

@@ -84,6 +84,12 @@ def accuracy(model: torch.nn.Module, batches, device: str | torch.device | None 
     return correct.item() / seen.item(), int(seen.item())
 
 
+def model_accuracies(models: dict[str, torch.nn.Module], batches, device="cpu") -> dict[str, float]:
+    """``{label: top-1 fraction}`` of every model on the same raw ``(images, labels)`` batches
+    (:func:`vitcnn_utils.train.accuracy`)."""
+    return {label: accuracy(model, batches, device)[0] for label, model in models.items()}
+
+
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: ImageSet, batch_size: int = 500,
              device: str | torch.device = "cpu") -> float:

@@ -2,12 +2,15 @@
 
 ``load("vit-cls")`` (or ``models.load_model("zoo:vit-cls")``) rebuilds the architecture recorded in
 ``manifest.json``, checks the weights file's sha256 against the manifest, and loads it. ``python -m
-vitcnn_utils.zoo`` trains the whole zoo (see :mod:`vitcnn_utils.zoo.__main__`).
+vitcnn_utils.zoo`` trains the whole zoo (see :mod:`vitcnn_utils.zoo.__main__`). :func:`training_summary`,
+:func:`training_table` and :func:`optimisation_steps` report what a loaded model was trained on.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +115,40 @@ def load(name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
     model.load_state_dict(load_file(path))
     model.zoo_entry = entry
     return model.eval().to(device)
+
+
+# -- what a zoo model was trained on ----------------------------------------------------------------------
+def optimisation_steps(entry: dict) -> int:
+    """Optimisation steps of a zoo model from its manifest ``entry``: ``epochs × ⌈train_images / batch⌉``
+    (as in :func:`vitcnn_utils.train.train`)."""
+    return int(entry["epochs"]) * math.ceil(entry["train_images"] / entry["recipe"]["batch_size"])
+
+
+def training_summary(models: Mapping[str, torch.nn.Module]) -> dict[str, dict]:
+    """What each model was trained on, from its zoo manifest entry (``model.zoo_entry``):
+    ``{label: {"fraction", "train_images", "epochs", "test_accuracy"}}``, test accuracy in [0, 1]. Models
+    without an entry (``arch:`` = untrained, timm models) get ``None`` for every field."""
+    keys = ("fraction", "train_images", "epochs", "test_accuracy")
+    out = {}
+    for label, model in models.items():
+        entry = getattr(model, "zoo_entry", None) or {}
+        out[label] = {k: entry.get(k) for k in keys}
+    return out
+
+
+def training_table(models: Mapping[str, Mapping[str, torch.nn.Module]],
+                   names: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """A Markdown table of what each model was trained on (:func:`training_summary`), for
+    ``{architecture: {label: model}}``; ``names`` (same nesting) adds the :func:`load_model` names.
+    Models without a zoo entry read "untrained / not in the zoo"."""
+    head = "| architecture | training data | model | training images | epochs | test accuracy |"
+    lines = [head, "|---|---|---|---:|---:|---:|"]
+    for arch, group in models.items():
+        for label, s in training_summary(group).items():
+            name = f"`{names[arch][label]}`" if names else ""
+            if s["test_accuracy"] is None:
+                lines.append(f"| {arch} | {label} | {name} | – | – | untrained / not in the zoo |")
+            else:
+                lines.append(f"| {arch} | {label} | {name} | {s['train_images']:,} | {s['epochs']} | "
+                             f"{100 * s['test_accuracy']:.2f}% |")
+    return "\n".join(lines)
