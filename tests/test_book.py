@@ -97,3 +97,16 @@ def test_conclusion_judges_every_finding_from_recorded_numbers(built_book):
     assert sum(r["verdict"] != findings.NOT_MEASURED for r in rows) >= 10
     page = (html / "book" / "chapters" / "conclusion.html").read_text()
     assert page.count("<tr") >= len(rows) + 1
+
+
+def test_chapter_needing_an_untrained_zoo_model_becomes_a_page_saying_so(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "skip_connections.json").write_text("{}")          # stale numbers from an earlier build
+    out = book.run_chapter("skip_connections", {"vit_no_skip": ["zoo:vit-cls-noskip-never"],
+                                                "results_dir": str(results)}, tmp_path / "out")
+    nb = nbformat.read(out, as_version=4)
+    assert nb.metadata["vitcnn"]["missing_models"] == ["vit-cls-noskip-never"]
+    assert len(nb.cells) == 1 and "python -m vitcnn_utils.zoo --only vit-cls-noskip-never" in nb.cells[0].source
+    assert nb.cells[0].source.startswith("# Skip connections")
+    assert not (results / "skip_connections.json").exists()        # the conclusion must not judge stale numbers
