@@ -12,16 +12,7 @@ from vitcnn_utils.hooks import block_layers, capture, middle_index, normalised_d
 from vitcnn_utils.probes import block_probes, data_scale_numbers
 from vitcnn_utils.zoo import training_summary, training_table
 
-
-def _hsic1(K, L):
-    """Song et al. (2012) unbiased HSIC, written out in float64."""
-    n = K.shape[0]
-    Kt, Lt = K.copy(), L.copy()
-    np.fill_diagonal(Kt, 0.0)
-    np.fill_diagonal(Lt, 0.0)
-    one = np.ones(n)
-    return (np.trace(Kt @ Lt) + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
-            - 2.0 / (n - 2) * (one @ Kt @ Lt @ one)) / (n * (n - 3))
+from test_cka import hsic_unbiased_ref as _hsic1  # the one float64 reference of the formula
 
 
 def _minibatch_cka_ref(xs, ys):

@@ -140,13 +140,7 @@ def probe_by_depth(ax, curves: dict, title: str, chance: float | None = None, co
         depth = np.arange(len(values)) / max(len(values) - 1, 1)
         ax.plot(depth, values, marker=_FRACTION_MARKERS[i % len(_FRACTION_MARKERS)], color=colours[label],
                 lw=1.8, label=label)
-    if chance is not None:
-        ax.axhline(100 * chance, color="0.5", lw=1, ls="--", label="chance")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("normalised depth (0 = first block, 1 = last)")
-    ax.set_ylabel("linear-probe test accuracy (%)")
-    ax.set_title(title)
+    _probe_axes(ax, title, chance, "--")
     ax.legend(title="training data", fontsize=8, title_fontsize=8, loc="lower right")
     return ax
 
@@ -289,12 +283,17 @@ def spatial_probe_curves(ax, depth: dict, curves: dict, title: str, colours: dic
             style, marker, text = _PROBE_KIND_STYLE.get(kind, ("-.", "x", kind))
             ax.plot(x, 100 * np.asarray(values, dtype=float), ls=style, marker=marker, color=colours[model],
                     lw=1.8, ms=5, label=f"{model}: {text}")
+    _probe_axes(ax, title, chance, "-.")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return ax
+
+
+def _probe_axes(ax, title: str, chance: float | None, chance_style: str) -> None:
+    """Shared axes of the probe-accuracy plots: depth in [0, 1], accuracy in %, a chance line."""
     if chance is not None:
-        ax.axhline(100 * chance, color="0.5", lw=1, ls="-.", label="chance")
+        ax.axhline(100 * chance, color="0.5", lw=1, ls=chance_style, label="chance")
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(0, 100)
     ax.set_xlabel("normalised depth (0 = first block, 1 = last)")
     ax.set_ylabel("linear-probe test accuracy (%)")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return ax
