@@ -198,9 +198,7 @@ def probe_batches(source: str, shots: int, val_per_class: int, n_test: int, batc
         raise ValueError(f"shots and val_per_class must be at least 1, got {shots} and {val_per_class}")
     if source == "fashion-mnist":
         train = load_fashion_mnist("train", data_dir)
-        order = stratified_order(train.labels, seed)
-        classes = len(train.labels.unique())
-        fit_idx, val_idx = order[:shots * classes], order[shots * classes:(shots + val_per_class) * classes]
+        fit_idx, val_idx = _fit_val_indices(train.labels, shots, val_per_class, seed)
         return (batches(train.subset(fit_idx), batch_size), batches(train.subset(val_idx), batch_size),
                 batches(analysis_subset(load_fashion_mnist("test", data_dir), n_test, seed), batch_size))
     root = Path(source)
@@ -209,12 +207,18 @@ def probe_batches(source: str, shots: int, val_per_class: int, n_test: int, batc
             raise FileNotFoundError(f"{root / split} does not exist: a probe source folder needs train/ and val/ "
                                     "ImageNet-style subfolders")
     from torchvision.datasets import ImageFolder
-    targets = torch.tensor(ImageFolder(str(root / "train")).targets)
-    order, classes = stratified_order(targets, seed), len(targets.unique())
-    fit_idx, val_idx = order[:shots * classes], order[shots * classes:(shots + val_per_class) * classes]
+    fit_idx, val_idx = _fit_val_indices(torch.tensor(ImageFolder(str(root / "train")).targets), shots,
+                                        val_per_class, seed)
     return (_FolderBatches(root / "train", None, batch_size, seed, image_size, indices=fit_idx),
             _FolderBatches(root / "train", None, batch_size, seed, image_size, indices=val_idx),
             _FolderBatches(root / "val", n_test, batch_size, seed, image_size))
+
+
+def _fit_val_indices(labels: torch.Tensor, shots: int, val_per_class: int, seed: int):
+    """Disjoint class-balanced index sets of the training labels: ``shots`` per class to fit, then
+    ``val_per_class`` per class held out (consecutive slices of :func:`stratified_order`)."""
+    order, classes = stratified_order(labels, seed), len(labels.unique())
+    return order[:shots * classes], order[shots * classes:(shots + val_per_class) * classes]
 
 
 class _FolderBatches:

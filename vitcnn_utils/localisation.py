@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from .cka import MinibatchCKA
-from .hooks import Capture
+from .hooks import Capture, iter_features
 from .models import preprocessor
 
 
@@ -162,15 +162,12 @@ def token_geometry(model: torch.nn.Module, layer: str, batches: Iterable,
             raise ValueError(f"non-square patches {ph}×{pw} are not supported")
         return {"patch_size": int(ph), "grid": tuple(int(g) for g in embed.grid_size),
                 "num_prefix_tokens": int(getattr(model, "num_prefix_tokens", 0))}
-    images, _ = next(iter(batches))
-    x = preprocessor(model)(images[:1].to(device))
-    model.eval().to(device)
-    with Capture(model, layer) as cap, torch.inference_mode():
-        features = cap(x)[layer]
+    images, labels = next(iter(batches))
+    features = next(iter_features(model, [(images[:1], labels[:1])], layer, device=device))[0][layer]
     if features.ndim != 4:
         raise ValueError(f"{layer!r} gives {tuple(features.shape)}, not a (B, C, H, W) map; for token models "
                          "pass a model with patch_embed")
-    (h, w), (gh, gw) = x.shape[-2:], features.shape[-2:]
+    (h, w), (gh, gw) = images.shape[-2:], features.shape[-2:]     # preprocessing keeps the image size
     if h % gh or w % gw or h // gh != w // gw:
         raise ValueError(f"the {gh}×{gw} map of {layer!r} does not tile the {h}×{w} input in square patches")
     return {"patch_size": h // gh, "grid": (int(gh), int(gw)), "num_prefix_tokens": 0}

@@ -234,7 +234,7 @@ def no_skip_comparison(heatmaps, intact: str, no_skip: dict[str, torch.nn.Module
         split = split_summary(heatmaps[label, label], names, block)
         entry = getattr(model, "zoo_entry", None)
         rows.append({
-            "label": label, "block": block, "depth_fraction": block / max(len(model.blocks) - 1, 1),
+            "label": label, "block": block, "depth_fraction": normalised_depth(len(model.blocks))[block].item(),
             "split_cka_intact": split_contrast(heatmaps[intact, intact], names, block),
             "split_cka_no_skip": split["across"],
             "within_before_no_skip": split["before"], "within_after_no_skip": split["after"],

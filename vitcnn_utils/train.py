@@ -90,18 +90,13 @@ def model_accuracies(models: dict[str, torch.nn.Module], batches, device="cpu") 
     return {label: accuracy(model, batches, device)[0] for label, model in models.items()}
 
 
-@torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: ImageSet, batch_size: int = 500,
              device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on ``data``."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(data), batch_size):
-        x = normalize(data.images[start:start + batch_size]).to(device)
-        correct += (model(x).argmax(-1).cpu() == data.labels[start:start + batch_size]).sum().item()
-    model.train(was_training)
-    return correct / len(data)
+    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on all of ``data`` (:func:`accuracy` on consecutive
+    minibatches of ``batch_size``)."""
+    minibatches = ((data.images[i:i + batch_size], data.labels[i:i + batch_size])
+                   for i in range(0, len(data), batch_size))
+    return accuracy(model, minibatches, device)[0]
 
 
 def _lr_at(step: int, total: int, recipe: Recipe) -> float:
