@@ -73,6 +73,14 @@ def test_missing_chapter_is_not_measured():
     assert rows[1]["verdict"] == findings.REPRODUCED
 
 
+def test_skip_chapter_without_no_skip_models_leaves_fig8_not_measured():
+    results = paper_like()
+    results["skip_connections"]["no_skip"] = []                       # paper-scale run: no public no-skip ViTs
+    rows = {r["finding"]: r for r in findings.table(results)}
+    assert rows[8]["verdict"] == findings.NOT_MEASURED
+    assert rows[7]["verdict"] == findings.REPRODUCED
+
+
 def test_record_and_load_round_trip(tmp_path):
     findings.record("chapter", {"t": torch.tensor([[1.0, 2.0]]), "x": 0.5, "nan": float("nan"),
                                 "nested": {"a": torch.tensor(3)}}, tmp_path)

@@ -60,6 +60,15 @@ def chapter_parameters(source: Path, params: dict) -> dict:
     return {**defaults, **params}
 
 
+def unknown_parameters(chapters: list[str], params: dict) -> list[str]:
+    """Keys of ``params`` that no chapter in ``chapters`` has in its ``parameters`` cell (typos, which papermill
+    would otherwise inject and the chapter silently ignore)."""
+    known: set[str] = set()
+    for chapter in chapters:
+        known |= set(chapter_parameters(ROOT / "notebooks" / f"{chapter}.ipynb", {}))
+    return sorted(set(params) - known)
+
+
 def missing_zoo_models(values) -> list[str]:
     """``zoo:<name>`` models named anywhere in ``values`` (nested lists/dicts) that this installation lacks."""
     from .zoo import available
@@ -163,6 +172,10 @@ def main(argv=None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")    # progress bars belong to the terminal (papermill's), not the book
     params = yaml.safe_load(Path(args.params).read_text()) or {} if args.params else {}
+    unknown = unknown_parameters(args.chapters, params)
+    if unknown:
+        raise SystemExit(f"{args.params}: {', '.join(unknown)} is not a parameter of chapter(s) "
+                         f"{', '.join(args.chapters)}; see each notebook's parameters cell")
     for chapter in args.chapters:
         run_chapter(chapter, params, Path(args.output), force=args.force)
     if not args.no_build:

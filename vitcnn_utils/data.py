@@ -162,27 +162,40 @@ def analysis_subset(data: ImageSet, n: int, seed: int = 0) -> ImageSet:
     return data.subset(stratified_order(data.labels, seed)[:n])
 
 
-def batches(data: ImageSet, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Raw ``(uint8 images (b, C, H, W), labels (b,))`` minibatches of ``data`` in order; each model applies
-    its own preprocessing (:func:`vitcnn_utils.models.preprocessor`). A last batch of fewer than 4 images
-    is dropped (unbiased HSIC needs n >= 4 per minibatch)."""
+def _check_sizes(n: int, batch_size: int) -> None:
+    """Every minibatch of ``n`` images in batches of ``batch_size`` must hold at least 4 (unbiased HSIC)."""
     if batch_size < 4:
         raise ValueError(f"batch_size must be at least 4 (unbiased HSIC), got {batch_size}")
+    if 0 < n % batch_size < 4:
+        raise ValueError(f"{n} images in batches of {batch_size} leave a last minibatch of {n % batch_size}; "
+                         f"unbiased HSIC needs at least 4 per minibatch: choose a number of images whose "
+                         f"remainder by the batch size is 0 or at least 4")
+
+
+def batches(data: ImageSet, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Raw ``(uint8 images (b, C, H, W), labels (b,))`` minibatches of all of ``data``, in order; each model
+    applies its own preprocessing (:func:`vitcnn_utils.models.preprocessor`). Every minibatch has at least 4
+    images (unbiased HSIC), else a ValueError says how to choose the sizes."""
+    _check_sizes(len(data), batch_size)
     return [(data.images[i:i + batch_size], data.labels[i:i + batch_size])
-            for i in range(0, len(data), batch_size) if min(batch_size, len(data) - i) >= 4]
+            for i in range(0, len(data), batch_size)]
 
 
 def analysis_batches(source: str, n_images: int, batch_size: int, seed: int = 0,
                      data_dir: str | None = None, image_size: int = 224):
     """The images of an analysis: ``source="fashion-mnist"`` takes ``n_images`` class-balanced test images
     (raw uint8); any other ``source`` is an ImageNet-style folder (``root/<class>/<image>``), resized and
-    centre-cropped to ``image_size`` as float tensors in [0, 1], a seeded random subset of ``n_images``.
+    centre-cropped to ``image_size`` as float tensors in [0, 1], a seeded random subset of ``n_images``. A
+    ``source`` holding ``train/`` and ``val/`` (the layout :func:`probe_batches` needs) means its ``val/``.
 
     Returns a re-iterable of ``(images, labels)`` minibatches.
     """
     if source == "fashion-mnist":
         return batches(analysis_subset(load_fashion_mnist("test", data_dir), n_images, seed), batch_size)
-    return _FolderBatches(source, n_images, batch_size, seed, image_size)
+    root = Path(source)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        root = root / "val"
+    return _FolderBatches(root, n_images, batch_size, seed, image_size)
 
 
 def probe_batches(source: str, shots: int, val_per_class: int, n_test: int, batch_size: int, seed: int = 0,
@@ -236,11 +249,12 @@ class _FolderBatches:
             raise ValueError(f"n_images must be in [1, {len(dataset)}] for {root}, got {n_images}")
         else:
             idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n_images]
+        _check_sizes(len(idx), batch_size)
         self.loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx.tolist()),
-                                                  batch_size=batch_size, num_workers=4, drop_last=False)
+                                                  batch_size=batch_size, num_workers=min(4, os.cpu_count() or 1))
 
     def __iter__(self):
-        return (batch for batch in self.loader if len(batch[0]) >= 4)
+        return iter(self.loader)
 
     def __len__(self):
         return len(self.loader)

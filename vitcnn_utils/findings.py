@@ -138,6 +138,8 @@ def _f7(r):
 
 def _f8(r):
     rows = r["skip_connections"]["no_skip"]
+    if not rows:                                   # the chapter ran without no-skip models: Fig 8 not measured
+        raise KeyError("no_skip")
     middle = min(rows, key=lambda row: abs(row["depth_fraction"] - 0.5))
     text = "; ".join(f"block {row['block']}: CKA across it {row['split_cka_intact']:.2f} → {row['split_cka_no_skip']:.2f}, "
                      f"accuracy drop {100 * row['accuracy_drop']:+.1f} points" for row in rows)

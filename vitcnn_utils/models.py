@@ -13,6 +13,8 @@ alone rebuilds the network:
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import timm
@@ -125,6 +127,28 @@ def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike |
     if weights is not None:  # strict: every tensor of the file must match the architecture, no silent re-init
         timm.models.load_checkpoint(model, str(weights), strict=True)
     return model.eval().to(device)
+
+
+def load_named(name: str, weights: Mapping[str, str] | None = None, pretrained: bool = False,
+               device: str | torch.device = "cpu") -> torch.nn.Module:
+    """:func:`load_model` as the chapters call it: one ``weights`` table ``{timm name: local weights file}``
+    for all of a chapter's models, and ``pretrained`` (fetch from the hub) for timm names not in the table.
+
+    Zoo (``zoo:``) and untrained (``arch:``) names ignore ``pretrained`` and may not appear in ``weights``. A
+    timm name with neither a weights file nor ``pretrained=True`` gets random weights (fine for timing), with
+    a warning saying so.
+    """
+    weights = dict(weights or {})
+    if name.startswith(("zoo:", "arch:")):
+        if name in weights:
+            raise ValueError(f"{name!r} ships its own weights (or none): remove it from the weights table")
+        return load_model(name, device=device)
+    if name in weights:
+        return load_model(name, weights=weights[name], device=device)
+    if not pretrained:
+        warnings.warn(f"{name!r} has random weights: give it a weights file (weights: {{{name}: FILE}}) or set "
+                      f"pretrained: true", stacklevel=2)
+    return load_model(name, pretrained=pretrained, device=device)
 
 
 def preprocessor(model: torch.nn.Module):

@@ -25,7 +25,8 @@ MANIFEST = ZOO_DIR / "manifest.json"
 
 VIT = {"kind": "vit", "patch_size": 4, "embed_dim": 128, "depth": 6, "num_heads": 4, "mlp_ratio": 2.0}
 RESNET = {"kind": "resnet", "layers": [1, 2, 2, 1], "channels": [16, 32, 64, 128], "stem_width": 64}
-VIT_EPOCHS, RESNET_EPOCHS = 10, 10
+VIT_EPOCHS, RESNET_EPOCHS = 20, 10  # 10 ViT epochs reached 87.2% (CLS) / 87.4% (GAP), under the 88% floor
+SMALL_BUDGET_EPOCHS = 3  # full-data-equivalent epochs of every small-data and no-skip model (see _budget_epochs)
 RESNET_RECIPE = {"precision": "bf16"}  # 2.5x faster on CPU (see train.Recipe); the ViT trains in float32
 FRACTIONS = (0.03, 0.10, 0.30)
 NO_SKIP_BLOCKS = (1, 3, 5)  # early, middle, late of 6 blocks (0-based)
@@ -40,11 +41,12 @@ class Spec:
     seed: int = 0
 
 
-def _fraction_epochs(full_epochs: int, fraction: float) -> int:
-    # Small-data models get the optimisation steps of the 30% model (= full_epochs epochs of 30% of the data):
-    # enough steps to fit their data, at a fixed compute budget. The no-skip ViTs get the same budget
-    # (fraction 1.0 -> 30% of the full-data steps): they are compared for representation structure, not accuracy.
-    return round(full_epochs * 0.30 / fraction)
+def _budget_epochs(fraction: float) -> int:
+    # Every small-data model gets the same optimisation steps, SMALL_BUDGET_EPOCHS epochs of the full data set
+    # (the 30% model trains 10 epochs, the 3% model 100): enough steps to fit its data, at a fixed compute
+    # budget. The no-skip ViTs get the same budget (fraction 1.0 -> 3 epochs): they are compared for
+    # representation structure; their accuracies are reported beside their (shorter) training.
+    return round(SMALL_BUDGET_EPOCHS / fraction)
 
 
 def _specs() -> dict[str, Spec]:
@@ -56,12 +58,12 @@ def _specs() -> dict[str, Spec]:
     for fraction in FRACTIONS:
         tag = f"f{round(fraction * 100):02d}"
         specs[f"vit-cls-{tag}"] = Spec({**VIT, "pool": "cls"}, fraction,
-                                       Recipe(_fraction_epochs(VIT_EPOCHS, fraction)))
-        specs[f"resnet-{tag}"] = Spec(dict(RESNET), fraction, Recipe(_fraction_epochs(RESNET_EPOCHS, fraction),
+                                       Recipe(_budget_epochs(fraction)))
+        specs[f"resnet-{tag}"] = Spec(dict(RESNET), fraction, Recipe(_budget_epochs(fraction),
                                                                          **RESNET_RECIPE))
     for block in NO_SKIP_BLOCKS:
         specs[f"vit-cls-noskip{block}"] = Spec({**VIT, "pool": "cls", "no_skip_blocks": [block]}, 1.0,
-                                               Recipe(_fraction_epochs(VIT_EPOCHS, 1.0)))
+                                               Recipe(_budget_epochs(1.0)))
     return specs
 
 
