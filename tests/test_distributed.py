@@ -93,3 +93,48 @@ def test_two_gloo_processes_equal_one_process():
     for agg, acc in expected_probes[0].items():
         assert torch.equal(probes[0][agg], acc), agg                 # same λ choices, same test counts
         assert torch.equal(probes[1][agg], expected_probes[1][agg]), agg
+
+
+def test_torchrun_heatmaps_equal_one_process(tmp_path):
+    """``torchrun --nproc_per_node=2 -m vitcnn_utils.heatmaps`` (gloo, sharded minibatches, all-reduced sums)
+    writes the same heatmaps as one process on the same images and minibatches."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from vitcnn_utils import heatmaps
+
+    args = ["--vit", "arch:vit-cls", "--resnet", "arch:resnet", "--n-images", "40", "--batch-size", "8",
+            "--device", "cpu"]                                   # 5 minibatches: ranks get 3 and 2
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    subprocess.run([torchrun, "--nproc_per_node=2", "--master_port", str(_free_port()), "-m", "vitcnn_utils.heatmaps",
+                    *args, "--out", str(tmp_path / "two.npz")], check=True, env=env, capture_output=True)
+    summary = heatmaps.main([*args, "--out", str(tmp_path / "one.npz")])
+    two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+    assert int(two["n_images"]) == int(one["n_images"]) == summary["n_images"] == 40
+    assert list(two["vit_layers"]) == list(one["vit_layers"]) and len(one["resnet_layers"]) > 10
+    for key in ("within_vit", "within_resnet", "vit_x_resnet"):
+        np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-12)
+    assert np.allclose(np.diag(one["within_vit"]), 1.0)
+
+
+def test_analysis_batches_shard_every_world_th_minibatch():
+    import pytest
+
+    from vitcnn_utils.data import analysis_batches
+
+    full = analysis_batches("fashion-mnist", 40, 8)
+    shards = [analysis_batches("fashion-mnist", 40, 8, shard=(r, 2)) for r in (0, 1)]
+    assert [len(s) for s in shards] == [3, 2]
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(full[0::2], shards[0]))
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(full[1::2], shards[1]))
+    with pytest.raises(ValueError, match="5 minibatches cannot be shared by 6"):
+        analysis_batches("fashion-mnist", 40, 8, shard=(0, 6))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -114,7 +114,7 @@ class MinibatchCKA:
         self.within = False
         self.hsic_xy = self.hsic_xx = self.hsic_yy = None
         self.nonconstant_a = self.nonconstant_b = None
-        self.num_batches = self.num_examples = 0
+        self.num_batches = self.num_examples = self.total_examples = 0
 
     # -- per minibatch ------------------------------------------------------------------------------
     def _grams(self, names: list[str], feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,8 +198,10 @@ class MinibatchCKA:
 
     def compute(self) -> torch.Tensor:
         """CKA for every layer pair: a float64 CPU tensor ``(L_a, L_b)``; NaN (with a warning naming the
-        layer) where a layer was constant over every example seen."""
+        layer) where a layer was constant over every example seen. Sets ``total_examples``: the examples
+        seen by all ranks (``num_examples`` counts this process's only)."""
         s = self.sums()
+        self.total_examples = int(s["examples"].item())
         groups = [(self.names_a, s["nonconstant_a"])]
         if not self.within:
             groups.append((self.names_b, s["nonconstant_b"]))
@@ -311,7 +313,8 @@ def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mappi
                 names.setdefault(name, list(feats))          # execution order, as captured
                 joint.update({f"{name}/{layer}": value for layer, value in feats.items()})
             cka.update(joint)
-    return Heatmaps(names, cka.compute(), cka.num_examples)
+    matrix = cka.compute()
+    return Heatmaps(names, matrix, cka.total_examples)
 
 
 def band_mean(matrix: torch.Tensor, rows: tuple[float, float], cols: tuple[float, float]) -> float:

@@ -182,20 +182,38 @@ def batches(data: ImageSet, batch_size: int) -> list[tuple[torch.Tensor, torch.T
 
 
 def analysis_batches(source: str, n_images: int, batch_size: int, seed: int = 0,
-                     data_dir: str | None = None, image_size: int = 224):
+                     data_dir: str | None = None, image_size: int = 224, shard: tuple[int, int] | None = None):
     """The images of an analysis: ``source="fashion-mnist"`` takes ``n_images`` class-balanced test images
     (raw uint8); any other ``source`` is an ImageNet-style folder (``root/<class>/<image>``), resized and
     centre-cropped to ``image_size`` as float tensors in [0, 1], a seeded random subset of ``n_images``. A
     ``source`` holding ``train/`` and ``val/`` (the layout :func:`probe_batches` needs) means its ``val/``.
 
+    ``shard=(rank, world_size)`` keeps this process's share for a ``torch.distributed`` run: minibatches
+    ``rank, rank + world_size, ...`` of the same sequence (only those images are read); every process must get
+    at least one minibatch.
+
     Returns a re-iterable of ``(images, labels)`` minibatches.
     """
     if source == "fashion-mnist":
-        return batches(analysis_subset(load_fashion_mnist("test", data_dir), n_images, seed), batch_size)
+        return _shard(batches(analysis_subset(load_fashion_mnist("test", data_dir), n_images, seed), batch_size),
+                      shard)
     root = Path(source)
     if (root / "train").is_dir() and (root / "val").is_dir():
         root = root / "val"
-    return _FolderBatches(root, n_images, batch_size, seed, image_size)
+    return _FolderBatches(root, n_images, batch_size, seed, image_size, shard=shard)
+
+
+def _shard(items: list, shard: tuple[int, int] | None) -> list:
+    """Every ``world``-th item from ``rank`` for ``shard=(rank, world)``; all items for ``None``."""
+    if shard is None:
+        return items
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
+    if len(items) < world:
+        raise ValueError(f"{len(items)} minibatches cannot be shared by {world} processes: use more images or "
+                         f"smaller batches (every process needs at least one minibatch)")
+    return items[rank::world]
 
 
 def probe_batches(source: str, shots: int, val_per_class: int, n_test: int, batch_size: int, seed: int = 0,
@@ -235,7 +253,7 @@ def _fit_val_indices(labels: torch.Tensor, shots: int, val_per_class: int, seed:
 
 
 class _FolderBatches:
-    def __init__(self, root, n_images, batch_size, seed, image_size, indices=None):
+    def __init__(self, root, n_images, batch_size, seed, image_size, indices=None, shard=None):
         from torchvision import transforms
         from torchvision.datasets import ImageFolder
         if not Path(root).is_dir():
@@ -250,8 +268,10 @@ class _FolderBatches:
         else:
             idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n_images]
         _check_sizes(len(idx), batch_size)
-        self.loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx.tolist()),
-                                                  batch_size=batch_size, num_workers=min(4, os.cpu_count() or 1))
+        idx = idx.tolist()
+        chunks = _shard([idx[i:i + batch_size] for i in range(0, len(idx), batch_size)], shard)
+        self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks,
+                                                  num_workers=min(4, os.cpu_count() or 1))
 
     def __iter__(self):
         return iter(self.loader)

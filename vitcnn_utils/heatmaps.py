@@ -1,0 +1,105 @@
+"""All-layer CKA heatmaps of a ViT and a ResNet from the command line, on one process or many (``torchrun``).
+
+    python -m vitcnn_utils.heatmaps -f params/paper/representation_structure.yaml --out heatmaps.npz
+    torchrun --nproc_per_node=8 -m vitcnn_utils.heatmaps -f params/paper/representation_structure.yaml \\
+        --amp bf16 --out heatmaps.npz
+
+The parameter file is a chapter's (``vit``, ``resnet``, ``weights``, ``pretrained``, ``data``, ``data_dir``,
+``n_images``, ``batch_size``, ``image_size``, ``seed``, ``device``; other keys are ignored); flags override
+it. Under ``torchrun`` every process takes every ``world_size``-th minibatch (:func:`vitcnn_utils.data.
+analysis_batches` with ``shard``), the HSIC sums are all-reduced (NCCL on GPUs, gloo on CPUs), and rank 0
+writes the heatmaps: the same numbers as one process on the same minibatches. The ``.npz`` holds
+``within_vit``, ``within_resnet``, ``vit_x_resnet`` (float64 CKA), ``vit_layers``, ``resnet_layers`` and
+``n_images``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from . import cka, data
+from .models import load_named
+
+DEFAULTS = {"vit": "zoo:vit-cls", "resnet": "zoo:resnet", "weights": {}, "pretrained": False,
+            "data": "fashion-mnist", "data_dir": None, "n_images": 2048, "batch_size": 256, "image_size": 224,
+            "seed": 0, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+GRAM = {"float64": torch.float64, "float32": torch.float32}
+
+
+def _arguments(argv=None) -> tuple[dict, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-f", "--params", help="a chapter's YAML parameter file, e.g. params/paper/*.yaml")
+    for key in ("vit", "resnet", "data", "data-dir", "device"):
+        parser.add_argument(f"--{key}")
+    for key in ("n-images", "batch-size", "image-size", "seed"):
+        parser.add_argument(f"--{key}", type=int)
+    parser.add_argument("--amp", choices=sorted(AMP), default="none", help="autocast dtype of the forward passes")
+    parser.add_argument("--gram-dtype", choices=sorted(GRAM), default="float64",
+                        help="Gram matrices and HSIC sums (float32 stays within 1e-5 of float64)")
+    parser.add_argument("--out", default="heatmaps.npz", help="where rank 0 writes the heatmaps")
+    args = parser.parse_args(argv)
+    params = dict(DEFAULTS)
+    if args.params:
+        params.update({k: v for k, v in (yaml.safe_load(Path(args.params).read_text()) or {}).items()
+                       if k in DEFAULTS})
+    for key in DEFAULTS:
+        flag = getattr(args, key, None)
+        if flag is not None:
+            params[key] = flag
+    return params, args
+
+
+def _init_distributed(device: str) -> tuple[int, int, str]:
+    """``(rank, world_size, device)``; joins the process group ``torchrun`` describes in the environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    torch.distributed.init_process_group(backend)
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return torch.distributed.get_rank(), world, device
+
+
+def main(argv=None) -> dict:
+    """Run the heatmaps; returns rank 0's summary (``{}`` on the other ranks)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    params, args = _arguments(argv)
+    rank, world, device = _init_distributed(params["device"])
+    try:
+        models = {label: load_named(params[key], params["weights"], params["pretrained"], device)
+                  for label, key in (("ViT", "vit"), ("ResNet", "resnet"))}
+        batches = data.analysis_batches(params["data"], params["n_images"], params["batch_size"], params["seed"],
+                                        params["data_dir"], params["image_size"], shard=(rank, world))
+        start = time.perf_counter()
+        heatmaps = cka.model_heatmaps(models, batches, device=device, gram_dtype=GRAM[args.gram_dtype],
+                                      amp_dtype=AMP[args.amp], progress=rank == 0)
+        seconds = time.perf_counter() - start
+        if rank != 0:
+            return {}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, within_vit=heatmaps["ViT", "ViT"].numpy(), within_resnet=heatmaps["ResNet", "ResNet"].numpy(),
+                 vit_x_resnet=heatmaps["ViT", "ResNet"].numpy(), vit_layers=np.array(heatmaps.names["ViT"]),
+                 resnet_layers=np.array(heatmaps.names["ResNet"]), n_images=heatmaps.n_images)
+        summary = {"n_images": heatmaps.n_images, "processes": world, "seconds": seconds,
+                   "images_per_second": heatmaps.n_images / seconds, "out": str(out)}
+        print(f"{heatmaps.n_images} images, {len(heatmaps.names['ViT'])} x {len(heatmaps.names['ResNet'])} layers, "
+              f"{world} process(es): {seconds:.1f} s ({summary['images_per_second']:.1f} images/s); wrote {out}")
+        return summary
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
