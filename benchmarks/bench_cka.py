@@ -1,16 +1,26 @@
 """CKA benchmark: within-A, within-B and A×B heatmaps of two 12-block toy ViTs.
 
-Reports in one run: forward-only time, the CKA overhead of vitcnn_utils.cka.MinibatchCKA, the speed-up over a
-straightforward per-pair loop (two Gram matrices recomputed for every layer pair, as peer libraries do;
-timed on a random sample of pairs and extrapolated to all of them), and the maximum error of every heatmap
-entry against a float64 NumPy reference (Song et al.'s formula, per pair, summed over minibatches).
+Reports in one run: forward-only time, the CKA overhead of vitcnn_utils.cka.MinibatchCKA (float64 and float32
+Gram products), the speed-up over a straightforward per-pair loop (two Gram matrices recomputed for every layer
+pair; timed on a random sample of pairs and extrapolated to all of them), the peer library pytorch-cka on the same
+models, layers and images (end to end: its three compute_cka calls against our forward + MinibatchCKA), and the
+maximum error of every heatmap entry against a float64 NumPy reference (Song et al.'s formula, per pair, summed
+over minibatches).
 
-    python benchmarks/bench_cka.py [--examples 2048] [--batch 256] [--loop-pairs 60]
+pytorch-cka is never a dependency of this project: the script installs it with pip (no dependencies; it needs
+only torch, numpy, tqdm and matplotlib, which are here) into a throw-away folder that is deleted afterwards
+(``--no-peer`` skips it, e.g. offline).
+
+    python benchmarks/bench_cka.py [--examples 2048] [--batch 256] [--loop-pairs 60] [--no-peer]
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -65,12 +75,42 @@ def reference_heatmap(batches: list[list[np.ndarray]]) -> np.ndarray:
     return xy / np.outer(d, d)
 
 
+PEER = "pytorch-cka==1.1.3"
+
+
+def run_peer(model_a, model_b, layers_a, layers_b, batches, device, sync):
+    """pytorch-cka's within-A, within-B and A×B heatmaps (its ``compute_cka``: one forward per model and
+    call, Grams and HSIC in float32, result clamped to [0, 1]) and their wall time; installed into a
+    throw-away folder for this call only."""
+    with tempfile.TemporaryDirectory(prefix="peer-cka-") as folder:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", folder, PEER],
+                       check=True)
+        sys.path.insert(0, folder)
+        try:
+            peer = importlib.import_module("cka")
+            sync()
+            t0 = time.perf_counter()
+            aa = peer.compute_cka(model_a, model_a, [list(batches)], layers=layers_a, device=device, progress=False)[0]
+            bb = peer.compute_cka(model_b, model_b, [list(batches)], layers=layers_b, device=device, progress=False)[0]
+            ab = peer.compute_cka(model_a, model_b, [list(batches)], layers=layers_a, model2_layers=layers_b,
+                                  device=device, progress=False)[0]
+            sync()
+            seconds = time.perf_counter() - t0
+        finally:
+            sys.path.remove(folder)
+            sys.modules.pop("cka", None)
+            for name in [m for m in sys.modules if m.startswith("cka.")]:
+                sys.modules.pop(name)
+    return [m.double().cpu().numpy() for m in (aa, bb, ab)], seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--loop-pairs", type=int, default=60, help="pairs timed for the per-pair loop")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-peer", action="store_true", help="skip pytorch-cka (it is installed from PyPI)")
     args = parser.parse_args()
     device = torch.device(args.device)
     model_a, model_b = toy_model(0).to(device), toy_model(1).to(device)
@@ -101,6 +141,13 @@ def main() -> None:
         heatmap = cka.compute()
         sync()
         t_cka = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cka32 = MinibatchCKA(gram_dtype=torch.float32)
+        for fa, fb in feats:
+            cka32.update(fa + fb)
+        heatmap32 = cka32.compute()
+        sync()
+        t_cka32 = time.perf_counter() - t0
     aa, bb, ab = split_heatmap(heatmap, len(layers_a))
     n_a, n_b = len(layers_a), len(layers_b)
     n_pairs = n_a * n_a + n_b * n_b + n_a * n_b                   # the three heatmaps, as a loop computes them
@@ -124,6 +171,12 @@ def main() -> None:
     reference = reference_heatmap([[f.cpu().numpy() for f in batch] for batch in all_feats])
     t_ref = time.perf_counter() - t0
     err = np.abs(heatmap.numpy() - reference).max()
+    err32 = np.abs(heatmap32.numpy() - reference).max()
+    peer = None
+    if not args.no_peer:
+        peer_maps, t_peer = run_peer(model_a, model_b, layers_a, layers_b, batches, device, sync)
+        peer_err = max(np.abs(m - r.numpy()).max() for m, r in zip(peer_maps, split_heatmap(torch.from_numpy(reference), n_a)))
+        peer = (t_peer, peer_err)
     loop_err = max(abs(v - reference[i, j]) for v, (i, j) in zip(loop_values, sample))
 
     cpu = platform.processor() or platform.machine()
@@ -133,10 +186,18 @@ def main() -> None:
           f"in batches of {args.batch}; heatmaps {tuple(aa.shape)}, {tuple(bb.shape)}, {tuple(ab.shape)}")
     print(f"  forward only (both models, hooks on):   {t_forward:8.2f} s")
     print(f"  MinibatchCKA, all three heatmaps:       {t_cka:8.2f} s  ({t_cka / t_forward:.1f}× the forward time)")
+    print(f"  MinibatchCKA, float32 Gram products:    {t_cka32:8.2f} s  ({t_cka32 / t_forward:.1f}× the forward time)")
     print(f"  per-pair loop, {n_pairs} pairs (timed on {len(sample)}): {t_loop:8.1f} s  "
           f"-> MinibatchCKA is {t_loop / t_cka:.0f}× faster")
     print(f"  max |error| vs float64 NumPy reference over all {heatmap.numel()} entries: {err:.1e} "
           f"(per-pair loop: {loop_err:.1e}; reference took {t_ref:.1f} s)")
+    print(f"  max |error| with float32 Gram products: {err32:.1e}")
+    if peer:
+        t_peer, peer_err = peer
+        ours, ours32 = t_forward + t_cka, t_forward + t_cka32
+        print(f"  end to end, within-A + within-B + A×B:  vitcnn_utils {ours:.2f} s (float64 Grams), {ours32:.2f} s "
+              f"(float32 Gram products); {PEER} {t_peer:.2f} s -> {t_peer / ours:.1f}× / {t_peer / ours32:.1f}× faster; "
+              f"{PEER} max |error| {peer_err:.1e}")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ Implementation notes:
 * Features are flattened to ``(n, -1)`` and mean-centred over the minibatch before the Gram product.
   U-centring annihilates any offset shared by the examples, so this changes nothing mathematically; it
   removes the cancellation a large common offset would cause in floating point.
-* Gram matrices are computed once per layer and minibatch (in ``gram_dtype``, float64 by default), U-centred
-  as a stack ``(L, n, n)``, and every layer pair's HSIC comes from one matrix product
-  ``(L_a, n²) @ (n², L_b)``. Sums are accumulated in float64; memory does not grow with the number of
-  examples.
+* Gram matrices are computed once per layer and minibatch, the product ``X Xᵀ`` (``n² d``, the dominant cost)
+  in ``gram_dtype`` (float64 by default; float32 is about twice as fast on a CPU and far faster on a GPU) from
+  features centred in float64. They are then U-centred in float64 as a stack ``(L, n, n)``, and every layer
+  pair's HSIC comes from one float64 matrix product ``(L_a, n²) @ (n², L_b)``; sums are accumulated in
+  float64. With float32 Grams the CKA stays within about 1e-7 of the all-float64 result (tested ≤ 1e-6).
+  Memory does not grow with the number of examples.
 * Inputs are checked once per minibatch (one host synchronisation): fewer than 4 examples, different ``n``
   across layers, or non-finite values (named by layer) raise ``ValueError``. A layer that is constant over
   all examples has HSIC(K, K) = 0 exactly; its CKA is undefined and reported as NaN with a warning.
@@ -57,12 +59,13 @@ def u_centre_(grams: torch.Tensor) -> torch.Tensor:
 
 
 def _centred_gram(x: torch.Tensor, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gram matrix ``(n, n)`` of the minibatch-mean-centred features ``x (n, ...)`` (= HKH), exactly 0 for
-    a representation that is constant over the examples, and whether it varies (a 0-d bool tensor)."""
-    x = x.detach().reshape(len(x), -1).to(device=device, dtype=dtype)
+    """float64 Gram matrix ``(n, n)`` of the minibatch-mean-centred features ``x (n, ...)`` (= HKH), its
+    product computed in ``dtype`` from features centred in float64; exactly 0 for a representation that is
+    constant over the examples; and whether it varies (a 0-d bool tensor)."""
+    x = x.detach().reshape(len(x), -1).to(device=device, dtype=torch.float64)
     varying = (x != x[:1]).any()                              # exact: no tolerance to break scale invariance
-    x = x - x.mean(0, keepdim=True)
-    return (x @ x.T) * varying, varying
+    x = (x - x.mean(0, keepdim=True)).to(dtype)
+    return (x @ x.T).double() * varying, varying
 
 
 def _split_names(features: Features, prefix: str) -> tuple[list[str], list[torch.Tensor]]:
@@ -94,8 +97,9 @@ class MinibatchCKA:
     use equal batch sizes (e.g. ``drop_last=True``).
 
     Args:
-        gram_dtype: dtype of the Gram matrices and HSIC products (float64 by default; float32 is faster on
-            GPUs and typically within 1e-6 of float64 for the CKA values). Sums are always float64.
+        gram_dtype: dtype of the Gram products ``X Xᵀ`` (float64 by default; float32 is about 2x faster on a
+            CPU, more on a GPU, and within 1e-6 of float64 for the CKA values). Centring, U-centring, the
+            HSIC products and the sums are always float64.
         device: where Gram matrices and accumulators live; default: the device of the first features.
         sync_distributed: in :meth:`compute`, sum the accumulators over all ranks of the default
             ``torch.distributed`` process group when one is initialised (every rank must call it).
@@ -126,7 +130,7 @@ class MinibatchCKA:
             raise ValueError(f"minibatch of {n} examples: unbiased HSIC needs at least 4 per batch "
                              "(use larger batches, or drop the ragged last batch)")
         device = self.device or feats[0].device
-        grams = torch.empty(len(feats), n, n, dtype=self.gram_dtype, device=device)
+        grams = torch.empty(len(feats), n, n, dtype=torch.float64, device=device)
         flags = torch.empty(len(feats), dtype=torch.int64, device=device)
         for i, (name, x) in enumerate(zip(names, feats)):
             if x.ndim == 0 or x.shape[0] != n:
@@ -159,16 +163,16 @@ class MinibatchCKA:
         flags = torch.cat([flags_a, flags_b]).cpu()             # the one host sync per minibatch
         bad = [name for name, f in zip(names_a + names_b, flags.tolist()) if not f & 1]
         if bad:
-            raise ValueError(f"non-finite values (NaN/inf, or a Gram matrix overflowing {self.gram_dtype}) "
+            raise ValueError(f"non-finite values (NaN/inf, or a Gram product overflowing {self.gram_dtype}) "
                              f"in layer(s) {', '.join(map(repr, dict.fromkeys(bad)))} of this minibatch")
 
         if self.names_a is None:
             self.names_a, self.names_b, self.within = names_a, names_b, within
         scale = 1.0 / (n * (n - 3))
         flat_a, flat_b = grams_a.flatten(1), grams_b.flatten(1)
-        xy = (flat_a @ flat_b.T).double() * scale              # all layer pairs in one product
-        xx = xy.diagonal().clone() if within else (flat_a * flat_a).sum(1).double() * scale
-        yy = xx.clone() if within else (flat_b * flat_b).sum(1).double() * scale  # never alias xx
+        xy = (flat_a @ flat_b.T) * scale                       # all layer pairs in one product
+        xx = xy.diagonal().clone() if within else (flat_a * flat_a).sum(1) * scale
+        yy = xx.clone() if within else (flat_b * flat_b).sum(1) * scale  # never alias xx
         varying_a, varying_b = (flags_a & 2).bool(), (flags_b & 2).bool()
         if self.hsic_xy is None:
             self.hsic_xy, self.hsic_xx, self.hsic_yy = xy, xx, yy
