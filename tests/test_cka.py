@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitcnn_utils.cka import MinibatchCKA, linear_cka, split_heatmap, u_centre_
+from vitcnn_utils.cka import MinibatchCKA, linear_cka, model_heatmaps, split_heatmap, u_centre_
 
 
 # ---- reference: the formulas, in float64 NumPy, no shared code with the package --------------------------
@@ -283,3 +283,32 @@ def test_cuda_matches_cpu(gram_dtype, tol):
         cpu.update([xt[i:i + 128], yt[i:i + 128]])
         gpu.update([xt[i:i + 128].cuda(), yt[i:i + 128].cuda()])
     assert (cpu.compute() - gpu.compute()).abs().max().item() < tol
+
+
+def test_gram_inside_autocast_keeps_its_precision():
+    """Hooks run inside the forward pass's autocast region: the Gram product must not drop to bfloat16."""
+    x, _ = structured(64, seed=13)
+    xt = torch.from_numpy(x).float()
+    plain = MinibatchCKA(gram_dtype=torch.float32).gram(xt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = MinibatchCKA(gram_dtype=torch.float32).gram(xt)
+    assert inside.matrix.dtype == torch.float64 and torch.equal(inside.matrix, plain.matrix)
+
+
+def test_model_heatmaps_from_grams_in_hooks_equal_features_path():
+    """model_heatmaps reduces each layer to its Gram inside the hook; same numbers as updating from features."""
+    from vitcnn_utils.hooks import Capture
+    from vitcnn_utils.models import build_vit, preprocessor
+
+    torch.manual_seed(0)
+    model = build_vit(embed_dim=16, depth=2, num_heads=2).eval()
+    images = (torch.rand(24, 1, 28, 28) * 255).to(torch.uint8)
+    batches = [(images[i:i + 8], None) for i in range(0, 24, 8)]
+    heatmaps = model_heatmaps({"m": model}, batches, progress=False)
+    reference = MinibatchCKA()
+    with Capture(model) as cap, torch.inference_mode():
+        for x, _ in batches:
+            reference.update(cap(preprocessor(model)(x)))
+    assert heatmaps.n_images == 24
+    assert torch.allclose(heatmaps["m", "m"], reference.compute(), atol=1e-12, rtol=0)
+

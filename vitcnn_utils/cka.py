@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -66,6 +67,14 @@ def _centred_gram(x: torch.Tensor, dtype: torch.dtype, device) -> tuple[torch.Te
     varying = (x != x[:1]).any()                              # exact: no tolerance to break scale invariance
     x = (x - x.mean(0, keepdim=True)).to(dtype)
     return (x @ x.T).double() * varying, varying
+
+
+class Gram(NamedTuple):
+    """A layer's minibatch-mean-centred Gram matrix ``(n, n)`` (float64) and whether the layer varies over the
+    minibatch (0-d bool), as :meth:`MinibatchCKA.gram` returns it; :meth:`MinibatchCKA.update` takes these
+    in place of features."""
+    matrix: torch.Tensor
+    varying: torch.Tensor
 
 
 def _split_names(features: Features, prefix: str) -> tuple[list[str], list[torch.Tensor]]:
@@ -121,22 +130,30 @@ class MinibatchCKA:
         self.num_batches = self.num_examples = self.total_examples = 0
 
     # -- per minibatch ------------------------------------------------------------------------------
+    def gram(self, x: torch.Tensor) -> Gram:
+        """The :class:`Gram` of one layer's features ``x (n, ...)``, for :meth:`update`: lets a forward
+        hook reduce each layer to ``(n, n)`` at once (see :class:`vitcnn_utils.hooks.Capture`'s
+        ``transform``) instead of holding every layer's features until the pass ends."""
+        with torch.autocast(x.device.type, enabled=False):   # hooks run inside the forward's autocast
+            return Gram(*_centred_gram(x, self.gram_dtype, self.device or x.device))
+
     def _grams(self, names: list[str], feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """U-centred Grams ``(L, n, n)`` and per-layer flags ``(L,)``: 1 = finite, 2 = non-constant."""
         if not feats:
             raise ValueError("no layers given: pass at least one (n, ...) tensor")
-        n = feats[0].shape[0]
+        n = feats[0].matrix.shape[0] if isinstance(feats[0], Gram) else feats[0].shape[0]
         if n < 4:
             raise ValueError(f"minibatch of {n} examples: unbiased HSIC needs at least 4 per batch "
                              "(use larger batches, or drop the ragged last batch)")
-        device = self.device or feats[0].device
+        device = self.device or (feats[0].matrix if isinstance(feats[0], Gram) else feats[0]).device
         grams = torch.empty(len(feats), n, n, dtype=torch.float64, device=device)
         flags = torch.empty(len(feats), dtype=torch.int64, device=device)
         for i, (name, x) in enumerate(zip(names, feats)):
-            if x.ndim == 0 or x.shape[0] != n:
-                raise ValueError(f"layer {name!r} has {x.shape[0] if x.ndim else 0} examples, the first layer "
+            size = x.matrix.shape[0] if isinstance(x, Gram) else (x.shape[0] if x.ndim else 0)
+            if size != n:
+                raise ValueError(f"layer {name!r} has {size} examples, the first layer "
                                  f"{n}: every layer (and model) must see the same minibatch")
-            grams[i], varying = _centred_gram(x, self.gram_dtype, device)
+            grams[i], varying = x if isinstance(x, Gram) else _centred_gram(x, self.gram_dtype, device)
             flags[i] = torch.isfinite(grams[i]).all().long() + 2 * varying.long()
         return u_centre_(grams), flags
 
@@ -145,7 +162,7 @@ class MinibatchCKA:
 
         Args:
             feats_a: per-layer representations of model A, each ``(n, ...)`` (a list, or a dict name →
-                tensor whose names are used in messages and kept as ``names_a``).
+                tensor whose names are used in messages and kept as ``names_a``), or their :meth:`gram`.
             feats_b: the same ``n`` examples through model B; ``None`` (or ``feats_a`` itself) for a
                 within-model heatmap, which then computes each Gram matrix only once.
         """
@@ -305,7 +322,8 @@ def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mappi
         caps = {}
         for name, model in models.items():
             model.eval().to(device)
-            caps[name] = stack.enter_context(Capture(model, layers.get(name, "default")))
+            # each layer is reduced to its (n, n) Gram inside the hook: memory ~ L n², not the features
+            caps[name] = stack.enter_context(Capture(model, layers.get(name, "default"), transform=cka.gram))
         prep = {name: preprocessor(model) for name, model in models.items()}
         # progress=False silences the bar; otherwise tqdm's defaults apply (so TQDM_DISABLE=1 is honoured)
         for images, _ in tqdm(batches, desc="CKA", leave=False, **({} if progress else {"disable": True})):

@@ -149,10 +149,15 @@ class Capture:
         layers: ``"default"``, or names / glob patterns (a string or a list of them).
         detach: detach captured tensors (default). ``detach=False`` keeps them in the autograd graph, e.g. to
             take gradients of a representation with respect to the input.
+        transform: applied to each captured tensor inside the hook, its result stored instead of a copy of
+            the tensor (which is then freed with the forward pass): e.g. :meth:`vitcnn_utils.cka.MinibatchCKA.
+            gram` keeps an ``(n, n)`` Gram matrix per layer instead of ``(n, d)`` features, which bounds the
+            memory of all-layer CKA on large models and batches. It must return new memory, not a view.
     """
 
-    def __init__(self, model: torch.nn.Module, layers: str | Sequence[str] = "default", detach: bool = True):
-        self.model, self.detach = model, detach
+    def __init__(self, model: torch.nn.Module, layers: str | Sequence[str] = "default", detach: bool = True,
+                 transform=None):
+        self.model, self.detach, self.transform = model, detach, transform
         self.layers = resolve_layers(model, layers)
         self.features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._handles: list = []
@@ -166,7 +171,7 @@ class Capture:
             raise RuntimeError(f"layer {name!r} ran twice in one forward pass (a shared module): capture a "
                                "module that runs once, or call Capture once per pass")
         value = value.detach() if self.detach else value
-        self.features[name] = value.clone()
+        self.features[name] = self.transform(value) if self.transform else value.clone()
 
     def __enter__(self) -> "Capture":
         modules = dict(self.model.named_modules())
