@@ -216,7 +216,7 @@ def test_float32_grams_close_to_float64():
 
 
 def test_float32_grams_within_1e6_of_reference_with_large_offset_and_scale():
-    """float32 Gram products from float64-centred features: a 1e3 offset and a 1e-3 scale cost no accuracy."""
+    """float32 centring and Gram products, float64 U-centring: a 1e3 offset and a 1e-3 scale cost no accuracy."""
     x, y = structured(256, seed=12)
     xt, yt = torch.from_numpy(1e-3 * x + 1e3).float(), torch.from_numpy(y).float()
     cka = MinibatchCKA(gram_dtype=torch.float32)
