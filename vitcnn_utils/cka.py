@@ -74,9 +74,22 @@ def _centred_gram(x: torch.Tensor, dtype: torch.dtype, device) -> tuple[torch.Te
 class Gram(NamedTuple):
     """A layer's minibatch-mean-centred Gram matrix ``(n, n)`` (float64) and whether the layer varies over the
     minibatch (0-d bool), as :meth:`MinibatchCKA.gram` returns it; :meth:`MinibatchCKA.update` takes these
-    in place of features."""
+    in place of features. ``shape``, ``ndim`` and ``device`` are the matrix's, so input checks read a Gram
+    like features: ``shape[0]`` is the number of examples either way."""
     matrix: torch.Tensor
     varying: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.matrix.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.matrix.ndim
+
+    @property
+    def device(self) -> torch.device:
+        return self.matrix.device
 
 
 def _split_names(features: Features, prefix: str) -> tuple[list[str], list[torch.Tensor]]:
@@ -143,17 +156,16 @@ class MinibatchCKA:
         """U-centred Grams ``(L, n, n)`` and per-layer flags ``(L,)``: 1 = finite, 2 = non-constant."""
         if not feats:
             raise ValueError("no layers given: pass at least one (n, ...) tensor")
-        n = feats[0].matrix.shape[0] if isinstance(feats[0], Gram) else feats[0].shape[0]
+        n = feats[0].shape[0]
         if n < 4:
             raise ValueError(f"minibatch of {n} examples: unbiased HSIC needs at least 4 per batch "
                              "(use larger batches, or drop the ragged last batch)")
-        device = self.device or (feats[0].matrix if isinstance(feats[0], Gram) else feats[0]).device
+        device = self.device or feats[0].device
         grams = torch.empty(len(feats), n, n, dtype=torch.float64, device=device)
         flags = torch.empty(len(feats), dtype=torch.int64, device=device)
         for i, (name, x) in enumerate(zip(names, feats)):
-            size = x.matrix.shape[0] if isinstance(x, Gram) else (x.shape[0] if x.ndim else 0)
-            if size != n:
-                raise ValueError(f"layer {name!r} has {size} examples, the first layer "
+            if x.ndim == 0 or x.shape[0] != n:
+                raise ValueError(f"layer {name!r} has {x.shape[0] if x.ndim else 0} examples, the first layer "
                                  f"{n}: every layer (and model) must see the same minibatch")
             grams[i], varying = x if isinstance(x, Gram) else _centred_gram(x, self.gram_dtype, device)
             flags[i] = torch.isfinite(grams[i]).all().long() + 2 * varying.long()
