@@ -222,8 +222,8 @@ FINDINGS = [
             "removing a block's skips splits the CKA heatmap there; middle blocks cost about 4% accuracy",
             "CKA across the block lower without its skips for every block tried; ≥ 2 points accuracy lost at the "
             "middle block", _f8,
-            "the no-skip models had 30% of the intact model's optimisation steps (CPU budget), so part of any "
-            "accuracy gap is schedule, not architecture"),
+            "the no-skip models had only a fraction of the intact model's optimisation steps (a CPU budget; the "
+            "measurement gives it), so part of any accuracy gap is schedule, not architecture"),
     Finding(9, "Figs 9–10", "spatial",
             "ViT-CLS final tokens localise to their own patch; ResNet and GAP-ViT much less",
             "interior own-patch-best fraction of ViT-CLS ≥ 20 points above ViT-GAP's and the ResNet's", _f9,
