@@ -18,11 +18,9 @@ import time
 import torch
 
 from vitcnn_utils.cka import model_heatmaps
+from vitcnn_utils.heatmaps import AMP, GRAM
 from vitcnn_utils.hooks import default_layers
 from vitcnn_utils.models import load_model, preprocessor
-
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-GRAM = {"float64": torch.float64, "float32": torch.float32}
 
 
 def main() -> None:
