@@ -1,21 +1,48 @@
-"""The measured numbers behind the book's conclusion.
+"""The measured numbers behind the book's conclusion, and the rules that judge the paper's findings.
 
 Each chapter records the numbers its text reports with :func:`record` (one JSON file per chapter in the
-results folder, written atomically); the conclusion chapter reads them all with :func:`load` and judges each
-of the paper's findings against them with the rules in :data:`FINDINGS`, so the verdict table always
-follows from what this build computed.
+results folder, written atomically); the conclusion reads them all with :func:`load` and judges each of the
+paper's twelve findings with the rules in :data:`FINDINGS`, so the verdict table always follows from what this
+build computed.
+
+**Draws.** Every number a verdict uses is recorded as a list over independent draws of analysis images (and
+probe shots): ``[value of draw 0, value of draw 1, ...]``. :func:`spread` summarises one (mean ± SD, range).
+
+**Rules.** A finding declares
+
+* *preconditions*: what must exist for the claim to be testable at all (e.g. a local attention head for a
+  claim about local heads); one absent makes the finding **untestable at this scale**;
+* *controls*: comparisons the claim needs matched (equal optimisation steps, the same readout); one unmatched
+  makes it **confounded**;
+* a *central criterion*, which must hold for anything better than **not reproduced**, and *secondary
+  criteria*: all hold = **reproduced**, the central one holds and a secondary one does not = **partly**.
+
+A criterion is met only when it holds in *every* draw (the whole range clears the threshold); counts are
+compared as integers, so no verdict turns on float rounding. A chapter that did not run gives **not
+measured**; a chapter whose record lacks a field the rule reads is an error (:class:`MissingResult`), never a
+silent "not measured". The thresholds were chosen by this project when the chapters were written; they are
+stated beside every verdict, and the book's history shows they were set after first results were seen.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import dataclass
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 RESULTS_DIR = "book/chapters/results"
 
+REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly", "not reproduced"
+UNTESTABLE, CONFOUNDED, NOT_MEASURED = "untestable at this scale", "confounded", "not measured"
+VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, UNTESTABLE, CONFOUNDED, NOT_MEASURED)
+LOCAL_HEAD, GLOBAL_HEAD = 0.75, 0.9   # a head is local below 0.75x, global above 0.9x the uniform-attention distance
+
+
+# --------------------------------------------------------------------------------------------------------
+# Recording and loading
 
 def _plain(value):
     """JSON-able copy of ``value`` (tensors and NumPy scalars/arrays become numbers and lists)."""
@@ -47,220 +74,495 @@ def load(folder: str | os.PathLike = RESULTS_DIR) -> dict[str, dict]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# The paper's findings and the rules that judge them against this build's numbers.
+# Spreads over draws
 
-REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "partly", "not reproduced", "not measured"
-LOCAL_HEAD, GLOBAL_HEAD = 0.75, 0.9   # a head is local below 0.75x, global above 0.9x the uniform-attention distance
+@dataclass(frozen=True)
+class Spread:
+    """Mean, sample standard deviation (0 for one draw), smallest and largest value of ``n`` draws."""
+    mean: float
+    sd: float
+    min: float
+    max: float
+    n: int
+
+    def text(self, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+        """``"0.83 ± 0.02 (0.80–0.85, n = 5)"``; ``scale=100, unit="%"`` for fractions as percentages:
+        ``"55.0 ± 7.1% (50.0–60.0%, n = 2)"``."""
+        f = f"{{:.{digits}f}}"
+        m, s, lo, hi = (scale * v for v in (self.mean, self.sd, self.min, self.max))
+        if self.n == 1:
+            return f"{f.format(m)}{unit} (1 draw)"
+        return f"{f.format(m)} ± {f.format(s)}{unit} ({f.format(lo)}–{f.format(hi)}{unit}, n = {self.n})"
+
+
+def draws(values, what: str = "value") -> list[float]:
+    """``values`` as a non-empty list of finite numbers (one per draw); an error naming ``what`` otherwise."""
+    if isinstance(values, (int, float)):
+        raise TypeError(f"{what} is a single number ({values}); record one value per draw (a list)")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{what} has no draws")
+    if any(v is None or not math.isfinite(v) for v in values):
+        raise ValueError(f"{what} has undefined draws: {values}")
+    return [float(v) for v in values]
+
+
+def spread(values, what: str = "value") -> Spread:
+    """:class:`Spread` of a list of per-draw values."""
+    v = draws(values, what)
+    return Spread(statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, min(v), max(v), len(v))
+
+
+def fmt(values, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+    """The text of :func:`spread` (see :meth:`Spread.text`)."""
+    return spread(values).text(digits, scale, unit)
+
+
+def pct(values, digits: int = 1) -> str:
+    """Fractions in [0, 1] over draws as percentages with their spread."""
+    return fmt(values, digits, 100.0, "%")
+
+
+def diff(a, b) -> list[float]:
+    """Per-draw difference ``a[d] − b[d]`` of two quantities measured on the same draws."""
+    a, b = draws(a), draws(b)
+    if len(a) != len(b):
+        raise ValueError(f"paired quantities have {len(a)} and {len(b)} draws")
+    return [x - y for x, y in zip(a, b)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checks and verdicts
+
+@dataclass(frozen=True)
+class Check:
+    """One precondition, control or criterion: what must hold (``rule``), whether it holds in every draw
+    (``met``), and the measured value with its spread (``value``)."""
+    rule: str
+    met: bool
+    value: str = ""
+
+
+def every(values, predicate: Callable[[float], bool]) -> bool:
+    """Whether ``predicate`` holds for every draw of ``values``."""
+    return all(predicate(v) for v in draws(values))
+
+
+def check(rule: str, values, predicate: Callable[[float], bool], digits: int = 2, scale: float = 1.0,
+          unit: str = "") -> Check:
+    """A criterion on per-draw ``values``: met when ``predicate`` holds in every draw."""
+    return Check(rule, every(values, predicate), fmt(values, digits, scale, unit))
+
+
+def count_check(rule: str, counts: Sequence[int], predicate: Callable[[int], bool]) -> Check:
+    """A criterion on per-draw integer counts (compared as integers)."""
+    counts = [int(c) for c in counts]
+    if not counts:
+        raise ValueError(f"{rule}: no draws")
+    lo, hi = min(counts), max(counts)
+    value = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    return Check(rule, all(predicate(c) for c in counts), f"{value} over {len(counts)} draws")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What a rule found: the measured text, and its checks. ``not_measured`` (a reason) overrides all."""
+    measured: str
+    central: Check | None = None
+    secondary: tuple[Check, ...] = ()
+    preconditions: tuple[Check, ...] = ()
+    controls: tuple[Check, ...] = ()
+    not_measured: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.not_measured:
+            return NOT_MEASURED
+        if not all(c.met for c in self.preconditions):
+            return UNTESTABLE
+        if not all(c.met for c in self.controls):
+            return CONFOUNDED
+        if not self.central.met:
+            return NOT_REPRODUCED
+        return REPRODUCED if all(c.met for c in self.secondary) else PARTLY
+
+
+class MissingResult(KeyError):
+    """A chapter's record lacks a field that a finding's rule reads (the chapter and the rules disagree)."""
+
+
+class _Record(dict):
+    """A chapter's recorded values; a missing field raises :class:`MissingResult` naming chapter and field."""
+
+    def __init__(self, chapter: str, values: dict):
+        super().__init__(values)
+        self.chapter = chapter
+
+    def __missing__(self, key):
+        raise MissingResult(f"the results of chapter {self.chapter!r} have no field {key!r}: rerun the chapter "
+                            f"(python -m vitcnn_utils.book -c {self.chapter}) or update vitcnn_utils.findings")
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One of the paper's findings: where it is measured, what the paper reports, and the rule that judges
-    it: ``judge(results)`` gets ``{chapter: values}`` and returns ``(measured text, [criterion met?, ...])``;
-    all criteria met = reproduced, some = partly, none = not reproduced."""
+    """One of the paper's findings: where it is measured, what the paper reports, and its rule.
+    ``judge(values)`` gets the chapter's recorded values and returns a :class:`Judgement`. ``hypothesis`` is a
+    possible explanation of a difference at this project's scale: an *untested* hypothesis, shown as such."""
     number: int
     figure: str
     chapter: str
     paper: str
-    criteria: str
-    judge: Callable[[dict], tuple[str, list[bool]]]
-    scale_note: str = ""   # why the result may differ at this project's scale (shown unless reproduced)
+    judge: Callable[[dict], Judgement]
+    hypothesis: str = ""
 
 
-def _verdict(met: list[bool]) -> str:
-    return REPRODUCED if all(met) else PARTLY if any(met) else NOT_REPRODUCED
+# --------------------------------------------------------------------------------------------------------
+# The rules, one per finding
+
+def _heads(distances_draws, uniform: float, block: int, kind: str) -> list[int]:
+    """Per draw, how many heads of ``block`` are local (< LOCAL_HEAD × uniform) or global (> GLOBAL_HEAD ×)."""
+    if kind == "local":
+        return [sum(d < LOCAL_HEAD * uniform for d in draw[block]) for draw in distances_draws]
+    return [sum(d > GLOBAL_HEAD * uniform for d in draw[block]) for draw in distances_draws]
 
 
-def _heads(distances, uniform):
-    d = [x for row in distances for x in (row if isinstance(row, list) else [row])]
-    return sum(x < LOCAL_HEAD * uniform for x in d), sum(x > GLOBAL_HEAD * uniform for x in d), len(d)
+def _f1(v):
+    d_all = diff(v["vit_low_high"], v["resnet_low_high"])
+    d_blocks = diff(v["vit_low_high_blocks"], v["resnet_low_high_blocks"])
+    return Judgement(
+        f"lowest vs highest quarter of the layers, mean CKA: ViT {fmt(v['vit_low_high'])}, ResNet "
+        f"{fmt(v['resnet_low_high'])}; block outputs only: ViT {fmt(v['vit_low_high_blocks'])}, ResNet "
+        f"{fmt(v['resnet_low_high_blocks'])}",
+        central=check("ViT's low-vs-high CKA above the ResNet's (all layers)", d_all, lambda x: x > 0),
+        secondary=(check("by at least 0.1", d_all, lambda x: x >= 0.1),
+                   check("ViT above the ResNet on block outputs only", d_blocks, lambda x: x > 0)))
 
 
-def _f1(r):
-    v = r["representation_structure"]
-    return (f"lowest vs highest quarter: ViT {v['vit_low_high']:.2f}, ResNet {v['resnet_low_high']:.2f}",
-            [v["vit_low_high"] > v["resnet_low_high"], v["vit_low_high"] - v["resnet_low_high"] >= 0.1])
+def _f2(v):
+    total = int(v["vit_lowest_quarter_layers"])
+    counts = v["vit_lowest_quarter_best_in_resnet_lower_half_count"]
+    return Judgement(
+        f"ViT lowest-quarter layers best matched in the ResNet's lower half: "
+        f"{count_check('', counts, lambda c: True).value.replace(' over', f' of {total}, over')}; best CKA of the "
+        f"ViT's last third with any ResNet layer {fmt(v['max_cka_vit_last_third'])}",
+        central=count_check(f"≥ 75% of the ViT's {total} lowest-quarter layers match best in the ResNet's lower half",
+                            counts, lambda c: 4 * c >= 3 * total),
+        secondary=(check("max CKA of the ViT's last third with the ResNet < 0.5", v["max_cka_vit_last_third"],
+                         lambda x: x < 0.5),))
 
 
-def _f2(r):
-    v = r["representation_structure"]
-    return (f"{100 * v['vit_lowest_quarter_best_in_resnet_lower_half']:.0f}% of the ViT's lowest-quarter layers match "
-            f"the ResNet's lower half best; best CKA of the ViT's last third with any ResNet layer "
-            f"{v['max_cka_vit_last_third']:.2f}",
-            [v["vit_lowest_quarter_best_in_resnet_lower_half"] >= 0.75, v["max_cka_vit_last_third"] < 0.5])
+def _local_precondition(v, key="distances_all_data"):
+    local0 = _heads(v[key], v["uniform_distance"], 0, "local")
+    return count_check(f"the 100% ViT has a local head (< {LOCAL_HEAD}× uniform) in block 0", local0, lambda c: c >= 1)
 
 
-def _f3(r):
-    v = r["local_global"]
+def _distance_text(v):
     u = v["uniform_distance"]
-    local0, global0, n0 = _heads(v["distances_all_data"][0], u)
-    local_last, global_last, n_last = _heads(v["distances_all_data"][-1], u)
-    return (f"first block: {local0} local and {global0} global of {n0} heads; last block: {local_last} local of "
-            f"{n_last} (distances {v['summary_all_data']['first_min']:.1f}–{v['summary_all_data']['first_max']:.1f} px "
-            f"in block 0, uniform attention {u:.1f} px)",
-            [local0 > 0, global0 > 0, local_last == 0])
+    first = [h for draw in v["distances_all_data"] for h in draw[0]]
+    return f"block-0 head distances {min(first):.1f}–{max(first):.1f} px over all draws (uniform attention {u:.1f} px)"
 
 
-def _f4(r):
-    v = r["local_global"]
+def _f3(v):
+    u, dist = v["uniform_distance"], v["distances_all_data"]
+    local0, global0 = _heads(dist, u, 0, "local"), _heads(dist, u, 0, "global")
+    local_last = _heads(dist, u, -1, "local")
+    return Judgement(
+        f"block 0: {min(local0)}–{max(local0)} local and {min(global0)}–{max(global0)} global of {len(dist[0][0])} "
+        f"heads; last block: {min(local_last)}–{max(local_last)} local; {_distance_text(v)}",
+        preconditions=(_local_precondition(v),),
+        central=count_check("block 0 has both a local and a global head",
+                            [min(a, b) for a, b in zip(local0, global0)], lambda c: c >= 1),
+        secondary=(count_check("the last block has no local head", local_last, lambda c: c == 0),))
+
+
+def _f4(v):
     u = v["uniform_distance"]
-    local_small = _heads(v["distances_less_data"][0], u)[0]
-    local_full = _heads(v["distances_all_data"][0], u)[0]
-    return (f"local first-block heads: {local_full} with all data, {local_small} with 3% of it",
-            [local_small == 0, local_full > local_small])
+    full, small = _heads(v["distances_all_data"], u, 0, "local"), _heads(v["distances_less_data"], u, 0, "local")
+    return Judgement(
+        f"local block-0 heads: {min(full)}–{max(full)} with all data, {min(small)}–{max(small)} with 3% of it",
+        preconditions=(_local_precondition(v),),
+        central=count_check("fewer local block-0 heads in the 3% model than in the 100% model",
+                            [f - s for f, s in zip(full, small)], lambda c: c >= 1),
+        secondary=(count_check("none in the 3% model", small, lambda c: c == 0),))
 
 
-def _f5(r):
-    v = r["local_global"]
+def _f5(v):
     rho = v["head_subset_rank_correlation"]
-    return f"rank correlation of head distance with CKA to low ResNet layers {rho:+.2f}", [rho < 0, rho <= -0.5]
+    return Judgement(
+        f"rank correlation of a block-0 head's distance with its CKA to low ResNet layers {fmt(rho)}; "
+        f"{_distance_text(v)}",
+        preconditions=(_local_precondition(v),),
+        central=check("negative", rho, lambda x: x < 0),
+        secondary=(check("≤ −0.5", rho, lambda x: x <= -0.5),))
 
 
-def _f6(r):
-    v = r["local_global"]
+def _f6(v):
     radius = v["erf_radius"]
     vit = [radius[f"ViT {layer}"] for layer in v["vit_erf_layers"]]
     res = [radius[f"ResNet {layer}"] for layer in v["resnet_erf_layers"]]
-    return (f"half-mass radius (px), low/mid/high: ViT {', '.join(f'{x:.1f}' for x in vit)}; "
-            f"ResNet {', '.join(f'{x:.1f}' for x in res)}",
-            [vit[0] > res[0], vit[1] > res[1], all(a <= b + 1e-9 for a, b in zip(res, res[1:]))])
+    steps = [diff(b, a) for a, b in zip(res, res[1:])]
+    return Judgement(
+        "half-mass radius (px), low / mid / high: ViT " + "; ".join(fmt(x, 1) for x in vit)
+        + " — ResNet " + "; ".join(fmt(x, 1) for x in res),
+        central=check("ViT radius above the ResNet's at low depth", diff(vit[0], res[0]), lambda x: x > 0, 1),
+        secondary=(check("and at mid depth", diff(vit[1], res[1]), lambda x: x > 0, 1),
+                   Check("ResNet radius grows with depth", all(every(s, lambda x: x >= 0) for s in steps),
+                         "; ".join(fmt(s, 1) for s in steps))))
 
 
-def _f7(r):
-    v = r["skip_connections"]
-    return (f"CLS vs patch-token ratio: first half {v['cls_ratio_first_half']:.2f} vs {v['spatial_ratio_first_half']:.2f}, "
-            f"second half {v['cls_ratio_second_half']:.2f} vs {v['spatial_ratio_second_half']:.2f}; median ratio ViT "
-            f"{v['vit_median_ratio']:.2f}, ResNet {v['resnet_median_ratio']:.2f}",
-            [v["cls_ratio_first_half"] > v["spatial_ratio_first_half"],
-             v["cls_ratio_second_half"] < v["spatial_ratio_second_half"],
-             v["vit_median_ratio"] >= 2 * v["resnet_median_ratio"]])
+def _f7(v):
+    first = diff(v["cls_ratio_first_half"], v["spatial_ratio_first_half"])
+    second = diff(v["cls_ratio_second_half"], v["spatial_ratio_second_half"])
+    vit_over_res = [a / b for a, b in zip(draws(v["vit_median_ratio"]), draws(v["resnet_median_ratio"]))]
+    return Judgement(
+        f"skip ratio ‖z‖/‖f(z)‖, first half: CLS {fmt(v['cls_ratio_first_half'])} vs patches "
+        f"{fmt(v['spatial_ratio_first_half'])}; second half: CLS {fmt(v['cls_ratio_second_half'])} vs patches "
+        f"{fmt(v['spatial_ratio_second_half'])}; median ViT {fmt(v['vit_median_ratio'])}, ResNet "
+        f"{fmt(v['resnet_median_ratio'])}",
+        central=check("CLS ratio above the patch tokens' in the first half", first, lambda x: x > 0),
+        secondary=(check("below them in the second half", second, lambda x: x < 0),
+                   check("ViT median ratio ≥ 2× the ResNet's", vit_over_res, lambda x: x >= 2)))
 
 
-def _f8(r):
-    rows = r["skip_connections"]["no_skip"]
-    if not rows:                                   # the chapter ran without no-skip models: Fig 8 not measured
-        raise KeyError("no_skip")
+def _f8(v):
+    rows, control = v["no_skip"], v["control"]
+    if not rows:
+        return Judgement("no ViT without skips in this run", not_measured="the chapter ran without no-skip models")
     middle = min(rows, key=lambda row: abs(row["depth_fraction"] - 0.5))
-    text = "; ".join(f"block {row['block']}: CKA across it {row['split_cka_intact']:.2f} → {row['split_cka_no_skip']:.2f}, "
-                     f"accuracy drop {100 * row['accuracy_drop']:+.1f} points" for row in rows)
-    return (text + f" (no-skip models trained with {middle['steps_fraction']:.0%} of the steps)"
-            if middle.get("steps_fraction") is not None else text,
-            [all(row["split_cka_no_skip"] < row["split_cka_intact"] for row in rows), middle["accuracy_drop"] >= 0.02])
+    matched = control["name"] is not None and all(row["steps"] == control["steps"] for row in rows)
+    steps = ", ".join(f"block {row['block']}: {row['steps']}" for row in rows)
+    text = "; ".join(f"block {row['block']}: CKA across it {fmt(row['split_cka_intact'])} intact → "
+                     f"{fmt(row['split_cka_no_skip'])} without skips, accuracy drop "
+                     f"{fmt(row['accuracy_drop'], 1, 100, ' points')}" for row in rows)
+    lower = [all(a < b for a, b in zip(draws(row["split_cka_no_skip"]), draws(row["split_cka_intact"])))
+             for row in rows]
+    return Judgement(
+        text + f" (intact control {control['name']}, {control['steps']} steps; no-skip models {steps})",
+        controls=(Check("intact control trained with the no-skip models' number of optimisation steps", matched,
+                        f"control {control['steps']} steps; {steps}"),),
+        central=Check("CKA across the block lower without its skips, for every block tried, in every draw",
+                      all(lower), f"{sum(lower)} of {len(rows)} blocks"),
+        secondary=(check(f"≥ 2 points accuracy lost at the middle block (block {middle['block']})",
+                         middle["accuracy_drop"], lambda x: x >= 0.02, 1, 100, " points"),))
 
 
-def _f9(r):
-    v = r["spatial"]
-    own = {m: v[m]["interior_own_patch_is_best"] for m in ("vit_cls", "vit_gap", "resnet")}
-    return (f"interior tokens most similar to their own patch: ViT-CLS {own['vit_cls']:.0%}, ViT-GAP {own['vit_gap']:.0%}, "
-            f"ResNet {own['resnet']:.0%}",
-            [own["vit_cls"] >= own["vit_gap"] + 0.2, own["vit_cls"] >= own["resnet"] + 0.2])
+def _own(v, model):
+    return [int(c) for c in v[model]["interior_own_patch_count"]], int(v[model]["interior_tokens"])
 
 
-def _f10(r):
-    v = r["spatial"]
-    return (f"last block, single-token probes: ViT-CLS {v['vit_cls_tokens']:.1%}, ViT-GAP {v['vit_gap_tokens']:.1%}, "
-            f"ResNet {v['resnet_tokens']:.1%}; CLS;CLS {v['vit_cls_cls']:.1%} vs GAP;GAP {v['vit_gap_gap']:.1%}",
-            [v["vit_cls_tokens"] <= v["vit_gap_tokens"] - 0.1, v["vit_cls_tokens"] <= v["resnet_tokens"] - 0.1,
-             abs(v["vit_cls_cls"] - v["vit_gap_gap"]) <= 0.03])
+def _f9(v):
+    (cls, n), (gap, _), (res, _) = _own(v, "vit_cls"), _own(v, "vit_gap"), _own(v, "resnet")
+
+    def share(counts):
+        lo, hi = min(counts), max(counts)
+        return f"{lo / n:.0%}" if lo == hi else f"{lo / n:.0%}–{hi / n:.0%}"
+    return Judgement(
+        f"interior tokens most similar to their own patch ({n} tokens): ViT-CLS {share(cls)}, ViT-GAP "
+        f"{share(gap)}, ResNet {share(res)}",
+        central=count_check("ViT-CLS ≥ 20 points above ViT-GAP (5·(CLS − GAP) ≥ tokens)",
+                            [5 * (a - b) - n for a, b in zip(cls, gap)], lambda c: c >= 0),
+        secondary=(count_check("and above the ResNet by ≥ 20 points", [5 * (a - b) - n for a, b in zip(cls, res)],
+                               lambda c: c >= 0),))
 
 
-def _f11(r):
-    v = r["data_scale"]
+def _f10(v):
+    cls, gap, res = v["vit_cls_tokens"], v["vit_gap_tokens"], v["resnet_tokens"]
+    return Judgement(
+        f"last block, single-token probes: ViT-CLS {pct(cls)}, ViT-GAP {pct(gap)}, ResNet {pct(res)}; "
+        f"CLS;CLS {pct(v['vit_cls_cls'])} vs GAP;GAP {pct(v['vit_gap_gap'])}",
+        central=check("ViT-CLS spatial tokens ≥ 10 points below ViT-GAP's", diff(gap, cls), lambda x: x >= 0.1,
+                      1, 100, " points"),
+        secondary=(check("and ≥ 10 points below the ResNet's", diff(res, cls), lambda x: x >= 0.1, 1, 100, " points"),
+                   check("CLS;CLS within 3 points of GAP;GAP", diff(v["vit_cls_cls"], v["vit_gap_gap"]),
+                         lambda x: abs(x) <= 0.03, 1, 100, " points")))
+
+
+def _matched_reference(v) -> Check:
+    ref = v["reference"]
+    small = set(int(s) for s in ref["small_steps"].values())
+    matched = ref["matched"] is not None and ref["matched_steps"] is not None
+    close = matched and all(abs(s - ref["matched_steps"]) <= 0.1 * ref["matched_steps"] for s in small)
+    return Check("a 100% reference trained with the small-data models' optimisation steps (within 10%)", close,
+                 f"reference {ref['matched'] or ref['long']} {ref['matched_steps'] or ref['long_steps']} steps; "
+                 f"small-data models {', '.join(str(s) for s in sorted(small))}")
+
+
+def _f11(v):
     small = v["smallest_fraction"]["ViT"]
-    first, last = v["vit"]["cka_first_block"][small], v["vit"]["cka_last_block"][small]
-    return (f"ViT trained on {small} vs 100%: CKA {first:.2f} at the first block, {last:.2f} at the last",
-            [first >= 0.8, first - last >= 0.1])
+    cka = v["vit_matched"] if v["vit_matched"] is not None else v["vit_long"]
+    first, last = cka["cka_first_block"][small], cka["cka_last_block"][small]
+    long_first, long_last = v["vit_long"]["cka_first_block"][small], v["vit_long"]["cka_last_block"][small]
+    seed = v["seed_baseline"]
+    seed_text = ("; seed-to-seed baseline not measured (one training seed per model)" if seed is None else
+                 f"; two seeds of the 100% ViT: first block {fmt(seed['cka_first_block'])}, last "
+                 f"{fmt(seed['cka_last_block'])}")
+    return Judgement(
+        f"ViT trained on {small} vs the matched-compute 100% model: CKA {fmt(first)} at the first block, "
+        f"{fmt(last)} at the last (vs the long-schedule 100% model: {fmt(long_first)}, {fmt(long_last)}){seed_text}"
+        if v["vit_matched"] is not None else
+        f"ViT trained on {small} vs the long-schedule 100% model: CKA {fmt(first)} at the first block, "
+        f"{fmt(last)} at the last{seed_text}",
+        controls=(_matched_reference(v),),
+        central=check("first-block CKA with the 100% model ≥ 0.8", first, lambda x: x >= 0.8),
+        secondary=(check("≥ 0.1 above the last block's", diff(first, last), lambda x: x >= 0.1),))
 
 
-def _f12(r):
-    v = r["data_scale"]
-    gain, vit_vs_resnet = v["probe_mid_gain_points"]["vit"], v["probe_mid_vit_minus_resnet_points"]
-    return (f"mid-network probe: 100% minus {v['smallest_fraction']['ViT']} model {gain:+.1f} points (ViT); "
-            f"ViT minus ResNet at 100% {vit_vs_resnet:+.1f} points",
-            [gain >= 5, vit_vs_resnet > 0])
+def _f12(v):
+    small = v["smallest_fraction"]["ViT"]
+    matched = v["probe_mid_gain_points_matched"]
+    gain = (matched or v["probe_mid_gain_points_long"])["vit"]
+    same = v["probe_mid_vit_minus_resnet_points"]
+    return Judgement(
+        f"mid-network probe, 100% minus {small} model: {fmt(gain, 1, unit=' points')} "
+        f"({'matched-compute' if matched else 'long-schedule'} 100% model; long schedule "
+        f"{fmt(v['probe_mid_gain_points_long']['vit'], 1, unit=' points')}); ViT minus ResNet at 100%, same readout "
+        f"(mean of spatial tokens vs global average pool) {fmt(same, 1, unit=' points')}, ViT CLS readout "
+        f"{fmt(v['probe_mid_vit_minus_resnet_points_cls'], 1, unit=' points')}",
+        controls=(_matched_reference(v),),
+        central=check("mid-network probe ≥ 5 points better at 100% than at the smallest fraction", gain,
+                      lambda x: x >= 5, 1, unit=" points"),
+        secondary=(check("ViT above the ResNet at 100% through the same readout", same, lambda x: x > 0, 1,
+                         unit=" points"),))
 
 
 FINDINGS = [
     Finding(1, "Fig 1", "representation_structure",
-            "ViT layers are uniformly similar; the ResNet has stages, low and high layers dissimilar",
-            "ViT's lowest-vs-highest-quarter CKA above the ResNet's, by at least 0.1", _f1,
-            "a 6-block ViT and a 6-unit ResNet have few layers between bottom and top; the paper's uniformity "
-            "comes from ViTs of 12–32 blocks trained on 300M images"),
+            "ViT layers are uniformly similar; the ResNet has stages, low and high layers dissimilar", _f1,
+            "a 6-block ViT and a 6-unit ResNet have few layers between bottom and top"),
     Finding(2, "Fig 2", "representation_structure",
             "the ResNet's lower half matches the ViT's lowest quarter; the ViT's last third matches no ResNet layer",
-            "≥ 75% of the ViT's lowest-quarter layers match best in the ResNet's lower half; max CKA of the "
-            "ViT's last third with the ResNet < 0.5", _f2,
-            "both small networks solve a 10-class task with 28-px images, so their top layers converge on the "
-            "same class-separating representation"),
-    Finding(3, "Fig 3", "local_global",
-            "low blocks mix local and global heads; the highest blocks are all global",
-            f"block 0 has a local head (< {LOCAL_HEAD}× the uniform distance) and a global one (> {GLOBAL_HEAD}×); "
-            "the last block has no local head", _f3,
-            "local heads need enough data (the paper's Fig 4): our largest training set is 60,000 images, less "
-            "than ImageNet, and a 7×7 grid leaves little room between local and global"),
-    Finding(4, "Fig 4", "local_global",
-            "with less training data, early blocks learn no local heads",
-            "no local first-block head in the 3% model, and fewer than in the 100% model", _f4,
-            "if the 100% model has no local heads either, 60,000 images are already 'small data' for a ViT"),
+            _f2, "both small networks solve a 10-class task on 28-px images, so their top layers may converge on "
+                 "the same class-separating representation"),
+    Finding(3, "Fig 3", "local_global", "low blocks mix local and global heads; the highest blocks are all global",
+            _f3, "local heads may need more data or a different recipe (see the recipe ablation)"),
+    Finding(4, "Fig 4", "local_global", "with less training data, early blocks learn no local heads", _f4,
+            "needs a 100% model with local heads"),
     Finding(5, "Fig 5", "local_global",
-            "the more local an early head, the more similar it is to the ResNet's lower layers",
-            "rank correlation of head distance with its CKA < 0, and ≤ −0.5", _f5,
-            "with 4 heads per block and no truly local head the distance range is narrow; the correlation "
-            "rests on few points"),
+            "the more local an early head, the more similar it is to the ResNet's lower layers", _f5,
+            "needs heads that span local to global distances"),
     Finding(6, "Fig 6", "local_global",
-            "ViT receptive fields are larger early and global by mid-network; the ResNet's grow gradually",
-            "ViT radius above the ResNet's at low and mid depth; ResNet radius non-decreasing", _f6,
-            "on a 28-px image the ResNet's receptive field covers most of the image after two stages"),
+            "ViT receptive fields are larger early and global by mid-network; the ResNet's grow gradually", _f6,
+            "on a 28-px image the ResNet's receptive field may cover most of the image after two stages"),
     Finding(7, "Fig 7", "skip_connections",
             "early on the CLS token travels the skip path while patch tokens change; reversed later; ViT ratios far "
-            "above the ResNet's",
-            "CLS ratio above the patch tokens' in the first half and below in the second; ViT median ratio ≥ 2× "
-            "the ResNet's", _f7,
-            "with 6 blocks and a 10-class task the CLS token has little to gather; the paper's pattern comes "
-            "from 12–32-block ViTs"),
+            "above the ResNet's", _f7,
+            "with 6 blocks and a 10-class task the CLS token may have little to gather"),
     Finding(8, "Fig 8", "skip_connections",
-            "removing a block's skips splits the CKA heatmap there; middle blocks cost about 4% accuracy",
-            "CKA across the block lower without its skips for every block tried; ≥ 2 points accuracy lost at the "
-            "middle block", _f8,
-            "the no-skip models had only a fraction of the intact model's optimisation steps (a CPU budget; the "
-            "measurement gives it), so part of any accuracy gap is schedule, not architecture"),
+            "removing a block's skips splits the CKA heatmap there; middle blocks cost about 4% accuracy", _f8),
     Finding(9, "Figs 9–10", "spatial",
-            "ViT-CLS final tokens localise to their own patch; ResNet and GAP-ViT much less",
-            "interior own-patch-best fraction of ViT-CLS ≥ 20 points above ViT-GAP's and the ResNet's", _f9,
-            "28-px images in 4-px patches leave each token little context to lose"),
+            "ViT-CLS final tokens localise to their own patch; ResNet and GAP-ViT much less", _f9,
+            "28-px images in 4-px patches may leave each token little context to lose"),
     Finding(10, "Fig 11", "spatial",
             "single spatial tokens of the CLS model probe poorly; GAP-model and ResNet tokens well; CLS;CLS ≈ GAP;GAP",
-            "ViT-CLS token probe ≥ 10 points below ViT-GAP's and the ResNet's; CLS;CLS within 3 points of GAP;GAP",
-            _f10,
-            "10 classes are far easier to read from one token than the paper's 1,000 ImageNet classes"),
-    Finding(11, "Fig 12", "data_scale",
-            "low layers are already similar with 3–10% of the data; high layers need much more",
-            "smallest-data ViT: first-block CKA with the 100% model ≥ 0.8, and ≥ 0.1 above the last block's", _f11,
-            "our fractions are of 60,000 images (1,800 at 3%), not of 300 million"),
+            _f10, "10 classes may be far easier to read from one token than the paper's 1,000"),
+    Finding(11, "Fig 12", "data_scale", "low layers are already similar with 3–10% of the data; high layers need much "
+            "more", _f11, "our fractions are of 60,000 images (1,800 at 3%), not of 300 million"),
     Finding(12, "Fig 13", "data_scale",
-            "more data gives much stronger intermediate layers; ViTs stronger than ResNets mid-network",
-            "mid-network probe ≥ 5 points better at 100% than at the smallest fraction; ViT above ResNet at 100%",
-            _f12,
+            "more data gives much stronger intermediate layers; ViTs stronger than ResNets mid-network", _f12,
             "the paper compares 300M vs 1.3M images; our largest/smallest ratio is 33×"),
 ]
 
 
+def judge(finding: Finding, results: dict) -> Judgement:
+    """``finding``'s :class:`Judgement` on ``results`` (``{chapter: values}``); a chapter that did not run is
+    not measured, a missing field raises :class:`MissingResult`."""
+    if finding.chapter not in results:
+        return Judgement(f"(the {finding.chapter} chapter did not run in this build)",
+                         not_measured=f"no results from {finding.chapter}")
+    return finding.judge(_Record(finding.chapter, results[finding.chapter]))
+
+
 def table(results: dict) -> list[dict]:
-    """One row per finding: number, figure, the paper's result, what this build measured, the criteria and
-    the verdict (``not measured`` when a chapter's numbers are missing)."""
+    """One row per finding: ``finding, figure, chapter, paper, measured, verdict, checks`` (a list of
+    ``(kind, rule, met, value)`` with kind in precondition / control / central / secondary) and ``hypothesis``
+    (empty when reproduced)."""
     rows = []
     for f in FINDINGS:
-        row = {"finding": f.number, "figure": f.figure, "paper": f.paper, "criteria": f.criteria}
-        try:
-            measured, met = f.judge(results)
-            verdict = _verdict(met)
-            row |= {"measured": measured, "verdict": verdict, "met": f"{sum(met)}/{len(met)}",
-                    "note": f.scale_note if verdict != REPRODUCED else ""}
-        except KeyError as missing:
-            row |= {"measured": f"(no {missing} in this build's results)", "verdict": NOT_MEASURED, "met": "–",
-                    "note": "the chapter that measures it did not run in this build"}
-        except TypeError:                      # a recorded None: the quantity is undefined for these models
-            row |= {"measured": "(undefined for the models of this build)", "verdict": NOT_MEASURED, "met": "–",
-                    "note": "the recorded value is undefined (e.g. a CLS statistic for a model without CLS token)"}
-        rows.append(row)
+        j = judge(f, results)
+        checks = ([("precondition", c) for c in j.preconditions] + [("control", c) for c in j.controls]
+                  + ([("central", j.central)] if j.central else []) + [("secondary", c) for c in j.secondary])
+        rows.append({"finding": f.number, "figure": f.figure, "chapter": f.chapter, "paper": f.paper,
+                     "measured": j.measured, "verdict": j.verdict,
+                     "checks": [(kind, c.rule, c.met, c.value) for kind, c in checks],
+                     "not_measured": j.not_measured,
+                     "hypothesis": f.hypothesis if j.verdict not in (REPRODUCED, NOT_MEASURED) else ""})
     return rows
+
+
+def tally(rows: list[dict]) -> dict[str, int]:
+    """How many findings got each verdict, in the order of :data:`VERDICTS`."""
+    return {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
+
+
+def _why(row: dict) -> str:
+    failed = {kind: [rule for k, rule, met, _ in row["checks"] if k == kind and not met] for kind in
+              ("precondition", "control", "central", "secondary")}
+    v = row["verdict"]
+    if v == NOT_MEASURED:
+        return row["not_measured"]
+    if v == UNTESTABLE:
+        return "its precondition is absent: " + "; ".join(failed["precondition"])
+    if v == CONFOUNDED:
+        return "a control it needs is not matched: " + "; ".join(failed["control"])
+    if v == NOT_REPRODUCED:
+        return "the central criterion fails in at least one draw: " + failed["central"][0]
+    if v == PARTLY:
+        return "the central criterion holds in every draw; not met: " + "; ".join(failed["secondary"])
+    return "every criterion holds in every draw"
+
+
+def meaning(chapter: str, results: dict) -> str:
+    """A short Markdown "what it means" paragraph for ``chapter``: each of its findings, its verdict, why,
+    and the untested hypothesis offered for a difference."""
+    lines = []
+    for row in table(results):
+        if row["chapter"] != chapter:
+            continue
+        line = (f"- **Finding {row['finding']}** ({row['figure']}): *{row['paper']}* — **{row['verdict']}**; "
+                f"{_why(row)}. Measured: {row['measured']}.")
+        if row["hypothesis"]:
+            line += f" A possible reason, *not tested here*: {row['hypothesis']}."
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The conclusion's text
+
+_MARK = {True: "✓", False: "✗"}
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The conclusion's table: per finding, the paper's claim, the measured values with their spreads, each
+    check (precondition, control, central, secondary) met or not with its value, and the verdict."""
+    lines = ["| # | The paper (figure) | Measured here (mean ± SD over draws, range) | Criteria | Verdict |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        checks = "<br>".join(f"{_MARK[met]} *{kind}*: {_cell(rule)}" + (f" [{_cell(value)}]" if value else "")
+                             for kind, rule, met, value in r["checks"]) or "–"
+        lines.append(f"| {r['finding']} | {_cell(r['paper'])} ({r['figure']}) | {_cell(r['measured'])} | {checks} "
+                     f"| **{r['verdict']}** |")
+    return "\n".join(lines)
+
+
+def tally_text(rows: list[dict]) -> str:
+    """``"Of 12 findings: 2 reproduced, 3 partly, ..."`` (verdicts with no finding left out)."""
+    counts = tally(rows)
+    return f"Of {len(rows)} findings: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "."
+
+
+def explanations(rows: list[dict]) -> str:
+    """One line per finding not reproduced: why (the failed check), and the untested hypothesis offered."""
+    lines = []
+    for r in rows:
+        if r["verdict"] == REPRODUCED:
+            continue
+        line = f"- **Finding {r['finding']}** ({r['verdict']}): {_why(r)}."
+        if r["hypothesis"]:
+            line += f" A possible reason, *an untested hypothesis*: {r['hypothesis']}."
+        lines.append(line)
+    return "\n".join(lines)
