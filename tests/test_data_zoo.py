@@ -48,10 +48,13 @@ def test_missing_data_message_names_the_three_ways(tmp_path, monkeypatch):
     monkeypatch.setattr("vitcnn_utils.data.Path.home", lambda: tmp_path)
     monkeypatch.delenv("VITCNN_DATA_DIR", raising=False)
     with pytest.raises(DataNotFoundError) as err:
-        load_fashion_mnist("test", data_dir=tmp_path, download=False)
+        load_fashion_mnist("test", download=False)
     message = str(err.value)
     assert "apt-get install dataset-fashion-mnist" in message and "VITCNN_DATA_DIR" in message
     assert "torchvision" in message
+    # an explicit folder without the files is refused by name (issue 12), never replaced by another copy
+    with pytest.raises(DataNotFoundError, match=f"data_dir {tmp_path} holds no t10k-images-idx3-ubyte"):
+        load_fashion_mnist("test", data_dir=tmp_path, download=False)
 
 
 def test_augment_shifts_and_flips():

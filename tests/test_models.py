@@ -1,6 +1,4 @@
 """load_model: timm names (random init, local weights, offline pretrained) and the paper's architectures."""
-import time
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -15,12 +13,11 @@ def test_unknown_name_is_a_clear_error():
         load_model("vit_nonexistent_model")
 
 
-def test_pretrained_offline_fails_fast_and_says_how_to_use_a_local_file(monkeypatch):
+def test_pretrained_offline_says_how_to_use_a_local_file(monkeypatch):
+    """Offline fails at once (no network attempt: tests/test_errors_models_data.py) and says what to do."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.perf_counter()
     with pytest.raises(RuntimeError, match=r"weights='/path/to/model.safetensors'"):
         load_model("resnet18", pretrained=True)
-    assert time.perf_counter() - start < 20
 
 
 def test_local_weights_file(tmp_path):
@@ -50,7 +47,7 @@ def test_paper_architectures_run_through_hooks_and_cka():
     """ViT-B/16 and ResNet-50 (random init: no weights here) through the same capture and CKA path."""
     vit, resnet = load_model("vit_base_patch16_224", num_classes=0), load_model("resnet50", num_classes=0)
     assert len(default_layers(vit)) == 1 + 12 * 6
-    images = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))   # float in [0, 1]
     batches = [(images[:4], None), (images[4:], None)]
     cka = MinibatchCKA()
     layers_vit, layers_resnet = ["blocks.0", "blocks.11"], ["layer1.0", "layer4.2"]

@@ -1,19 +1,25 @@
 """Data: Fashion-MNIST (the embedded default) and ImageNet-style image folders (the paper's scale).
 
-Fashion-MNIST is read from its original gzipped IDX files. They are looked for, in order, in
+Fashion-MNIST is read from its original IDX files (gzipped or not). Where from:
 
-1. the ``data_dir`` argument,
-2. the ``VITCNN_DATA_DIR`` environment variable,
-3. ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``),
-4. torchvision's download into ``~/.cache/vitcnn/FashionMNIST`` (needs network access).
+1. the ``data_dir`` argument, if given: that folder and no other;
+2. else the ``VITCNN_DATA_DIR`` environment variable, if set: that folder and no other;
+3. else ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``), then torchvision's
+   download into ``~/.cache/vitcnn/FashionMNIST`` (needs network access).
 
-Images are returned as ``uint8`` tensors ``(n, 1, 28, 28)``; :func:`normalize` turns them into the float
-input the zoo models expect.
+An explicit location (1 or 2) that lacks the files is an error, never replaced by another copy. A split's
+images and labels always come from one folder: a folder holding one but not the other is an error too.
+
+Images are returned as ``uint8`` tensors ``(n, 1, 28, 28)``. Model input: :func:`to_unit_float` accepts
+``uint8`` (or other integer) images in 0..255 and float images in [0, 1] alike (what torchvision's
+``ToTensor()`` gives) and refuses anything else; :func:`normalize` standardises them for the zoo models.
 """
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,28 +59,83 @@ class ImageSet:
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte IDX file (``.gz`` or plain) as a NumPy array; a truncated or corrupt file is a
+    ValueError naming it."""
+    fix = "re-download it or reinstall dataset-fashion-mnist"
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path} is truncated or corrupt ({type(err).__name__}: {err}): {fix}") from None
+    if len(data) < 4:
+        raise ValueError(f"{path} is truncated or corrupt ({len(data)} bytes, no IDX header): {fix}")
     magic = int.from_bytes(data[:4], "big")
     if magic >> 8 != 0x08:  # 0x08 = unsigned byte
         raise ValueError(f"{path} is not an unsigned-byte IDX file (magic 0x{magic:08x})")
-    ndim = magic & 0xFF
+    ndim, offset = magic & 0xFF, 4 + 4 * (magic & 0xFF)
+    if len(data) < offset:
+        raise ValueError(f"{path} is truncated or corrupt ({len(data)} bytes, header needs {offset}): {fix}")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    expected = offset + math.prod(shape)
+    if len(data) != expected:
+        raise ValueError(f"{path} is truncated or corrupt: {len(data)} bytes, an IDX array of shape {shape} "
+                         f"has {expected}: {fix}")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
-def _find(name: str, folders: list[Path]) -> Path | None:
-    for folder in folders:
-        for candidate in (folder / f"{name}.gz", folder / name, folder / "FashionMNIST" / "raw" / name):
-            if candidate.is_file():
-                return candidate
-    return None
+def _files_in(folder: Path, names: tuple[str, ...]) -> tuple[list[Path] | None, list[str]]:
+    """The split's files ``names`` from one place in ``folder`` (``folder/`` or torchvision's
+    ``folder/FashionMNIST/raw/``; each file gzipped or not): ``(paths, [])`` when one place holds all of them,
+    else ``(None, names missing)`` from the place holding the most."""
+    best: list[str] = list(names)
+    for place in (folder, folder / "FashionMNIST" / "raw"):
+        found = {n: next((c for c in (place / f"{n}.gz", place / n) if c.is_file()), None) for n in names}
+        missing = [n for n, path in found.items() if path is None]
+        if not missing:
+            return [found[n] for n in names], []
+        if len(missing) < len(best):
+            best = missing
+    return None, best
 
 
-def _candidate_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
-    dirs = [Path(d) for d in (data_dir, os.environ.get("VITCNN_DATA_DIR")) if d]
-    return dirs + [DEBIAN_DIR, Path.home() / ".cache" / "vitcnn"]
+def _locate(split: str, data_dir: str | os.PathLike | None, download: bool) -> list[Path]:
+    """The ``(images, labels)`` files of ``split``, both from one folder (see the module docstring)."""
+    names = _FILES[split]
+    if data_dir is not None and str(data_dir) == "":
+        raise ValueError("data_dir is an empty string: pass a folder, or None to search")
+    if data_dir is not None:
+        what, folder, instead = f"data_dir {data_dir}", Path(data_dir), "pass no data_dir"
+    elif os.environ.get("VITCNN_DATA_DIR"):
+        what, folder = f"VITCNN_DATA_DIR {os.environ['VITCNN_DATA_DIR']}", Path(os.environ["VITCNN_DATA_DIR"])
+        instead = "unset VITCNN_DATA_DIR"
+    else:
+        folder = None
+    if folder is not None:  # an explicit location: used or refused, never replaced
+        where = f"{instead} to use {DEBIAN_DIR} or torchvision's download"
+        if not folder.is_dir():
+            raise DataNotFoundError(f"{what} does not exist: point it at the folder holding the Fashion-MNIST "
+                                    f"IDX files, or {where}")
+        paths, missing = _files_in(folder, names)
+        if paths is None:
+            raise DataNotFoundError(f"{what} holds no {' and no '.join(missing)} (gzipped or not, in the folder "
+                                    f"or its FashionMNIST/raw/): put the {split} files there, or {where}")
+        return paths
+    cache_dir = Path.home() / ".cache" / "vitcnn"
+    for folder in (DEBIAN_DIR, cache_dir):
+        paths, missing = _files_in(folder, names)
+        if paths is not None:
+            return paths
+        if len(missing) < len(names):  # an incomplete copy: never mix in another folder's files
+            raise DataNotFoundError(f"{folder} holds no {' and no '.join(missing)} but has the other {split} "
+                                    f"file: an incomplete copy (reinstall it, or pass data_dir= a complete one)")
+    if not download:
+        raise DataNotFoundError(_missing_message("download=False"))
+    _download(cache_dir)
+    paths, _ = _files_in(cache_dir, names)
+    if paths is None:
+        raise DataNotFoundError(_missing_message("torchvision reported success but no files appeared"))
+    return paths
 
 
 def _download(root: Path) -> None:
@@ -103,23 +164,17 @@ def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None 
 
     Args:
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000 images).
-        data_dir: folder with the IDX files (gzipped or not); see the module docstring for the search order.
-        download: fall back to torchvision's download when the files are nowhere to be found.
+        data_dir: folder with the IDX files (gzipped or not): used, or refused if it lacks them; ``None``
+            searches (``VITCNN_DATA_DIR``, then the Debian copy; see the module docstring).
+        download: with no explicit location, fall back to torchvision's download when the files are nowhere
+            to be found.
 
     Returns:
         An :class:`ImageSet` with ``uint8`` images ``(n, 1, 28, 28)``.
     """
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    folders = _candidate_dirs(data_dir)
-    paths = [_find(name, folders) for name in _FILES[split]]
-    if None in paths:
-        if not download:
-            raise DataNotFoundError(_missing_message("download=False"))
-        _download(folders[-1])
-        paths = [_find(name, folders) for name in _FILES[split]]
-        if None in paths:
-            raise DataNotFoundError(_missing_message("torchvision reported success but no files appeared"))
+    paths = _locate(split, data_dir, download)
     images, labels = (_read_idx(p) for p in paths)
     if len(images) != len(labels):
         raise ValueError(f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels")
@@ -127,9 +182,44 @@ def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None 
                     torch.arange(len(labels)))
 
 
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """Images ``(n, C, H, W)`` as ``float32`` in [0, 1], the one convention every model's preprocessing
+    starts from.
+
+    * ``uint8`` (or any integer dtype) images hold pixel values 0..255 and are divided by 255;
+    * float images must already lie in [0, 1] (torchvision's ``ToTensor()``, or ``uint8 / 255``) and are
+      kept as they are.
+
+    Anything else is refused, never guessed at or clamped: float images outside [0, 1] (0..255 floats, or
+    images already normalised with a mean and std) or with NaN/inf are a ValueError, integers outside
+    0..255 too, and other dtypes (bool, complex) a TypeError.
+    """
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    if images.dtype == torch.bool or images.is_complex():
+        raise TypeError(f"images must be uint8 (0..255) or float in [0, 1], got dtype {images.dtype}")
+    if images.numel() == 0:
+        return images.float()
+    low, high = images.min(), images.max()
+    if not images.is_floating_point():
+        if low < 0 or high > 255:
+            raise ValueError(f"integer images must lie in [0, 255] (got min {low.item()}, max {high.item()}): "
+                             f"pass uint8 pixel values 0..255 or float images in [0, 1]")
+        return images.float() / 255.0
+    if not (low >= 0 and high <= 1):  # also catches NaN (every comparison with NaN is False)
+        finite = bool(torch.isfinite(images).all())
+        got = (f"min {low.item():.4g}, max {high.item():.4g}" if finite else
+               "nan or inf values" if not torch.isnan(images).any() else "nan values")
+        raise ValueError(f"float images must lie in [0, 1] (got {got}): pass uint8 pixel values 0..255 or "
+                         f"float images in [0, 1] such as torchvision's ToTensor() gives; 0..255 floats: divide "
+                         f"by 255; do not normalise them yourself (the model's preprocessor does)")
+    return images.float()
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """``uint8`` Fashion-MNIST images ``(n, 1, 28, 28)`` → standardised ``float32`` model input."""
-    return (images.float() / 255.0 - FMNIST_MEAN) / FMNIST_STD
+    """Fashion-MNIST images ``(n, 1, 28, 28)``, ``uint8`` 0..255 or float in [0, 1] (see
+    :func:`to_unit_float`, which refuses anything else) → standardised ``float32`` model input."""
+    return (to_unit_float(images) - FMNIST_MEAN) / FMNIST_STD
 
 
 def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
@@ -181,12 +271,36 @@ def batches(data: ImageSet, batch_size: int) -> list[tuple[torch.Tensor, torch.T
             for i in range(0, len(data), batch_size)]
 
 
+FOLDER_IMAGE_SIZE = 224  # image folders' default crop side (px), the paper's ViT-B/16 and ResNet-50 input
+
+
+def _image_size(source: str, image_size: int | None) -> int | None:
+    """``image_size`` checked against ``source``: Fashion-MNIST is 28 px (``None`` or 28, never resized); an
+    image folder is cropped to ``image_size`` px (``None``: :data:`FOLDER_IMAGE_SIZE`)."""
+    if source == "fashion-mnist":
+        if image_size not in (None, 28):
+            raise ValueError(f"Fashion-MNIST images are 28 px; image_size applies to image folders: pass "
+                             f"image_size=None (or 28) with data='fashion-mnist', got {image_size}")
+        return None
+    if image_size is None:
+        return FOLDER_IMAGE_SIZE
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive number of pixels (or None for {FOLDER_IMAGE_SIZE}), "
+                         f"got {image_size!r}")
+    return image_size
+
+
 def analysis_batches(source: str, n_images: int, batch_size: int, seed: int = 0,
-                     data_dir: str | None = None, image_size: int = 224, shard: tuple[int, int] | None = None):
+                     data_dir: str | None = None, image_size: int | None = None,
+                     shard: tuple[int, int] | None = None):
     """The images of an analysis: ``source="fashion-mnist"`` takes ``n_images`` class-balanced test images
-    (raw uint8); any other ``source`` is an ImageNet-style folder (``root/<class>/<image>``), resized and
-    centre-cropped to ``image_size`` as float tensors in [0, 1], a seeded random subset of ``n_images``. A
-    ``source`` holding ``train/`` and ``val/`` (the layout :func:`probe_batches` needs) means its ``val/``.
+    (raw ``uint8`` ``(b, 1, 28, 28)``); any other ``source`` is an ImageNet-style folder
+    (``root/<class>/<image>``), resized and centre-cropped to ``image_size`` px (``None``: 224) as float
+    ``(b, 3, image_size, image_size)`` tensors in [0, 1], a seeded random subset of ``n_images``. A ``source``
+    holding ``train/`` and ``val/`` (the layout :func:`probe_batches` needs) means its ``val/``.
+
+    Fashion-MNIST is 28 px and is never resized: ``image_size`` other than ``None`` or 28 with it is a
+    ValueError. ``data_dir`` is Fashion-MNIST's folder (see :func:`load_fashion_mnist`).
 
     ``shard=(rank, world_size)`` keeps this process's share for a ``torch.distributed`` run: minibatches
     ``rank, rank + world_size, ...`` of the same sequence (only those images are read); every process must get
@@ -194,6 +308,7 @@ def analysis_batches(source: str, n_images: int, batch_size: int, seed: int = 0,
 
     Returns a re-iterable of ``(images, labels)`` minibatches.
     """
+    image_size = _image_size(source, image_size)
     if source == "fashion-mnist":
         return _shard(batches(analysis_subset(load_fashion_mnist("test", data_dir), n_images, seed), batch_size),
                       shard)
@@ -217,16 +332,18 @@ def _shard(items: list, shard: tuple[int, int] | None) -> list:
 
 
 def probe_batches(source: str, shots: int, val_per_class: int, n_test: int, batch_size: int, seed: int = 0,
-                  data_dir: str | None = None, image_size: int = 224):
+                  data_dir: str | None = None, image_size: int | None = None):
     """The three image sets of a linear-probe experiment, as re-iterables of raw ``(images, labels)``
     minibatches: ``shots`` training images per class to fit the probes, ``val_per_class`` further (disjoint)
     training images per class to choose the regularisation, and ``n_test`` class-balanced test images.
 
-    ``source="fashion-mnist"`` uses its train and test splits; any other ``source`` is a folder holding
-    ImageNet-style ``train/`` and ``val/`` folders (``<class>/<image>``).
+    ``source="fashion-mnist"`` uses its train and test splits (28 px ``uint8``; ``image_size`` must be
+    ``None`` or 28); any other ``source`` is a folder holding ImageNet-style ``train/`` and ``val/`` folders
+    (``<class>/<image>``), read as in :func:`analysis_batches` (``image_size`` px, ``None``: 224).
     """
     if shots < 1 or val_per_class < 1:
         raise ValueError(f"shots and val_per_class must be at least 1, got {shots} and {val_per_class}")
+    image_size = _image_size(source, image_size)
     if source == "fashion-mnist":
         train = load_fashion_mnist("train", data_dir)
         fit_idx, val_idx = _fit_val_indices(train.labels, shots, val_per_class, seed)

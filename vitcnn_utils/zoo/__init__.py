@@ -61,6 +61,9 @@ def _specs() -> dict[str, Spec]:
                                        Recipe(_budget_epochs(fraction)))
         specs[f"resnet-{tag}"] = Spec(dict(RESNET), fraction, Recipe(_budget_epochs(fraction),
                                                                          **RESNET_RECIPE))
+    # The matched control: the intact ViT at the small-data budget (3 full-data epochs), i.e. the no-skip
+    # models' recipe with the skips in place, and a 100% model with the small-data models' compute.
+    specs["vit-cls-e3"] = Spec({**VIT, "pool": "cls"}, 1.0, Recipe(_budget_epochs(1.0)))
     for block in NO_SKIP_BLOCKS:
         specs[f"vit-cls-noskip{block}"] = Spec({**VIT, "pool": "cls", "no_skip_blocks": [block]}, 1.0,
                                                Recipe(_budget_epochs(1.0)))
@@ -71,10 +74,16 @@ SPECS = _specs()
 
 
 def manifest() -> dict:
-    """The manifest: ``{name: entry}`` for every trained model shipped here."""
+    """The manifest: ``{name: entry}`` for every trained model shipped here; ``{}`` when there is no manifest
+    (nothing trained yet: :func:`load` then says so). A manifest that is not valid JSON is a ValueError."""
     if not MANIFEST.is_file():
         return {}
-    return json.loads(MANIFEST.read_text())
+    try:
+        return json.loads(MANIFEST.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the zoo manifest {MANIFEST} is not valid JSON ({err}): restore it from the "
+                         f"repository (git checkout -- {MANIFEST.name} in {ZOO_DIR}) or retrain: "
+                         f"python -m vitcnn_utils.zoo") from None
 
 
 def is_current(name: str) -> bool:
@@ -100,12 +109,29 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+REQUIRED_KEYS = ("arch", "file", "sha256")  # what load() needs of a manifest entry
+
+
 def load(name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A trained zoo model, in eval mode, with its manifest entry as ``model.zoo_entry``."""
+    """A trained zoo model, in eval mode, with its manifest entry as ``model.zoo_entry``. Its input: raw
+    ``uint8`` or float [0, 1] images ``(n, 1, 28, 28)`` through :func:`vitcnn_utils.models.preprocessor`."""
+    if not MANIFEST.is_file():
+        train = f"python -m vitcnn_utils.zoo{f' --only {name}' if name in SPECS else ''}"
+        raise FileNotFoundError(f"the zoo manifest {MANIFEST} is missing, so no zoo model can be loaded: restore "
+                                f"it and the weights from the repository (git checkout -- vitcnn_utils/zoo), or "
+                                f"train: {train}")
     entries = manifest()
     if name not in entries:
+        if name in SPECS:
+            raise ValueError(f"zoo model {name!r} is not trained yet (not in {MANIFEST}): "
+                             f"python -m vitcnn_utils.zoo --only {name}")
         raise ValueError(f"no zoo model named {name!r}; available: {', '.join(sorted(entries)) or '(none)'}")
     entry = entries[name]
+    missing = [key for key in REQUIRED_KEYS if key not in entry]
+    if missing:
+        raise ValueError(f"manifest entry {name!r} in {MANIFEST} lacks {', '.join(map(repr, missing))}: restore the "
+                         f"manifest from the repository, or retrain the model (which rewrites its entry): "
+                         f"python -m vitcnn_utils.zoo --only {name}")
     path = ZOO_DIR / entry["file"]
     if not path.is_file():
         raise FileNotFoundError(f"zoo weights {path} are missing (reinstall the package or retrain: "
