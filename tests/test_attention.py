@@ -79,7 +79,7 @@ def test_errors():
 
 def test_model_distances_average_over_batches(tiny_vit):
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(10, 1, 28, 28, generator=gen)
+    x = torch.rand(10, 1, 28, 28, generator=gen)                  # raw float images lie in [0, 1]
     dist, n = model_attention_distances(tiny_vit, [(x[:7], None), (x[7:], None)])
     one, _ = model_attention_distances(tiny_vit, [(x, None)])
     assert n == 10 and dist.shape == (2, 4)
@@ -96,3 +96,51 @@ def test_rank_correlation_and_uniform_distance(tiny_vit):
     uniform = torch.full((1, 1, 50, 50), 1 / 50)
     assert uniform_distance(tiny_vit) == pytest.approx(
         mean_attention_distance(uniform, 4, 7, num_prefix_tokens=1).item(), abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("where", ["float32 softmax, stored", "softmax in the dtype"])
+def test_half_precision_probabilities_are_accepted(dtype, where):
+    """Attention captured under bf16/fp16 autocast: rows sum to 1 only within the dtype's rounding (2.6e-3 for
+    bf16 here, over 1 + 14×14 tokens), which is no reason to reject them (before: "pass softmax outputs, not
+    logits"). The distance is that of the values given, computed in float64."""
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 3, 1 + 14 * 14, 1 + 14 * 14, generator=gen) * 3
+    attn = logits.softmax(-1).to(dtype) if where.startswith("float32") else logits.to(dtype).softmax(-1)
+    for renormalize in (True, False):
+        got = mean_attention_distance(attn, 16, 14, num_prefix_tokens=1, renormalize=renormalize)
+        # the same values in float64, through the loop: the only difference is the row-sum check
+        a = attn.double()[:, :, 1:, 1:]
+        a = a / a.sum(-1, keepdim=True) if renormalize else a
+        expected = (a * patch_distances(14, 16)).sum(-1).mean((0, 2))
+        assert torch.allclose(got, expected, atol=1e-10, rtol=0)
+
+
+def test_rejected_rows_name_their_dtype():
+    logits = torch.randn(1, 2, 5, 5, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(ValueError, match=r"up to 0.016 for torch.bfloat16 rows.*not logits"):
+        mean_attention_distance(logits.bfloat16(), 4, 2, num_prefix_tokens=1)
+    with pytest.raises(ValueError, match=r"up to 0.001 for torch.float32 rows"):
+        mean_attention_distance(logits.softmax(-1) * 1.01, 4, 2, num_prefix_tokens=1)
+    negative = torch.full((1, 1, 5, 5), 0.2)
+    negative[0, 0, 0, :2] = torch.tensor([-0.1, 0.5])
+    with pytest.raises(ValueError, match="smallest value is -1.00e-01"):
+        mean_attention_distance(negative, 4, 2, num_prefix_tokens=1)
+
+
+def test_geometry_and_empty_inputs_are_refused():
+    """A negative prefix count, a non-positive patch size and an empty batch used to return 52.32 px, 0 px,
+    positive distances and an error from max()."""
+    uniform = torch.full((1, 1, 50, 50), 1 / 50)
+    with pytest.raises(ValueError, match=r"num_prefix_tokens must be .*\(>= 0\).*got -1"):
+        mean_attention_distance(torch.full((1, 1, 48, 48), 1 / 48), 4, 7, num_prefix_tokens=-1)
+    for bad in (0, -4, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"patch_size must be .* positive number, got {bad}"):
+            mean_attention_distance(uniform, bad, 7, num_prefix_tokens=1)
+        with pytest.raises(ValueError, match="patch_size must be"):
+            patch_distances(7, bad)
+    with pytest.raises(ValueError, match=r"no images \(B = 0\)"):
+        mean_attention_distance(torch.zeros(0, 2, 50, 50), 4, 7)
+    with pytest.raises(ValueError, match="has no heads"):
+        mean_attention_distance(torch.zeros(3, 0, 50, 50), 4, 7)
+    assert mean_attention_distance(uniform, 4, 7).item() > 0                     # valid input still works

@@ -312,3 +312,124 @@ def test_model_heatmaps_from_grams_in_hooks_equal_features_path():
     assert heatmaps.n_images == 24
     assert torch.allclose(heatmaps["m", "m"], reference.compute(), atol=1e-12, rtol=0)
 
+
+
+# ---- precision: offsets, extreme scales (issue 12) -----------------------------------------------------------
+def _run(feats_x, feats_y, gram_dtype, batch=64):
+    """Minibatch CKA of two (n, ...) tensors in batches of ``batch``, warnings raised as errors."""
+    cka = MinibatchCKA(gram_dtype=gram_dtype)
+    for i in range(0, len(feats_x), batch):
+        cka.update({"x": feats_x[i:i + batch]}, {"y": feats_y[i:i + batch]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return cka.compute().item()
+
+
+@pytest.mark.parametrize("gram_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("input_dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("offset,scale", [(1e3, 1.0), (1e6, 1.0), (1e7, 1.0), (1e6, 1e-8)])
+def test_common_offset_costs_no_accuracy_in_any_input_precision(offset, scale, input_dtype, gram_dtype):
+    """Centring happens in the input's precision before the cast to ``gram_dtype``: float64 features with a 1e7
+    offset, or a 1e-8 spread on a 1e6 offset, keep their CKA within 1e-6 of the float64 reference with
+    float32 Grams (before: errors of 6.5e-4 at 1e6, 4.8e-2 at 1e7, and NaN with a false "constant" warning)."""
+    if input_dtype == torch.float32 and scale < 1e-7 * offset:
+        pytest.skip("float32 cannot hold a 1e-8 spread on a 1e6 offset: the features themselves are constant")
+    x, y = structured(256, seed=14)
+    xt = torch.from_numpy(scale * x + offset).to(input_dtype)
+    yt = torch.from_numpy(scale * y - offset).to(input_dtype)
+    # the reference sees exactly the values passed; gram() subtracts the first example, exact here (Sterbenz)
+    expected = minibatch_cka_ref(xt.double().numpy(), yt.double().numpy(), [64] * 4)
+    assert 0.2 < expected < 0.99
+    assert abs(_run(xt, yt, gram_dtype) - expected) <= 1e-6
+
+
+@pytest.mark.parametrize("gram_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("input_dtype,scale", [(torch.float64, 1e-80), (torch.float64, 1e80),
+                                               (torch.float64, 1e-300), (torch.float64, 1e306),
+                                               (torch.float32, 1e-25), (torch.float32, 1e25)])
+def test_extreme_feature_scales_give_the_unscaled_cka(input_dtype, scale, gram_dtype):
+    """CKA is scale invariant: features at 1e-80 / 1e80 (float64) or 1e±25 (float32) give the CKA of the unscaled
+    features, where HSIC alone would under/overflow (before: an all-NaN heatmap, no warning). At 1e306 even the
+    sum of a minibatch's features overflows float64."""
+    x, y = structured(256, seed=15)
+    expected = minibatch_cka_ref(x, y, [64] * 4)
+    xt, yt = torch.from_numpy(scale * x).to(input_dtype), torch.from_numpy(scale * y).to(input_dtype)
+    tol = 1e-10 if gram_dtype == torch.float64 and input_dtype == torch.float64 else 1e-6
+    assert abs(_run(xt, yt, gram_dtype) - expected) <= tol
+    # the two layers at opposite extremes, in one within-model heatmap of three layers
+    cka = MinibatchCKA(gram_dtype=gram_dtype)
+    tiny, huge = (torch.from_numpy(s * x).to(input_dtype) for s in (scale, 1 / scale))
+    for i in range(0, 256, 64):
+        cka.update({"tiny": tiny[i:i + 64], "huge": huge[i:i + 64], "y": torch.from_numpy(y[i:i + 64])})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        heat = cka.compute()
+    assert abs(heat[0, 2].item() - expected) <= tol and abs(heat[1, 2].item() - expected) <= tol
+    assert abs(heat[0, 1].item() - 1.0) <= tol
+
+
+@pytest.mark.parametrize("gram_dtype", [torch.float32, torch.float64])
+def test_minibatches_of_different_scales_keep_their_weights(gram_dtype):
+    """The per-layer rescaling is one power of two for all minibatches of a layer, so a minibatch 1e3 times
+    larger still dominates the sums as it should (Nguyen et al. eq. 3), also at a 1e-80 overall scale."""
+    x, y = structured(256, seed=16)
+    weights = np.repeat([1.0, 1e3, 1.0, 30.0], 64)[:, None, None]
+    expected = minibatch_cka_ref(x * weights, y, [64] * 4)
+    equal_weights = np.mean([minibatch_cka_ref(x[i:i + 64], y[i:i + 64], [64]) for i in range(0, 256, 64)])
+    assert abs(expected - equal_weights) > 1e-3          # the weighting matters for this data
+    for overall in (1.0, 1e-80, 1e80):
+        got = _run(torch.from_numpy(overall * weights * x), torch.from_numpy(y), gram_dtype)
+        assert abs(got - expected) <= (1e-10 if gram_dtype == torch.float64 else 1e-6)
+
+
+def test_gram_of_hook_path_is_scaled_exactly():
+    """MinibatchCKA.gram returns the Gram matrix in units of 4**exponent: matrix * 4**exponent is the Gram of the
+    centred features, and updating from Grams equals updating from the features, bit for bit."""
+    x, y = structured(64, seed=17)
+    xt, yt = torch.from_numpy(x * 1e-30), torch.from_numpy(y * 1e40)
+    cka = MinibatchCKA()
+    g = cka.gram(xt)
+    centred = xt.reshape(64, -1) - xt.reshape(64, -1).mean(0)
+    true_gram = centred @ centred.T
+    assert (g.matrix * 4.0 ** g.exponent.item() - true_gram).abs().max() <= 1e-13 * true_gram.abs().max()
+    assert 0.25 <= g.matrix.diagonal().max().item() <= 4 * centred.shape[1]
+    from_grams, from_feats = MinibatchCKA(), MinibatchCKA()
+    from_grams.update([cka.gram(xt), cka.gram(yt)])
+    from_feats.update([xt, yt])
+    assert torch.equal(from_grams.compute(), from_feats.compute())
+
+
+def test_varying_layer_with_vanishing_hsic_warns():
+    """4 examples, 3 of them equal: the layer varies, yet its U-centred Gram matrix is exactly 0. Its CKA is
+    undefined; the warning says so instead of returning a bare NaN."""
+    outlier = torch.tensor([[1.0], [1.0], [1.0], [-3.0]], dtype=torch.float64)
+    cka = MinibatchCKA()
+    cka.update({"outlier": outlier, "y": torch.randn(4, 3, dtype=torch.float64)})
+    with pytest.warns(UserWarning, match="'outlier' .* vary over the examples, but their HSIC"):
+        out = cka.compute()
+    assert torch.isnan(out[0]).all() and out[1, 1].item() == pytest.approx(1.0)
+
+
+def test_update_errors_name_the_layer_and_the_fix():
+    with pytest.raises(ValueError, match="layer 'loss' is a 0-d tensor.*reshape"):
+        MinibatchCKA().update({"loss": torch.tensor(1.0), "x": torch.randn(8, 3)})
+    with pytest.raises(ValueError, match=r"layer 'a\[1\]' is a 0-d tensor"):
+        MinibatchCKA().update([torch.randn(8, 3), torch.tensor(1.0)])
+    with pytest.raises(TypeError, match="layer 'x' is a numpy.ndarray.*torch.from_numpy"):
+        MinibatchCKA().update({"x": np.zeros((8, 3))})
+    with pytest.raises(TypeError, match=r"layer 'b\[0\]' is a numpy.ndarray"):
+        MinibatchCKA().update([torch.randn(8, 3)], [np.zeros((8, 3))])
+    with pytest.raises(TypeError, match="not a single Tensor"):
+        MinibatchCKA().update(torch.randn(8, 3))
+    with pytest.raises(TypeError, match="0-d tensor"):
+        MinibatchCKA().gram(torch.tensor(2.0))
+    c = MinibatchCKA()
+    c.update({"x": torch.randn(8, 3), "y": torch.randn(8, 3)})
+    with pytest.raises(ValueError, match=r"same layers in another order \(now \['y', 'x'\], first \['x', 'y'\]\)"):
+        c.update({"y": torch.randn(8, 3), "x": torch.randn(8, 3)})
+    with pytest.raises(ValueError, match=r"new \['z'\], missing \['y'\]"):
+        c.update({"x": torch.randn(8, 3), "z": torch.randn(8, 3)})
+    with pytest.raises(ValueError, match=r"first update was within one model \(feats_b=None\), this one is not"):
+        c.update({"x": torch.randn(8, 3), "y": torch.randn(8, 3)}, {"w": torch.randn(8, 3)})
+    c.update({"x": torch.randn(8, 3), "y": torch.randn(8, 3)})   # the refused updates changed nothing
+    assert c.num_batches == 2

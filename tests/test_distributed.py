@@ -1,7 +1,6 @@
 """Sharded over 2 gloo processes, minibatch CKA, attention distances, skip ratios and linear probes equal
 the single-process result."""
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -15,10 +14,14 @@ from vitcnn_utils.skips import vit_skip_ratios
 
 
 def _data():
+    """Features of 48 examples (6 minibatches of 8). ``a[2]`` is at 1e-80 and grows by 8x per minibatch, ``b[1]``
+    is at 1e80: each rank then keeps its sums in other powers of two, which must be reconciled exactly."""
     gen = torch.Generator().manual_seed(0)
-    a = [torch.randn(48, 5, 3, generator=gen) for _ in range(3)]
-    b = [a[0].flatten(1).tanh() @ torch.randn(15, 4, generator=gen), torch.randn(48, 6, generator=gen)]
-    images = torch.randn(12, 1, 28, 28, generator=gen)
+    a = [torch.randn(48, 5, 3, generator=gen, dtype=torch.float64) for _ in range(3)]
+    a[2] = a[2] * (1e-80 * 8.0 ** torch.arange(48, dtype=torch.float64).div(8).floor()).view(-1, 1, 1)
+    b = [a[0].flatten(1).tanh() @ torch.randn(15, 4, generator=gen, dtype=torch.float64),
+         1e80 * torch.randn(48, 6, generator=gen, dtype=torch.float64)]
+    images = torch.rand(12, 1, 28, 28, generator=gen)             # raw float images lie in [0, 1]
     return a, b, images
 
 
@@ -45,9 +48,10 @@ def _batches(n, size, start=0):
     return [slice(i, i + size) for i in range(0, n, size)]
 
 
-def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank, world, store, out):
+    """One gloo rank. Rank 0 writes its results to the file ``out`` (plain pickled CPU tensors, read by the
+    parent after both ranks have exited), so nothing depends on a process staying alive to share memory."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     a, b, images = _data()
     cka = MinibatchCKA()
@@ -59,12 +63,14 @@ def _worker(rank, world, port, out):
     ratios, _ = vit_skip_ratios(_model(), shards)
     probes = _probe([batches[rank::world] for batches in _probe_sets()])
     if rank == 0:
-        out.put((result, cka.num_examples, dist_result, count, ratios, probes))
+        partial = f"{out}.partial"
+        torch.save((result, cka.num_examples, dist_result, count, ratios, probes), partial)
+        os.replace(partial, out)                             # the parent never sees a half-written file
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_two_gloo_processes_equal_one_process():
+def test_two_gloo_processes_equal_one_process(tmp_path):
     a, b, images = _data()
     single = MinibatchCKA()
     for sl in _batches(48, 8):
@@ -73,18 +79,21 @@ def test_two_gloo_processes_equal_one_process():
     expected_ratios, _ = vit_skip_ratios(_model(), [(images[sl], None) for sl in _batches(12, 3)])
     expected_probes = _probe(_probe_sets())
 
-    with socket.socket() as s:                               # a free loopback port
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # Results come back through a file, not a torch.multiprocessing queue: a queue shares tensor storage by
+    # file descriptor, which the parent can no longer rebuild once rank 0 has exited (FileNotFoundError in
+    # resource_sharer on a loaded machine). The rendezvous is a file store too: no port to race for.
+    out = tmp_path / "rank0.pt"
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(rank, 2, port, out)) for rank in range(2)]
+    procs = [ctx.Process(target=_worker, args=(rank, 2, str(tmp_path / "store"), str(out))) for rank in range(2)]
     for p in procs:
         p.start()
-    result, local_examples, dist_result, count, ratios, probes = out.get(timeout=120)
     for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+        p.join(timeout=600)                                  # generous: both cores may be busy
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    assert [p.exitcode for p in procs] == [0, 0], "a gloo worker failed or hung (see its traceback above)"
+    result, local_examples, dist_result, count, ratios, probes = torch.load(out, weights_only=False)
     assert local_examples == 24 and count == 12              # rank 0 saw half, the result covers all
     assert (result - single.compute()).abs().max().item() < 1e-12
     assert (dist_result - expected_dist).abs().max().item() < 1e-10
@@ -107,12 +116,16 @@ def test_torchrun_heatmaps_equal_one_process(tmp_path):
             "--device", "cpu"]                                   # 5 minibatches: ranks get 3 and 2
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    subprocess.run([torchrun, "--nproc_per_node=2", "--master_port", str(_free_port()), "-m", "vitcnn_utils.heatmaps",
-                    *args, "--out", str(tmp_path / "two.npz")], check=True, env=env, capture_output=True)
+    def run(cmd):                                    # results go through files; show the stderr if it fails
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-4000:]}"
+
+    # --standalone: torchrun picks a free rendezvous port itself (no port chosen here and then raced for)
+    run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "vitcnn_utils.heatmaps", *args,
+         "--out", str(tmp_path / "two.npz")])
     # the reference runs in a process with the same thread count: float32 forward passes differ at ~1e-7
     # between thread counts (reduction order), which would show as ~1e-9 in the CKA
-    subprocess.run([sys.executable, "-m", "vitcnn_utils.heatmaps", *args, "--out", str(tmp_path / "one.npz")],
-                   check=True, env=env, capture_output=True)
+    run([sys.executable, "-m", "vitcnn_utils.heatmaps", *args, "--out", str(tmp_path / "one.npz")])
     two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
     assert int(two["n_images"]) == int(one["n_images"]) == 40
     assert list(two["vit_layers"]) == list(one["vit_layers"]) and len(one["resnet_layers"]) > 10
@@ -134,8 +147,3 @@ def test_analysis_batches_shard_every_world_th_minibatch():
     with pytest.raises(ValueError, match="5 minibatches cannot be shared by 6"):
         analysis_batches("fashion-mnist", 40, 8, shard=(0, 6))
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

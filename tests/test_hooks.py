@@ -126,3 +126,56 @@ def test_detach_false_keeps_gradients(tiny_vit, images):
     feats = capture(tiny_vit, x, "blocks.0", detach=False)
     feats["blocks.0"][:, 25].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_two_captures_on_one_model_each_record_their_own_pass(tiny_vit, images):
+    """Two Captures on the same model (nested) each see only the forward passes they run themselves."""
+    with Capture(tiny_vit) as cap_a, Capture(tiny_vit, ["norm_pre", "blocks.1"]) as cap_b, torch.no_grad():
+        feats_a = cap_a(images)
+        feats_b = cap_b(images + 1)
+        again_a = cap_a(images)
+    assert list(feats_b) == ["norm_pre", "blocks.1"]
+    assert torch.equal(feats_a["blocks.1"], again_a["blocks.1"])
+    assert not torch.equal(feats_a["blocks.1"], feats_b["blocks.1"])
+    assert torch.equal(capture(tiny_vit, images + 1, "blocks.1")["blocks.1"], feats_b["blocks.1"])
+
+
+def test_model_heatmaps_of_one_model_under_two_names(tiny_vit):
+    """``model_heatmaps({"a": m, "b": m})``: one capture per model object, its results shared by both names."""
+    from vitcnn_utils.cka import model_heatmaps
+
+    images = (torch.rand(24, 1, 28, 28, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)
+    batches = [(images[i:i + 8], None) for i in range(0, 24, 8)]
+    alone = model_heatmaps({"m": tiny_vit}, batches, progress=False)
+    both = model_heatmaps({"a": tiny_vit, "b": tiny_vit}, batches, progress=False)
+    assert both.names["a"] == both.names["b"] == alone.names["m"]
+    for pair in (("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")):
+        assert torch.allclose(both[pair], alone["m", "m"], atol=1e-12, rtol=0)
+    # different layers of the same object under two names: each name keeps its own layers, in execution order
+    some = model_heatmaps({"a": tiny_vit, "b": tiny_vit}, batches, layers={"b": ["blocks.1", "norm_pre"]},
+                          progress=False)
+    assert some.names["a"] == alone.names["m"] and some.names["b"] == ["norm_pre", "blocks.1"]
+    idx = [alone.names["m"].index(n) for n in ("norm_pre", "blocks.1")]
+    assert torch.allclose(some["a", "b"], alone["m", "m"][:, idx], atol=1e-12, rtol=0)
+
+
+def test_fused_attention_restored_whatever_the_exit_order(tiny_vit, images):
+    attn = tiny_vit.blocks[0].attn
+    before = attn.fused_attn
+    attn.fused_attn = True
+    try:
+        first = Capture(tiny_vit, "blocks.0.attn.probs").__enter__()
+        second = Capture(tiny_vit, ["blocks.0.attn.probs", "blocks.0"]).__enter__()
+        first.__exit__(None, None, None)                    # the first one out while the second is still open
+        assert attn.fused_attn is False                      # the second still needs the probabilities
+        with torch.no_grad():
+            assert second(images)["blocks.0.attn.probs"].shape == (6, 4, 50, 50)
+        second.__exit__(None, None, None)
+        assert attn.fused_attn is True
+    finally:
+        attn.fused_attn = before
+
+
+def test_capture_of_no_layers_says_how_to_choose_them(tiny_vit):
+    with pytest.raises(ValueError, match=r"no layers were requested.*available_layers.*'default'"):
+        Capture(tiny_vit, [])

@@ -14,11 +14,13 @@ heads that attend to CLS a lot.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 
 import torch
 
-from .hooks import Capture, mean_over_images, resolve_layers
+from .hooks import Capture, global_attention_issue, mean_over_images, resolve_layers
 from .models import preprocessor
 
 
@@ -29,8 +31,26 @@ def _grid(grid) -> tuple[int, int]:
     return gh, gw
 
 
+def _patch_size(patch_size) -> float:
+    """The patch side in pixels, checked: a positive finite number (the unit of every distance)."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Real) or not math.isfinite(patch_size) \
+            or patch_size <= 0:
+        raise ValueError(f"patch_size must be the patch side in pixels, a positive number, got {patch_size!r} "
+                         "(for a timm ViT: model.patch_embed.patch_size[0])")
+    return float(patch_size)
+
+
+# rows of softmax outputs stored in a low-precision dtype sum to 1 only up to that dtype's rounding: each of
+# the row's probabilities is rounded by at most half an ulp (eps / 2, relative), and a softmax computed in that
+# dtype adds about as much through its normaliser; 2 eps bounds both with a margin
+def _row_sum_tolerance(dtype: torch.dtype, atol: float) -> float:
+    return max(atol, 2 * torch.finfo(dtype).eps) if dtype.is_floating_point else atol
+
+
 def patch_distances(grid: int | tuple[int, int], patch_size: float, dtype=torch.float64, device=None) -> torch.Tensor:
-    """Pixel distances between patch centres, ``(gh·gw, gh·gw)``, patches in row-major order."""
+    """Pixel distances between patch centres, ``(gh·gw, gh·gw)``, patches in row-major order; ``patch_size``
+    is the patch side in pixels (positive)."""
+    patch_size = _patch_size(patch_size)
     gh, gw = _grid(grid)
     rows, cols = torch.meshgrid(torch.arange(gh, dtype=dtype, device=device),
                                 torch.arange(gw, dtype=dtype, device=device), indexing="ij")
@@ -42,21 +62,38 @@ def attention_distance_per_image(attn: torch.Tensor, patch_size: float, grid: in
                                  num_prefix_tokens: int = 1, renormalize: bool = True,
                                  atol: float = 1e-3) -> torch.Tensor:
     """Per-image, per-head mean attention distance in pixels, ``(B, heads)`` float64 (averaged over the
-    patch queries of each image). Arguments as in :func:`mean_attention_distance`."""
-    if attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
-        raise ValueError(f"attn must be (B, heads, N, N) attention probabilities, got shape {tuple(attn.shape)}")
+    patch queries of each image). Arguments as in :func:`mean_attention_distance`; ``atol`` is the tolerance
+    on each row's sum for float32/float64 probabilities, widened to ``2 eps`` of a lower-precision dtype
+    (bfloat16: 0.0156, float16: 0.00195) since such rows sum to 1 only up to rounding."""
+    if not isinstance(attn, torch.Tensor) or attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
+        shape = tuple(attn.shape) if isinstance(attn, torch.Tensor) else type(attn).__name__
+        raise ValueError(f"attn must be a (B, heads, N, N) tensor of attention probabilities, got {shape}")
+    if attn.shape[0] == 0 or attn.shape[1] == 0:
+        missing = "images (B = 0)" if attn.shape[0] == 0 else "heads"
+        raise ValueError(f"attn of shape {tuple(attn.shape)} has no {missing}: pass the (B, heads, N, N) attention "
+                         "of at least one image")
+    prefix = num_prefix_tokens
+    if isinstance(prefix, bool) or not isinstance(prefix, numbers.Integral) or prefix < 0:
+        raise ValueError(f"num_prefix_tokens must be the number (>= 0) of leading non-patch tokens, got "
+                         f"{num_prefix_tokens!r} (1 for a CLS token, 0 for a GAP ViT; timm: model.num_prefix_tokens)")
+    patch_size = _patch_size(patch_size)
     gh, gw = _grid(grid)
     n_tokens = attn.shape[-1]
     if n_tokens != num_prefix_tokens + gh * gw:
         raise ValueError(f"attn has {n_tokens} tokens but num_prefix_tokens + grid = {num_prefix_tokens} + "
                          f"{gh}×{gw} = {num_prefix_tokens + gh * gw}: check grid and num_prefix_tokens")
+    dtype = attn.dtype
     attn = attn.detach().double()
     if not torch.isfinite(attn).all():
         raise ValueError("attn has non-finite values")
     deviation = (attn.sum(-1) - 1).abs().max().item()
-    if deviation > atol or (attn < 0).any():
-        raise ValueError(f"attn rows must be probabilities summing to 1 (max deviation {deviation:.2e}, "
-                         f"min value {attn.min().item():.2e}): pass softmax outputs, not logits")
+    tolerance = _row_sum_tolerance(dtype, atol)
+    minimum = attn.min().item()
+    if deviation > tolerance or minimum < 0:
+        raise ValueError(f"attn rows must be probabilities (>= 0) summing to 1, up to {tolerance:.2g} for {dtype} "
+                         f"rows; these deviate by up to {deviation:.2e} and the smallest value is {minimum:.2e}: "
+                         "pass the attention after the softmax (e.g. the 'blocks.*.attn.probs' taps), not "
+                         "logits or scores")
     patches = attn[:, :, num_prefix_tokens:, num_prefix_tokens:]          # (B, H, P, P): queries × keys
     if renormalize:
         mass = patches.sum(-1, keepdim=True)
@@ -74,14 +111,20 @@ def mean_attention_distance(attn: torch.Tensor, patch_size: float, grid: int | t
     """Mean attention distance per head, in pixels.
 
     Args:
-        attn: attention probabilities ``(B, heads, N, N)`` (rows sum to 1), ``N = num_prefix_tokens + gh·gw``.
-        patch_size: patch side in pixels (the unit of the result).
+        attn: attention probabilities ``(B, heads, N, N)`` (rows sum to 1), ``N = num_prefix_tokens + gh·gw``,
+            ``B >= 1``; any float dtype (bfloat16/float16 rows, e.g. captured under autocast, are accepted
+            within their rounding and computed on in float64).
+        patch_size: patch side in pixels (the unit of the result), > 0.
         grid: patch grid, ``g`` or ``(gh, gw)``.
-        num_prefix_tokens: leading non-patch tokens (1 for a CLS token, 0 for a GAP ViT).
+        num_prefix_tokens: leading non-patch tokens, >= 0 (1 for a CLS token, 0 for a GAP ViT).
         renormalize: see the module docstring for the treatment of prefix tokens.
 
     Returns:
         float64 ``(heads,)``: averaged over queries and the ``B`` images.
+
+    Raises:
+        ValueError: for a shape that does not match ``grid`` and ``num_prefix_tokens``, no images, a negative
+            ``num_prefix_tokens``, a non-positive ``patch_size``, or rows that are not probabilities.
     """
     return attention_distance_per_image(attn, patch_size, grid, num_prefix_tokens, renormalize).mean(0)
 
@@ -96,6 +139,7 @@ def model_attention_distances(model: torch.nn.Module, batches: Iterable, renorma
         are summed and divided once at the end, so batches of any sizes average correctly; under
         ``torch.distributed`` the sums are all-reduced.
     """
+    _require_global_attention(model)
     layers = resolve_layers(model, "blocks.*.attn.probs")
     patch_size = model.patch_embed.patch_size[0]
     grid = model.patch_embed.grid_size
@@ -145,8 +189,17 @@ def head_subset_cka(vit: torch.nn.Module, other: torch.nn.Module, batches, other
             "cka": cka.compute(), "layers": other_layers}
 
 
+def _require_global_attention(model: torch.nn.Module) -> None:
+    """Attention distance needs global attention over a patch grid (a timm ViT, DeiT or EVA): a clear error
+    for Swin (window attention), ConvNeXt, ResNets and other models (see hooks.global_attention_issue)."""
+    problem = global_attention_issue(model)
+    if problem:
+        raise ValueError(f"attention distance is not defined for this model: {problem}")
+
+
 def uniform_distance(model: torch.nn.Module) -> float:
     """Mean attention distance (pixels) of a head attending uniformly to all patches of ``model``'s grid."""
+    _require_global_attention(model)
     return patch_distances(tuple(model.patch_embed.grid_size), model.patch_embed.patch_size[0]).mean().item()
 
 

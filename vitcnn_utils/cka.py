@@ -21,20 +21,30 @@ Implementation notes:
 
 * Features are flattened to ``(n, -1)`` and mean-centred over the minibatch before the Gram product.
   U-centring annihilates any offset shared by the examples, so this changes nothing mathematically; it
-  removes the cancellation a large common offset would cause in floating point.
-* Gram matrices are computed once per layer and minibatch: centring and the product ``X Xᵀ`` (``n² d``, the
-  dominant cost) in ``gram_dtype`` (float64 by default; float32 is about twice as fast on a CPU and far faster
-  on a GPU). They are then U-centred in float64 as a stack ``(L, n, n)``, and every layer pair's HSIC comes
-  from one float64 matrix product ``(L_a, n²) @ (n², L_b)``; sums are accumulated in float64. With float32
-  Grams the CKA stays within about 1e-8 of the all-float64 result (tested ≤ 1e-6, also with a 1e3 offset:
-  the rounding error of the float32 mean is itself a common offset, which U-centring removes).
-  Memory does not grow with the number of examples.
+  removes the cancellation a large common offset would cause in floating point. Centring happens in the
+  input's precision (float64 features stay float64 until centred, whatever ``gram_dtype``) and in two
+  passes, the second removing the rounding error of the first mean; only then are the features cast.
+* Each layer's centred features are rescaled by a power of two that puts their largest value near 1, and the
+  sums keep, per layer, one power-of-two unit shared by all minibatches (the largest seen so far; the sums
+  are rescaled exactly when it grows, and across ranks before the all-reduce). Powers of two rescale
+  exactly and CKA is scale invariant, so results are those of the unscaled arithmetic, while features at
+  1e-300 or 1e300 no longer under/overflow in the Grams or in HSIC. Minibatches keep their relative weights.
+* Gram matrices are computed once per layer and minibatch: the product ``X Xᵀ`` (``n² d``, the dominant cost)
+  in ``gram_dtype`` (float64 by default; float32 is about twice as fast on a CPU and far faster on a GPU).
+  They are then U-centred in float64 as a stack ``(L, n, n)``, and every layer pair's HSIC comes from one
+  float64 matrix product ``(L_a, n²) @ (n², L_b)``; sums are accumulated in float64. With float32 Grams the
+  CKA stays within a few 1e-9 of the float64 reference for float32 or float64 features at any scale and
+  common offset (tested ≤ 1e-6 with offsets 1e3, 1e6, 1e7, a 1e-8 spread on a 1e6 offset, scales 1e±25 and,
+  for float64 features, 1e±80). Memory does not grow with the number of examples.
 * Inputs are checked once per minibatch (one host synchronisation): fewer than 4 examples, different ``n``
-  across layers, or non-finite values (named by layer) raise ``ValueError``. A layer that is constant over
-  all examples has HSIC(K, K) = 0 exactly; its CKA is undefined and reported as NaN with a warning.
+  across layers, a 0-d layer, or non-finite values (named by layer) raise ``ValueError``; anything but a
+  torch tensor (e.g. a NumPy array) raises ``TypeError``. A layer that is constant over all examples has
+  HSIC(K, K) = 0 exactly; its CKA is undefined and reported as NaN with a warning (so is a layer that varies
+  but whose HSIC(K, K) still vanishes, e.g. 4 examples of which 3 are equal).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -60,24 +70,70 @@ def u_centre_(grams: torch.Tensor) -> torch.Tensor:
     return grams
 
 
-def _centred_gram(x: torch.Tensor, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 Gram matrix ``(n, n)`` of the minibatch-mean-centred features ``x (n, ...)`` (= HKH), centred
-    and multiplied in ``dtype``; exactly 0 for a representation that is constant over the examples; and
-    whether it varies (a 0-d bool tensor)."""
-    x = x.detach().reshape(len(x), -1).to(device=device, dtype=dtype)
-    varying = (x != x[:1]).any()                              # exact: no tolerance to break scale invariance
-    x = x - x.mean(0, keepdim=True)
+_NORMAL_EXPONENTS = {torch.float64: (-1022, 1023), torch.float32: (-126, 127)}
+
+
+def _pow2(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Exactly ``2**k`` in ``dtype`` (float32 or float64) for an integer tensor ``k`` within the dtype's normal
+    exponent range, built from the bits (no ``pow``/``exp2`` rounding)."""
+    if dtype == torch.float64:
+        return ((k.to(torch.int64) + 1023) << 52).view(torch.float64)
+    return ((k.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+def _ldexp(t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``t * 2**k`` exactly (unless the result under/overflows) for an integer tensor ``k`` of any size,
+    broadcast against ``t``; on the device, without a host synchronisation."""
+    lo, hi = _NORMAL_EXPONENTS[t.dtype]
+    k = k.clamp(3 * lo, 3 * hi)                  # beyond this every finite t under/overflows anyway
+    for _ in range(3):
+        step = k.clamp(lo, hi)
+        t = t * _pow2(step, t.dtype)
+        k = k - step
+    return t
+
+
+def _centred_gram(x: torch.Tensor, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gram matrix of one layer's minibatch-mean-centred features ``x (n, ...)``, rescaled by a power of two.
+
+    Returns ``(gram, varying, exponent)``: ``gram`` is float64 ``(n, n)``, the Gram matrix of the centred
+    features multiplied by ``2**-exponent``, so their Gram matrix is ``gram * 4**exponent``; ``exponent`` (0-d
+    int64) puts the largest centred value near 1, which keeps the products and every HSIC of any finite
+    input far from under/overflow (CKA is scale invariant, and a power of two rescales exactly). ``gram`` is
+    exactly 0 for a representation that is constant over the examples; ``varying`` (0-d bool) says whether it
+    varies, tested exactly on the values as given.
+
+    Centring and rescaling happen before any cast to ``dtype``, in the input's precision (at least ``dtype``;
+    float64 for integers), in two passes: the first subtracts each feature's midrange and rescales, with no
+    sum that could overflow; the second subtracts the mean of the result, whose rounding error is relative to
+    the spread of the features, not to their offset.
+    """
+    x = x.detach().reshape(len(x), -1).to(device=device)
+    work = torch.promote_types(x.dtype, dtype) if x.is_floating_point() else torch.float64
+    low, high = x.amin(0), x.amax(0)                             # (p,) per feature (faster than aminmax)
+    varying = (high > low).any()                                 # exact: no tolerance to break scale invariance
+    half_low, half_high = low.to(work) / 2, high.to(work) / 2    # halves: neither sum nor difference overflows
+    half_range = (half_high - half_low).amax()                   # >= max |centred value| / 2
+    lo, hi = _NORMAL_EXPONENTS[work]
+    exponent = torch.frexp(half_range).exponent.to(torch.int64) + 1
+    exponent = torch.where(torch.isfinite(half_range) & (half_range > 0), exponent, 0).clamp(-hi, -lo)
+    scale = _pow2(-exponent, work)                               # exact; |x - midrange| * scale <= 1
+    x = torch.addcmul((half_low + half_high).mul_(-scale), x, scale)   # a new tensor, never the caller's
+    x -= x.mean(0, keepdim=True)
+    x = x.to(dtype)
     gram = (x @ x.T).double()
-    return gram.mul_(varying), varying
+    return gram.mul_(varying), varying, exponent
 
 
 class Gram(NamedTuple):
-    """A layer's minibatch-mean-centred Gram matrix ``(n, n)`` (float64) and whether the layer varies over the
-    minibatch (0-d bool), as :meth:`MinibatchCKA.gram` returns it; :meth:`MinibatchCKA.update` takes these
-    in place of features. ``shape``, ``ndim`` and ``device`` are the matrix's, so input checks read a Gram
-    like features: ``shape[0]`` is the number of examples either way."""
+    """A layer's minibatch-mean-centred Gram matrix ``(n, n)`` (float64) in units of ``4**exponent``, whether
+    the layer varies over the minibatch (0-d bool), and that exponent (0-d int64), as :meth:`MinibatchCKA.gram`
+    returns it: the Gram matrix of the centred features is ``matrix * 4**exponent``. :meth:`MinibatchCKA.update`
+    takes these in place of features. ``shape``, ``ndim`` and ``device`` are the matrix's, so input checks
+    read a Gram like features: ``shape[0]`` is the number of examples either way."""
     matrix: torch.Tensor
     varying: torch.Tensor
+    exponent: torch.Tensor
 
     @property
     def shape(self) -> torch.Size:
@@ -94,10 +150,32 @@ class Gram(NamedTuple):
 
 def _split_names(features: Features, prefix: str) -> tuple[list[str], list[torch.Tensor]]:
     if isinstance(features, Mapping):
-        return list(features.keys()), list(features.values())
-    if isinstance(features, torch.Tensor):
-        raise TypeError("pass a list (or dict) of per-layer tensors, not a single tensor")
-    return [f"{prefix}[{i}]" for i in range(len(features))], list(features)
+        names, values = list(features.keys()), list(features.values())
+    elif isinstance(features, (torch.Tensor, Gram)) or not isinstance(features, Sequence):
+        raise TypeError(f"pass a list (or dict) of per-layer tensors, not a single {type(features).__name__}")
+    else:
+        names, values = [f"{prefix}[{i}]" for i in range(len(features))], list(features)
+    for name, value in zip(names, values):
+        if not isinstance(value, (torch.Tensor, Gram)):
+            kind = f"{type(value).__module__}.{type(value).__name__}".removeprefix("builtins.")
+            hint = " (convert it with torch.from_numpy)" if kind == "numpy.ndarray" else ""
+            raise TypeError(f"layer {name!r} is a {kind}, not a torch.Tensor{hint}: pass one (n, ...) tensor "
+                            "per layer")
+        if value.ndim == 0:
+            raise ValueError(f"layer {name!r} is a 0-d tensor: each layer must be (n, ...), its first dimension "
+                             "the n examples of the minibatch (use x.reshape(-1, 1) for one number per example)")
+    return names, values
+
+
+def _describe_change(now: list[str], before: list[str], side: str) -> str | None:
+    """What differs between two lists of layer names, in words; None if they are equal."""
+    if now == before:
+        return None
+    if sorted(now) == sorted(before):
+        return f"{side}: the same layers in another order (now {now}, first {before})"
+    added, missing = [n for n in now if n not in before], [n for n in before if n not in now]
+    parts = [f"new {added}" if added else "", f"missing {missing}" if missing else ""]
+    return f"{side}: {', '.join(p for p in parts if p) or f'now {now}, first {before}'}"
 
 
 class MinibatchCKA:
@@ -122,8 +200,9 @@ class MinibatchCKA:
 
     Args:
         gram_dtype: dtype of the Gram products ``X Xᵀ`` (float64 by default; float32 is about 2x faster on a
-            CPU, more on a GPU, and within 1e-6 of float64 for the CKA values). U-centring, the HSIC
-            products and the sums are always float64.
+            CPU, more on a GPU, and within 1e-6 of float64 for the CKA values, for features of any precision,
+            offset and scale: they are centred and rescaled before the cast). U-centring, the HSIC products
+            and the sums are always float64.
         device: where Gram matrices and accumulators live; default: the device of the first features.
         sync_distributed: in :meth:`compute`, sum the accumulators over all ranks of the default
             ``torch.distributed`` process group when one is initialised (every rank must call it).
@@ -140,7 +219,11 @@ class MinibatchCKA:
         self.names_a: list[str] | None = None
         self.names_b: list[str] | None = None
         self.within = False
+        # hsic_xy[a, b] = sum of HSIC(K_a, L_b) * 4**-(exponent_a[a] + exponent_b[b]); hsic_xx[a] in units of
+        # 4**(2 exponent_a[a]), hsic_yy[b] of 4**(2 exponent_b[b]). A per-layer power of two shared by every
+        # minibatch rescales each sum exactly and cancels in CKA; it keeps the sums in range for any scale.
         self.hsic_xy = self.hsic_xx = self.hsic_yy = None
+        self.exponent_a = self.exponent_b = None
         self.nonconstant_a = self.nonconstant_b = None
         self.num_batches = self.num_examples = self.total_examples = 0
 
@@ -149,11 +232,15 @@ class MinibatchCKA:
         """The :class:`Gram` of one layer's features ``x (n, ...)``, for :meth:`update`: lets a forward
         hook reduce each layer to ``(n, n)`` at once (see :class:`vitcnn_utils.hooks.Capture`'s
         ``transform``) instead of holding every layer's features until the pass ends."""
+        if not isinstance(x, torch.Tensor) or x.ndim == 0:
+            raise TypeError(f"MinibatchCKA.gram takes one layer's (n, ...) torch.Tensor, got "
+                            f"{'a 0-d tensor' if isinstance(x, torch.Tensor) else type(x).__name__}")
         with torch.autocast(x.device.type, enabled=False):   # hooks run inside the forward's autocast
             return Gram(*_centred_gram(x, self.gram_dtype, self.device or x.device))
 
-    def _grams(self, names: list[str], feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """U-centred Grams ``(L, n, n)`` and per-layer flags ``(L,)``: 1 = finite, 2 = non-constant."""
+    def _grams(self, names: list[str], feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """U-centred Grams ``(L, n, n)`` in units of ``4**exponents``, per-layer flags ``(L,)`` (1 = finite,
+        2 = non-constant) and the exponents ``(L,)`` int64."""
         if not feats:
             raise ValueError("no layers given: pass at least one (n, ...) tensor")
         n = feats[0].shape[0]
@@ -163,13 +250,14 @@ class MinibatchCKA:
         device = self.device or feats[0].device
         grams = torch.empty(len(feats), n, n, dtype=torch.float64, device=device)
         flags = torch.empty(len(feats), dtype=torch.int64, device=device)
+        exponents = torch.empty(len(feats), dtype=torch.int64, device=device)
         for i, (name, x) in enumerate(zip(names, feats)):
-            if x.ndim == 0 or x.shape[0] != n:
-                raise ValueError(f"layer {name!r} has {x.shape[0] if x.ndim else 0} examples, the first layer "
+            if x.shape[0] != n:
+                raise ValueError(f"layer {name!r} has {x.shape[0]} examples, the first layer "
                                  f"{n}: every layer (and model) must see the same minibatch")
-            grams[i], varying = x if isinstance(x, Gram) else _centred_gram(x, self.gram_dtype, device)
+            grams[i], varying, exponents[i] = x if isinstance(x, Gram) else _centred_gram(x, self.gram_dtype, device)
             flags[i] = torch.isfinite(grams[i]).all().long() + 2 * varying.long()
-        return u_centre_(grams), flags
+        return u_centre_(grams), flags, exponents
 
     def update(self, feats_a: Features, feats_b: Features | None = None) -> None:
         """Add one minibatch.
@@ -184,18 +272,26 @@ class MinibatchCKA:
         within = feats_b is None or feats_b is feats_a
         names_b, list_b = (names_a, list_a) if within else _split_names(feats_b, "b")
         if self.names_a is not None and (names_a, names_b, within) != (self.names_a, self.names_b, self.within):
-            raise ValueError("the layers differ from those of the first update: "
-                             f"{len(names_a)}×{len(names_b)} now, {len(self.names_a)}×{len(self.names_b)} before")
-        grams_a, flags_a = self._grams(names_a, list_a)
-        grams_b, flags_b = (grams_a, flags_a) if within else self._grams(names_b, list_b)
+            if within != self.within:
+                change = ("the first update was " + ("within one model (feats_b=None)" if self.within else
+                                                     "between two models (feats_b given)") + ", this one is not")
+            else:
+                changes = [_describe_change(names_a, self.names_a, "feats_a")]
+                if not within:
+                    changes.append(_describe_change(names_b, self.names_b, "feats_b"))
+                change = "; ".join(c for c in changes if c)
+            raise ValueError(f"the layers differ from those of the first update: {change}. Pass the same layers, "
+                             "in the same order, to every update (or call reset() to start a new heatmap)")
+        grams_a, flags_a, exps_a = self._grams(names_a, list_a)
+        grams_b, flags_b, exps_b = (grams_a, flags_a, exps_a) if within else self._grams(names_b, list_b)
         n = grams_a.shape[-1]
         if grams_b.shape[-1] != n:
             raise ValueError(f"model A's minibatch has {n} examples, model B's {grams_b.shape[-1]}")
         flags = torch.cat([flags_a, flags_b]).cpu()             # the one host sync per minibatch
         bad = [name for name, f in zip(names_a + names_b, flags.tolist()) if not f & 1]
         if bad:
-            raise ValueError(f"non-finite values (NaN/inf, or a Gram product overflowing {self.gram_dtype}) "
-                             f"in layer(s) {', '.join(map(repr, dict.fromkeys(bad)))} of this minibatch")
+            raise ValueError(f"non-finite values (NaN/inf) in layer(s) {', '.join(map(repr, dict.fromkeys(bad)))} "
+                             "of this minibatch")
 
         if self.names_a is None:
             self.names_a, self.names_b, self.within = names_a, names_b, within
@@ -206,29 +302,56 @@ class MinibatchCKA:
         yy = xx.clone() if within else (flat_b * flat_b).sum(1) * scale  # never alias xx
         varying_a, varying_b = (flags_a & 2).bool(), (flags_b & 2).bool()
         if self.hsic_xy is None:
-            self.hsic_xy, self.hsic_xx, self.hsic_yy = xy, xx, yy
-            self.nonconstant_a, self.nonconstant_b = varying_a, varying_b
-        else:
-            self.hsic_xy += xy
-            self.hsic_xx += xx
-            self.hsic_yy += yy
-            self.nonconstant_a |= varying_a
-            self.nonconstant_b |= varying_b
+            # a layer constant so far gets its reference exponent from the first minibatch in which it varies
+            never = -(2 ** 40)                              # far below any float exponent
+            self.hsic_xy, self.hsic_xx, self.hsic_yy = (torch.zeros_like(t) for t in (xy, xx, yy))
+            self.exponent_a = torch.full_like(exps_a, never)
+            self.exponent_b = self.exponent_a if within else torch.full_like(exps_b, never)
+            self.nonconstant_a, self.nonconstant_b = torch.zeros_like(varying_a), torch.zeros_like(varying_b)
+        # per layer, the reference exponent is the largest seen so far: the sums are rescaled exactly (by a
+        # power of two) when it grows, and this minibatch's terms by powers of two <= 1, so nothing overflows;
+        # what underflows is below 2**-1074 of the largest minibatch's term, lost to rounding anyway
+        ref_a = torch.where(varying_a, torch.maximum(self.exponent_a, exps_a), self.exponent_a)
+        ref_b = ref_a if within else torch.where(varying_b, torch.maximum(self.exponent_b, exps_b), self.exponent_b)
+        old_a, old_b = self.exponent_a - ref_a, self.exponent_b - ref_b            # <= 0
+        new_a = torch.where(varying_a, exps_a - ref_a, 0)                          # <= 0; constant: Gram is 0
+        new_b = new_a if within else torch.where(varying_b, exps_b - ref_b, 0)
+        self.hsic_xy = (_ldexp(self.hsic_xy, 2 * (old_a[:, None] + old_b[None, :]))
+                        + _ldexp(xy, 2 * (new_a[:, None] + new_b[None, :])))
+        self.hsic_xx = _ldexp(self.hsic_xx, 4 * old_a) + _ldexp(xx, 4 * new_a)
+        self.hsic_yy = _ldexp(self.hsic_yy, 4 * old_b) + _ldexp(yy, 4 * new_b)
+        self.exponent_a, self.exponent_b = ref_a, ref_b
+        self.nonconstant_a = self.nonconstant_a | varying_a
+        self.nonconstant_b = self.nonconstant_b | varying_b
         self.num_batches += 1
         self.num_examples += n
 
     # -- result ------------------------------------------------------------------------------------
     def sums(self) -> dict[str, torch.Tensor]:
         """The accumulated float64 sums (summed over ranks when distributed): ``xy (L_a, L_b)``,
-        ``xx (L_a,)``, ``yy (L_b,)``, ``nonconstant_a``, ``nonconstant_b``, ``examples``, ``batches``."""
+        ``xx (L_a,)``, ``yy (L_b,)``, ``nonconstant_a``, ``nonconstant_b``, ``examples``, ``batches``, and the
+        int64 per-layer exponents ``exponent_a (L_a,)``, ``exponent_b (L_b,)`` that give the sums' units:
+        ``xy[a, b]`` is the sum of HSIC(K_a, L_b) divided by ``4**(exponent_a[a] + exponent_b[b])``,
+        ``xx[a]`` divided by ``4**(2 exponent_a[a])``, ``yy[b]`` by ``4**(2 exponent_b[b])`` (CKA is unchanged)."""
         if self.hsic_xy is None:
             raise ValueError("MinibatchCKA.compute() before any update(): no minibatch was added")
-        sums = {"xy": self.hsic_xy.clone(), "xx": self.hsic_xx.clone(), "yy": self.hsic_yy.clone(),
+        xy, xx, yy, exp_a, exp_b = self.hsic_xy, self.hsic_xx, self.hsic_yy, self.exponent_a, self.exponent_b
+        dist = torch.distributed
+        if (self.sync_distributed and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):                 # one unit per layer on every rank: the largest
+            common = torch.cat([exp_a, exp_b])
+            dist.all_reduce(common, op=dist.ReduceOp.MAX)
+            common_a, common_b = common[:len(exp_a)], common[len(exp_a):]
+            da, db = exp_a - common_a, exp_b - common_b                    # <= 0: rescaled exactly, no overflow
+            xy, xx, yy = _ldexp(xy, 2 * (da[:, None] + db[None, :])), _ldexp(xx, 4 * da), _ldexp(yy, 4 * db)
+            exp_a, exp_b = common_a, common_b
+        sums = {"xy": xy.clone(), "xx": xx.clone(), "yy": yy.clone(),
                 "nonconstant_a": self.nonconstant_a.double(), "nonconstant_b": self.nonconstant_b.double(),
                 "examples": torch.tensor([float(self.num_examples)], device=self.hsic_xy.device),
                 "batches": torch.tensor([float(self.num_batches)], device=self.hsic_xy.device)}
         if self.sync_distributed:                                # every accumulator is a plain sum
             sums = dict(zip(sums, all_reduce_sum(list(sums.values()))))
+        sums["exponent_a"], sums["exponent_b"] = exp_a.clone(), exp_b.clone()
         return sums
 
     def compute(self) -> torch.Tensor:
@@ -248,6 +371,16 @@ class MinibatchCKA:
         denom = torch.sqrt(torch.outer(s["xx"], s["yy"]))
         cka = s["xy"] / denom
         cka[denom == 0] = float("nan")
+        # a layer that varies has HSIC(K, K) > 0 unless its U-centred Gram matrix vanishes (a degenerate minibatch,
+        # e.g. 4 examples of which 3 are equal): say so rather than return a bare NaN
+        for names, self_hsic, varying in ((self.names_a, s["xx"], s["nonconstant_a"]),
+                                          *(() if self.within else ((self.names_b, s["yy"], s["nonconstant_b"]),))):
+            odd = [f"{name!r} ({h:.3g})" for name, h, v in zip(names, self_hsic.tolist(), varying.tolist())
+                   if v and not (math.isfinite(h) and h > 0)]
+            if odd:
+                warnings.warn(f"layer(s) {', '.join(odd)} vary over the examples, but their HSIC(K, K) summed over "
+                              "the minibatches is not positive: their CKA is undefined (NaN); use larger minibatches",
+                              stacklevel=2)
         return cka.cpu()
 
 
@@ -316,6 +449,8 @@ def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mappi
             :func:`vitcnn_utils.data.analysis_batches`; each model applies its own
             :func:`~vitcnn_utils.models.preprocessor`.
         layers: ``{name: layers}`` for :class:`~vitcnn_utils.hooks.Capture` (default: ``"default"``).
+            One model object under several names (a within-model heatmap, ``{"a": m, "b": m}``) runs once
+            per minibatch, with one capture of all its names' layers shared by them.
         amp_dtype: optional autocast dtype for the forward passes (Grams stay in ``gram_dtype``).
 
     Returns:
@@ -325,29 +460,39 @@ def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mappi
 
     from tqdm import tqdm
 
-    from .hooks import Capture
+    from .hooks import Capture, resolve_layers
     from .models import preprocessor
 
     layers = layers or {}
     device = torch.device(device)
     cka = MinibatchCKA(gram_dtype=gram_dtype, device=device)
     names: dict[str, list[str]] = {}
+    wanted = {name: resolve_layers(model, layers.get(name, "default")) for name, model in models.items()}
+    first = {}                                               # model object -> the first name it goes by
+    for name, model in models.items():
+        first.setdefault(id(model), name)
     with ExitStack() as stack, torch.inference_mode():
         caps = {}
         for name, model in models.items():
+            if first[id(model)] != name:
+                continue
             model.eval().to(device)
+            union = [layer for other, m in models.items() if m is model for layer in wanted[other]]
             # each layer is reduced to its (n, n) Gram inside the hook: memory ~ L n², not the features
-            caps[name] = stack.enter_context(Capture(model, layers.get(name, "default"), transform=cka.gram))
-        prep = {name: preprocessor(model) for name, model in models.items()}
+            caps[name] = stack.enter_context(Capture(model, union, transform=cka.gram))
+        prep = {name: preprocessor(model) for name, model in models.items() if name in caps}
         # progress=False silences the bar; otherwise tqdm's defaults apply (so TQDM_DISABLE=1 is honoured)
         for images, _ in tqdm(batches, desc="CKA", leave=False, **({} if progress else {"disable": True})):
             images = images.to(device)
-            joint = {}
+            joint, captured = {}, {}
             for name, cap in caps.items():
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    feats = cap(prep[name](images))
-                names.setdefault(name, list(feats))          # execution order, as captured
-                joint.update({f"{name}/{layer}": value for layer, value in feats.items()})
+                    captured[name] = cap(prep[name](images))
+            for name, model in models.items():                # in the order given; shared captures reused
+                feats = captured[first[id(model)]]
+                keep = set(wanted[name])
+                names.setdefault(name, [layer for layer in feats if layer in keep])   # execution order
+                joint.update({f"{name}/{layer}": feats[layer] for layer in names[name]})
             cka.update(joint)
     matrix = cka.compute()
     return Heatmaps(names, matrix, cka.total_examples)
