@@ -10,8 +10,9 @@ TINY = {"vit": "arch:vit-cls", "vit_small_data": "arch:vit-cls-f03", "vit_gap": 
         "vit_no_skip": ["arch:vit-cls-noskip1", "arch:vit-cls-noskip3", "arch:vit-cls-noskip5"],
         "vit_fractions": {"3%": "arch:vit-cls-f03", "10%": "arch:vit-cls-f10", "30%": "arch:vit-cls-f30"},
         "resnet_fractions": {"3%": "arch:resnet-f03", "10%": "arch:resnet-f10", "30%": "arch:resnet-f30"},
+        "vit_control": "arch:vit-cls-e3", "vit_matched": "arch:vit-cls-e3",
         "n_images": 48, "batch_size": 24, "n_erf_images": 4, "shots": 2, "val_per_class": 2, "n_test": 48,
-        "use_cache": False}
+        "n_draws": 2, "use_cache": False}
 FIGURES = {"representation_within", "representation_across", "attention_distance", "head_subset_cka",
            "receptive_fields", "skip_ratios", "no_skip_cka", "token_patch_cka", "probes_tokens", "data_scale_cka",
            "data_scale_probes"}
@@ -99,14 +100,109 @@ def test_conclusion_judges_every_finding_from_recorded_numbers(built_book):
     assert page.count("<tr") >= len(rows) + 1
 
 
-def test_chapter_needing_an_untrained_zoo_model_becomes_a_page_saying_so(tmp_path):
+def test_chapter_needing_an_untrained_zoo_model_becomes_a_page_saying_so(tmp_path, monkeypatch):
+    from vitcnn_utils import zoo
+    from vitcnn_utils.zoo.__main__ import main as train_zoo
+
+    trained = zoo.available()
+    monkeypatch.setattr(zoo, "available", lambda: [n for n in trained if n != "vit-cls-noskip3"])  # not trained yet
     results = tmp_path / "results"
     results.mkdir()
     (results / "skip_connections.json").write_text("{}")          # stale numbers from an earlier build
-    out = book.run_chapter("skip_connections", {"vit_no_skip": ["zoo:vit-cls-noskip-never"],
+    out = book.run_chapter("skip_connections", {"vit_no_skip": ["zoo:vit-cls-noskip3"],
                                                 "results_dir": str(results)}, tmp_path / "out")
     nb = nbformat.read(out, as_version=4)
-    assert nb.metadata["vitcnn"]["missing_models"] == ["vit-cls-noskip-never"]
-    assert len(nb.cells) == 1 and "python -m vitcnn_utils.zoo --only vit-cls-noskip-never" in nb.cells[0].source
+    assert nb.metadata["vitcnn"]["missing_models"] == ["vit-cls-noskip3"]
+    assert len(nb.cells) == 1 and "python -m vitcnn_utils.zoo --only vit-cls-noskip3" in nb.cells[0].source
+    with pytest.raises(SystemExit) as usage:                       # the suggested command accepts the name
+        train_zoo(["--only", "vit-cls-noskip3", "--help"])
+    assert usage.value.code == 0
     assert nb.cells[0].source.startswith("# Skip connections")
     assert not (results / "skip_connections.json").exists()        # the conclusion must not judge stale numbers
+
+
+def test_a_zoo_name_not_in_the_zoo_is_an_error_listing_the_zoo(tmp_path):
+    from vitcnn_utils import zoo
+
+    path = tmp_path / "typo.yaml"
+    path.write_text('vit: "zoo:vit-clss"\n')
+    with pytest.raises(SystemExit) as exc:
+        book.main(["-c", "representation_structure", "-f", str(path), "-o", str(tmp_path / "out"), "--no-build"])
+    message = str(exc.value)
+    assert "'zoo:vit-clss' is not a zoo model (did you mean 'zoo:vit-cls'?)" in message
+    assert all(name in message for name in zoo.SPECS)
+    assert not (tmp_path / "out").exists()                          # no placeholder page was written
+    with pytest.raises(SystemExit, match=r"skip_connections: 'zoo:never' is not a zoo model; the zoo has: "):
+        book.run_chapter("skip_connections", {"vit_no_skip": ["zoo:never"]}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, says", [
+    ("hello\n", "a single string: 'hello'"),
+    ("- n_images: 10\n- seed: 1\n", "a list"),
+    ("42\n", "a number: 42"),
+    ("n_images: [10, 20\n", "not valid YAML"),
+    ("n_images: 10\n  seed: 1\n", "not valid YAML"),
+    ("1: 10\n", "parameter names must be words, got 1"),
+])
+def test_a_parameter_file_that_is_not_a_mapping_is_one_clear_line(tmp_path, text, says):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        book.main(["-c", "spatial", "-f", str(path), "--no-build"])
+    message = str(exc.value)
+    assert exc.value.code != 0 and message.startswith(f"{path}: ") and "\n" not in message
+    assert says in message and "n_images: 100" in message          # what was wrong, and what to write instead
+
+
+def test_a_bad_parameter_file_exits_non_zero_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.yaml").write_text("n_images: [10, 20\n")
+    (tmp_path / "none.yaml").unlink(missing_ok=True)
+    for name, says in (("bad.yaml", "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2"),
+                       ("none.yaml", "no such parameter file")):
+        run = subprocess.run([sys.executable, "-m", "vitcnn_utils.book", "-c", "spatial", "-f",
+                              str(tmp_path / name), "--no-build"], capture_output=True, text=True, cwd=book.ROOT)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.strip().splitlines() == [run.stderr.strip()] and says in run.stderr, run.stderr
+
+
+def test_progress_formatting():
+    assert book.format_elapsed(0) == "0:00" and book.format_elapsed(83.7) == "1:23"
+    assert book.format_elapsed(3 * 3600 + 62) == "3:01:02"
+    assert book.cell_summary("\n# Set-up\n%matplotlib inline\nimport torch\nx = 1") == "import torch"
+    assert book.cell_summary("y = " + "a" * 100, width=20) == "y = " + "a" * 13 + "..."
+    line = book.progress_line("[2/6] spatial", 3, 17, 125, "# comment\nheat = model_heatmaps(models)")
+    assert line == "[2/6] spatial: cell 3/17 [2:05] heat = model_heatmaps(models)"
+
+
+def test_runner_prints_progress_and_no_kernel_noise(tmp_path, capfd):
+    """A tiny notebook through the book's runner: one line per code cell and the total, nothing from the kernel.
+
+    The notebook makes its kernel record any SIGINT in a file: jupyter_client interrupts a kernel before it shuts
+    it down (ipykernel then logs "KeyboardInterrupt caught in kernel" if a reply is still being sent); the runner
+    shuts a finished notebook's kernel down without that interrupt."""
+    trap = tmp_path / "sigint"
+    cells = [nbformat.v4.new_markdown_cell("# Tiny"),
+             nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("from pathlib import Path\nkernel = get_ipython().kernel\n"
+                                       f"kernel.saved_sigint_handler = lambda *_: Path({str(trap)!r}).write_text('!')"),
+             nbformat.v4.new_code_cell("# the answer\nprint(x * 2)")]
+    source = tmp_path / "tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}}), source)
+    book.execute_notebook(source, tmp_path / "out.ipynb", {"x": 21}, "[1/1] tiny", cwd=tmp_path)
+    out, err = capfd.readouterr()
+    lines = [line.strip() for line in out.splitlines()]
+    prefix = "[1/1] tiny: cell "
+    cells_run = [line[len(prefix):] for line in lines if line.startswith(prefix) and "still running" not in line]
+    assert [line.split(" ")[0] for line in cells_run] == ["1/4", "2/4", "3/4", "4/4"]   # injected cell included
+    assert cells_run[0].endswith("] x = 1") and cells_run[1].endswith("] x = 21")
+    assert cells_run[3].endswith("] print(x * 2)")
+    assert any(line.startswith("[1/1] tiny: done, 4 cells in ") for line in lines)
+    assert "IPKernelApp" not in out + err and "KeyboardInterrupt" not in out + err
+    assert "encryption" not in out + err, err
+    assert not trap.exists(), "the kernel was sent SIGINT at shutdown"
+    assert nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[4].outputs[0]["text"] == "42\n"

@@ -46,7 +46,7 @@ def test_patch_embedding_tokens_localise_perfectly():
 def test_erf_of_a_3x3_convolution_is_its_footprint():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, kernel_size=3, padding=1)).eval()
     model.vitcnn_input = "fashion-mnist"
-    erf = effective_receptive_field(model, _images(4).float(), "0", (28, 28))
+    erf = effective_receptive_field(model, _images(4).float() / 255, "0", (28, 28))
     support = torch.nonzero(erf > 0)
     assert erf.shape == (28, 28) and erf.max().item() == 1.0
     assert support[:, 0].unique().tolist() == [13, 14, 15] and support[:, 1].unique().tolist() == [13, 14, 15]

@@ -90,6 +90,26 @@ def test_probes_match_reference_and_batching():
         assert probes.accuracy()["s"].item() == pytest.approx(acc_ref, abs=1e-12)
 
 
+def test_few_shot_probes_of_wide_features_match_reference():
+    """Fewer images than features (few-shot probes of wide layers): the images are kept as rows, not as
+    (d+1)² sums, and the probes solved from the n × n Gram matrix give the normal equations' solution."""
+    classes, d = 3, 40
+    x_fit, y_fit = _structured(9, d, classes, seed=5)
+    x_val, y_val = _structured(12, d, classes, seed=6)
+    x_test, y_test = _structured(30, d, classes, seed=7)
+    w_ref, r_ref, acc_ref = _reference(x_fit, y_fit, x_val, y_val, x_test, y_test, classes, RELATIVE_LAMBDAS)
+    probes = RidgeProbes(classes)
+    for split, x, y in (("fit", x_fit, y_fit), ("val", x_val, y_val)):
+        for i in range(0, len(x), 4):
+            probes.update(split, {"s": torch.from_numpy(x[i:i + 4, None])}, torch.from_numpy(y[i:i + 4]))
+    assert probes.moments["fit"]["s"].rows is not None and probes.moments["val"]["s"].rows is not None
+    probes.solve()
+    probes.score({"s": torch.from_numpy(x_test[:, None])}, torch.from_numpy(y_test))
+    assert probes.chosen["s"].item() == r_ref
+    assert np.abs(probes.weights["s"][0].numpy() - w_ref).max() < 1e-6 * np.abs(w_ref).max()
+    assert probes.accuracy()["s"].item() == pytest.approx(acc_ref, abs=1e-12)
+
+
 def test_per_token_probes_are_independent():
     """P probes in one site equal P separate sites (each picks its own λ)."""
     classes = 3

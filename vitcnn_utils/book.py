@@ -9,24 +9,35 @@ source notebook, parameters, library code and zoo manifest are unchanged since i
 not re-executed, so a rebuild after a text edit is fast. Each notebook is executed into a temporary file and
 moved into place only when papermill succeeds: an interrupted or failed run never leaves a half-written
 chapter for the book, and the command stops with papermill's error.
+
+While a chapter runs, the runner prints its progress: ``[i/n] chapter: cell k/m [elapsed] <first line>`` as
+each code cell starts, a ``still running`` line every minute of a long cell, and the chapter's total time.
+The kernel runs with CurveZMQ transport encryption where pyzmq supports it, and a finished notebook's kernel
+is shut down without the interrupt (SIGINT) jupyter_client sends first by default, which ipykernel reported as
+``KeyboardInterrupt caught in kernel`` when it arrived while a reply was still being sent.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import nbformat
 import yaml
+from jupyter_client.manager import AsyncKernelManager
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = ["representation_structure", "local_global", "skip_connections", "spatial", "data_scale", "conclusion"]
 READS_RESULTS = {"conclusion"}   # chapters that judge the numbers the others recorded (see vitcnn_utils.findings)
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
+HEARTBEAT_S = 60.0                 # a cell running longer than this prints a "still running" line this often
 
 
 def _fingerprint(source: Path, params: dict) -> str:
@@ -60,6 +71,36 @@ def chapter_parameters(source: Path, params: dict) -> dict:
     return {**defaults, **params}
 
 
+def load_params(path: str | Path) -> dict:
+    """The parameters of a YAML parameter file: a mapping ``name: value`` (an empty file is no parameters).
+    Anything else stops with one line saying what is wrong with the file and what it should look like."""
+    example = "one `name: value` line per parameter, e.g. `n_images: 100`"
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such parameter file" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise SystemExit(f"{path}: not valid YAML ({problem}{where}); a parameter file has {example}") from None
+    except UnicodeDecodeError:
+        raise SystemExit(f"{path}: not a text file; a parameter file is YAML with {example}") from None
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        kind = {str: "a single string", list: "a list", int: "a number", float: "a number",
+                bool: "a boolean"}.get(type(params), f"a {type(params).__name__}")
+        shown = repr(params) if len(repr(params)) <= 40 else repr(params)[:37] + "..."
+        raise SystemExit(f"{path}: a parameter file must be a YAML mapping ({example}), but this one is "
+                         f"{kind}: {shown}")
+    bad = [key for key in params if not isinstance(key, str)]
+    if bad:
+        raise SystemExit(f"{path}: parameter names must be words, got {bad[0]!r}; a parameter file has {example}")
+    return params
+
+
 def unknown_parameters(chapters: list[str], params: dict) -> list[str]:
     """Keys of ``params`` that no chapter in ``chapters`` has in its ``parameters`` cell (typos, which papermill
     would otherwise inject and the chapter silently ignore)."""
@@ -69,10 +110,8 @@ def unknown_parameters(chapters: list[str], params: dict) -> list[str]:
     return sorted(set(params) - known)
 
 
-def missing_zoo_models(values) -> list[str]:
-    """``zoo:<name>`` models named anywhere in ``values`` (nested lists/dicts) that this installation lacks."""
-    from .zoo import available
-
+def _zoo_names(values) -> list[str]:
+    """The ``<name>`` of every ``zoo:<name>`` string anywhere in ``values`` (nested lists/dicts)."""
     names: list[str] = []
 
     def walk(v):
@@ -83,8 +122,142 @@ def missing_zoo_models(values) -> list[str]:
         elif isinstance(v, (list, tuple)):
             [walk(x) for x in v]
     walk(values)
+    return names
+
+
+def unknown_zoo_models(values) -> list[str]:
+    """``zoo:<name>`` models named in ``values`` that the zoo does not have at all: neither in its spec
+    (:data:`vitcnn_utils.zoo.SPECS`, what ``python -m vitcnn_utils.zoo --only`` trains) nor installed."""
+    from .zoo import SPECS, available
+
+    known = set(SPECS) | set(available())
+    return sorted({n for n in _zoo_names(values) if n not in known})
+
+
+def unknown_zoo_message(names: list[str]) -> str:
+    """One line naming the models that are not in the zoo (with the nearest zoo name) and the zoo's names."""
+    from .zoo import SPECS, available
+
+    known = sorted(set(SPECS) | set(available()))
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"'zoo:{name}' is not a zoo model" + (f" (did you mean 'zoo:{close[0]}'?)" if close else ""))
+    return f"{'; '.join(parts)}; the zoo has: {', '.join(known)}"
+
+
+def missing_zoo_models(values) -> list[str]:
+    """``zoo:<name>`` models of the zoo's spec named in ``values`` that this installation has not trained
+    (names not in the zoo at all are :func:`unknown_zoo_models`)."""
+    from .zoo import available
+
     have = set(available())
-    return sorted({n for n in names if n not in have})
+    unknown = set(unknown_zoo_models(values))
+    return sorted({n for n in _zoo_names(values) if n not in have and n not in unknown})
+
+
+def format_elapsed(seconds: float) -> str:
+    """``m:ss`` (``h:mm:ss`` from an hour on), whole seconds."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def cell_summary(source: str, width: int = 70) -> str:
+    """The first line of a cell that is not blank, a comment or an IPython magic (``%...``), shortened to
+    ``width`` characters."""
+    lines = [line.strip() for line in source.splitlines()]
+    line = next((x for x in lines if x and not x.startswith(("#", "%"))), lines[0] if lines else "")
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def progress_line(label: str, k: int, n: int, elapsed: float, source: str = "") -> str:
+    """The line printed as code cell ``k`` of ``n`` of a chapter starts, ``elapsed`` seconds in."""
+    summary = cell_summary(source)
+    return f"{label}: cell {k}/{n} [{format_elapsed(elapsed)}]" + (f" {summary}" if summary else "")
+
+
+class _Progress:
+    """nbclient hook (``on_cell_execute``) printing :func:`progress_line` for each code cell, and a heartbeat
+    thread printing a "still running" line every ``heartbeat`` seconds of a long cell."""
+
+    def __init__(self, label: str, n_cells: int, heartbeat: float | None = HEARTBEAT_S):
+        self.label, self.n, self.k, self.heartbeat = label, n_cells, 0, heartbeat
+        self.start = self.cell_start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __call__(self, cell, cell_index) -> None:
+        self.k += 1
+        self.cell_start = now = time.monotonic()
+        print("  " + progress_line(self.label, self.k, self.n, now - self.start, cell.source), flush=True)
+
+    def _beat(self) -> None:
+        last = self.start
+        while True:                              # a line after every `heartbeat` seconds without one
+            due = max(self.cell_start, last) + self.heartbeat
+            if self._stop.wait(max(due - time.monotonic(), 0.0)):
+                return
+            now = time.monotonic()
+            if now >= max(self.cell_start, last) + self.heartbeat:     # no new cell started meanwhile
+                print(f"  {self.label}: cell {self.k}/{self.n} still running [{format_elapsed(now - self.cell_start)}"
+                      f" in this cell, {format_elapsed(now - self.start)} in all]", flush=True)
+                last = now
+
+    def __enter__(self) -> "_Progress":
+        if self.heartbeat:
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="book-progress")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class BookKernelManager(AsyncKernelManager):
+    """The kernel manager the book runs chapters with: CurveZMQ transport encryption where pyzmq has it (so
+    the kernel does not warn that it runs over TCP in plain text), and no interrupt before a shutdown.
+
+    jupyter_client sends every kernel a SIGINT before its shutdown request, to stop code that may still be
+    running. A chapter's kernel is shut down after its last cell has finished, so there is nothing to stop,
+    and a SIGINT that arrives while the kernel is still sending its last reply makes ipykernel log
+    ``ERROR | KeyboardInterrupt caught in kernel``. The shutdown request (then SIGTERM and SIGKILL if the
+    kernel does not exit in time) still applies, and interrupts outside a shutdown (a cell timeout) are sent."""
+
+    def __init__(self, **kwargs):
+        import zmq
+
+        kwargs.setdefault("transport_encryption", "auto" if zmq.has("curve") else "disabled")
+        super().__init__(**kwargs)
+        self._shutting_down_finished = False
+
+    async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        self._shutting_down_finished = True
+        try:
+            await super().shutdown_kernel(now=now, restart=restart)
+        finally:
+            self._shutting_down_finished = False
+
+    async def _async_interrupt_kernel(self) -> None:
+        if self._shutting_down_finished:
+            return
+        await super()._async_interrupt_kernel()
+
+
+def execute_notebook(source: Path, output: Path, params: dict, label: str, cwd: Path = ROOT) -> None:
+    """papermill ``source`` with ``params`` into ``output``, printing progress lines headed ``label``."""
+    import papermill
+
+    nb = nbformat.read(source, as_version=4)
+    n_cells = sum(c.cell_type == "code" and bool(c.source.strip()) for c in nb.cells) + bool(params)
+    start = time.monotonic()
+    with _Progress(label, n_cells) as progress:
+        papermill.execute_notebook(str(source), str(output), parameters=params, cwd=str(cwd),
+                                   kernel_name="python3", progress_bar=False, log_output=False,
+                                   kernel_manager_class=BookKernelManager, on_cell_execute=progress)
+    print(f"{label}: done, {progress.k} cells in {format_elapsed(time.monotonic() - start)}", flush=True)
 
 
 def _placeholder(source: Path, missing: list[str]) -> nbformat.NotebookNode:
@@ -100,27 +273,39 @@ def _placeholder(source: Path, missing: list[str]) -> nbformat.NotebookNode:
                                                              "language": "python"}})
 
 
-def run_chapter(chapter: str, params: dict, out_dir: Path, force: bool = False) -> Path:
+def run_chapter(chapter: str, params: dict, out_dir: Path, force: bool = False,
+                step: tuple[int, int] | None = None) -> Path:
     """Execute ``notebooks/<chapter>.ipynb`` with ``params`` into ``out_dir/<chapter>.ipynb``.
 
-    A chapter whose parameters name ``zoo:`` models this installation has not trained is not executed: a
-    page saying which models to train takes its place, and its recorded findings are removed (the
-    conclusion then reports them as not measured)."""
-    import papermill
-
+    ``params`` may hold parameters of other chapters (one file for the whole book): only this chapter's are
+    injected; a name that is no chapter's parameter is an error. A ``zoo:`` name that is not in the zoo is
+    an error listing the zoo's models. A chapter whose parameters name zoo models this installation has not
+    trained yet is not executed: a page saying which models to train takes its place, and its recorded
+    findings are removed (the conclusion then reports them as not measured). ``step`` = ``(i, n)`` heads
+    the progress lines with ``[i/n]``."""
     source = ROOT / "notebooks" / f"{chapter}.ipynb"
     if not source.is_file():
         raise SystemExit(f"no chapter notebook {source}; chapters: {', '.join(CHAPTERS)}")
+    label = f"[{step[0]}/{step[1]}] {chapter}" if step else chapter
     output = out_dir / f"{chapter}.ipynb"
     key = _fingerprint(source, params)
     if not force and _up_to_date(output, key):
-        print(f"{chapter}: up to date, not re-executed")
+        print(f"{label}: up to date, not re-executed")
         return output
+    unknown = unknown_parameters(CHAPTERS, params)
+    if unknown:
+        raise SystemExit(f"{', '.join(unknown)} is not a parameter of any chapter; see each notebook's "
+                         "parameters cell")
+    defaults = chapter_parameters(source, {})
+    own = {k: v for k, v in params.items() if k in defaults}     # papermill would warn about the others
+    effective = {**defaults, **own}
+    unknown_models = unknown_zoo_models(effective)
+    if unknown_models:
+        raise SystemExit(f"{chapter}: {unknown_zoo_message(unknown_models)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    effective = chapter_parameters(source, params)
     missing = missing_zoo_models(effective)
     if missing:
-        print(f"{chapter}: NOT executed: zoo model(s) {', '.join(missing)} not trained "
+        print(f"{label}: NOT executed: zoo model(s) {', '.join(missing)} not trained "
               f"(python -m vitcnn_utils.zoo --only {' '.join(missing)})", flush=True)
         nb = _placeholder(source, missing)
         nb.metadata["vitcnn"] = {"key": key, "parameters": params, "missing_models": missing}
@@ -129,10 +314,9 @@ def run_chapter(chapter: str, params: dict, out_dir: Path, force: bool = False) 
         nbformat.write(nb, output)
         return output
     tmp = out_dir / f".{chapter}.running.ipynb"
-    print(f"{chapter}: executing with {params or 'its defaults'}", flush=True)
+    print(f"{label}: executing with {own or 'its defaults'}", flush=True)
     try:
-        papermill.execute_notebook(str(source), str(tmp), parameters=params, cwd=str(ROOT),
-                                   kernel_name="python3", progress_bar=True, log_output=False)
+        execute_notebook(source, tmp, own, label)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -157,7 +341,8 @@ def build_html(root: Path = ROOT) -> Path:
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe), "build", str(root), "--path-output", str(root / "book"), "-W", "-n", "--keep-going"]
     print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=root)
+    # the chapters were executed above: the _config.yml extension (vitcnn_utils.sphinx_chapters) must not run them
+    subprocess.run(cmd, check=True, cwd=root, env={**os.environ, "VITCNN_CHAPTERS_EXECUTED": "1"})
     return root / "book" / "_build" / "html"
 
 
@@ -171,13 +356,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")    # progress bars belong to the terminal (papermill's), not the book
-    params = yaml.safe_load(Path(args.params).read_text()) or {} if args.params else {}
+    params = load_params(args.params) if args.params else {}
     unknown = unknown_parameters(args.chapters, params)
     if unknown:
         raise SystemExit(f"{args.params}: {', '.join(unknown)} is not a parameter of chapter(s) "
                          f"{', '.join(args.chapters)}; see each notebook's parameters cell")
-    for chapter in args.chapters:
-        run_chapter(chapter, params, Path(args.output), force=args.force)
+    unknown_models = unknown_zoo_models(params)
+    if unknown_models:
+        raise SystemExit(f"{args.params}: {unknown_zoo_message(unknown_models)}")
+    for i, chapter in enumerate(args.chapters, 1):
+        run_chapter(chapter, params, Path(args.output), force=args.force, step=(i, len(args.chapters)))
     if not args.no_build:
         print(f"book: {build_html() / 'index.html'}")
 

@@ -27,7 +27,7 @@ from . import cka, data
 from .models import load_named
 
 DEFAULTS = {"vit": "zoo:vit-cls", "resnet": "zoo:resnet", "weights": {}, "pretrained": False,
-            "data": "fashion-mnist", "data_dir": None, "n_images": 2048, "batch_size": 256, "image_size": 224,
+            "data": "fashion-mnist", "data_dir": None, "n_images": 2048, "batch_size": 256, "image_size": None,
             "seed": 0, "device": "cuda" if torch.cuda.is_available() else "cpu"}
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 GRAM = {"float64": torch.float64, "float32": torch.float32}
@@ -58,9 +58,10 @@ def _arguments(argv=None) -> tuple[dict, argparse.Namespace]:
 
 
 def _init_distributed(device: str) -> tuple[int, int, str]:
-    """``(rank, world_size, device)``; joins the process group ``torchrun`` describes in the environment."""
+    """``(rank, world_size, device)``; joins the process group ``torchrun`` describes in the environment (also
+    for ``--nproc_per_node=1``, so that a one-GPU launch sets up NCCL as a many-GPU one does)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:         # a plain `python -m`, not torchrun
         return 0, 1, device
     backend = "nccl" if device.startswith("cuda") else "gloo"
     torch.distributed.init_process_group(backend)
@@ -85,6 +86,9 @@ def main(argv=None) -> dict:
         heatmaps = cka.model_heatmaps(models, batches, device=device, gram_dtype=GRAM[args.gram_dtype],
                                       amp_dtype=AMP[args.amp], progress=rank == 0)
         seconds = time.perf_counter() - start
+        if torch.distributed.is_initialized():   # one collective on every backend (NCCL too, at any world size)
+            nccl = torch.distributed.get_backend() == "nccl"
+            torch.distributed.barrier(**({"device_ids": [torch.cuda.current_device()]} if nccl else {}))
         if rank != 0:
             return {}
         out = Path(args.out)
@@ -92,13 +96,15 @@ def main(argv=None) -> dict:
         np.savez(out, within_vit=heatmaps["ViT", "ViT"].numpy(), within_resnet=heatmaps["ResNet", "ResNet"].numpy(),
                  vit_x_resnet=heatmaps["ViT", "ResNet"].numpy(), vit_layers=np.array(heatmaps.names["ViT"]),
                  resnet_layers=np.array(heatmaps.names["ResNet"]), n_images=heatmaps.n_images)
-        summary = {"n_images": heatmaps.n_images, "processes": world, "seconds": seconds,
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+        summary = {"n_images": heatmaps.n_images, "processes": world, "backend": backend, "seconds": seconds,
                    "images_per_second": heatmaps.n_images / seconds, "out": str(out)}
         print(f"{heatmaps.n_images} images, {len(heatmaps.names['ViT'])} x {len(heatmaps.names['ResNet'])} layers, "
-              f"{world} process(es): {seconds:.1f} s ({summary['images_per_second']:.1f} images/s); wrote {out}")
+              f"{world} process(es){f' ({backend})' if backend else ''}: {seconds:.1f} s "
+              f"({summary['images_per_second']:.1f} images/s); wrote {out}")
         return summary
     finally:
-        if world > 1:
+        if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 

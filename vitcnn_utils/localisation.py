@@ -188,3 +188,23 @@ def position_maps(matrix: torch.Tensor, grid: tuple[int, int], positions) -> tor
         rows.append(matrix[r * gw + c].reshape(gh, gw))
     return torch.stack(rows).double() if rows else matrix.new_zeros((0, gh, gw), dtype=torch.float64)
 
+
+
+def own_patch_counts(matrix: torch.Tensor, grid: tuple[int, int]) -> dict[str, int]:
+    """The counts behind :func:`localisation_summary`'s fractions, as integers (so that a rule comparing
+    them never turns on float rounding): ``own_patch_count`` / ``interior_own_patch_count``, the tokens
+    (all / off the border of the grid) whose most similar input patch is their own; ``tokens`` /
+    ``interior_tokens``, how many tokens there are; ``defined`` / ``interior_defined``, how many of them
+    have a defined (non-NaN) own-patch CKA. A token with an undefined own-patch CKA is never a hit."""
+    gh, gw = grid
+    matrix = matrix.double()
+    n = len(matrix)
+    if tuple(matrix.shape) != (gh * gw, gh * gw):
+        raise ValueError(f"matrix {tuple(matrix.shape)} does not match the {gh}×{gw} grid")
+    defined = ~torch.isnan(matrix.diagonal())
+    hits = (torch.nan_to_num(matrix, nan=-torch.inf).argmax(1) == torch.arange(n)) & defined
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    interior = ((rows > 0) & (rows < gh - 1) & (cols > 0) & (cols < gw - 1)).flatten()
+    return {"own_patch_count": int(hits.sum()), "tokens": n, "defined": int(defined.sum()),
+            "interior_own_patch_count": int((hits & interior).sum()), "interior_tokens": int(interior.sum()),
+            "interior_defined": int((defined & interior).sum())}

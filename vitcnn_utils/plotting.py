@@ -233,11 +233,14 @@ def token_patch_maps(maps: dict, positions, title: str, colours_label: str = "CK
     """Token–patch CKA heatmaps: rows = models (``maps`` label -> ``(K, gh, gw)``), columns = the ``K`` token
     ``positions`` ``(row, col)``; each panel shows the token's CKA with the input patch at every grid
     position (image orientation: row 0 at the top), the token's own position outlined; one shared colour
-    bar."""
+    bar. ``positions`` is one list for all models, or ``{label: list}`` for models whose grids differ (e.g.
+    ViT-B/16's 14×14 tokens and ResNet-50's 7×7 map); column titles name the first model's positions."""
     from matplotlib.patches import Rectangle
     labels = list(maps)
     arrays = [np.asarray(maps[m], dtype=float) for m in labels]
-    positions = [tuple(int(v) for v in p) for p in positions]
+    per_model = positions if isinstance(positions, dict) else dict.fromkeys(labels, positions)
+    per_model = {m: [tuple(int(v) for v in p) for p in per_model[m]] for m in labels}
+    positions = per_model[labels[0]]
     vmin = min(0.0, min(float(np.nanmin(a)) for a in arrays))
     vmax = max(float(np.nanmax(a)) for a in arrays)
     nrows, ncols = len(labels), len(positions)
@@ -245,7 +248,7 @@ def token_patch_maps(maps: dict, positions, title: str, colours_label: str = "CK
                              squeeze=False)
     for i, (label, array) in enumerate(zip(labels, arrays)):
         gh, gw = array.shape[-2:]
-        for j, (r, c) in enumerate(positions):
+        for j, (r, c) in enumerate(per_model[label]):
             ax = axes[i, j]
             im = ax.imshow(array[j], cmap="magma", vmin=vmin, vmax=vmax)
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="#5fd3f3", lw=2.2))
@@ -255,6 +258,8 @@ def token_patch_maps(maps: dict, positions, title: str, colours_label: str = "CK
             ax.tick_params(labelsize=7, length=2)
             if i == 0:
                 ax.set_title(f"token at (row {r}, col {c})", fontsize=9)
+            elif per_model[label] != positions:
+                ax.set_title(f"its token at ({r}, {c})", fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"{label}\npatch row", fontsize=9)
             if i == nrows - 1:
@@ -297,3 +302,401 @@ def _probe_axes(ax, title: str, chance: float | None, chance_style: str) -> None
     ax.set_xlabel("normalised depth (0 = first block, 1 = last)")
     ax.set_ylabel("linear-probe test accuracy (%)")
     ax.set_title(title)
+
+
+# -- local and global information (paper Figs 3-6) and the recipe ablation ----------------------------------
+def head_distances_over_draws(ax, distances, title: str, uniform: float, local_fraction: float,
+                              global_fraction: float | None = None, ymax: float | None = None):
+    """Mean attention distance of every head per block, from ``distances`` ``[draw][block][head]`` (px): each
+    head a dot at its mean over draws with an error bar of ± one SD over draws (a block's heads side by side),
+    and reference lines at the uniform-attention distance ``uniform`` and at the local threshold
+    ``local_fraction × uniform`` (and the global threshold when ``global_fraction`` is given)."""
+    d = np.asarray(distances, dtype=float)
+    mean = d.mean(0)
+    sd = d.std(0, ddof=1) if len(d) > 1 else np.zeros_like(mean)
+    blocks, heads = mean.shape
+    offsets = np.linspace(-0.27, 0.27, heads) if heads > 1 else np.zeros(1)
+    colours = sns.color_palette("deep", heads)
+    for h in range(heads):
+        ax.errorbar(np.arange(blocks) + offsets[h], mean[:, h], yerr=sd[:, h], fmt="o", ms=4.5, capsize=2.5,
+                    elinewidth=1, color=colours[h], label=f"head {h}")
+    ax.axhline(uniform, color="0.3", ls="--", lw=1.1, label=f"uniform attention ({uniform:.1f} px)")
+    if global_fraction is not None:
+        ax.axhline(global_fraction * uniform, color="0.55", ls="-.", lw=0.9,
+                   label=f"global above {global_fraction:g}× uniform ({global_fraction * uniform:.1f} px)")
+    ax.axhline(local_fraction * uniform, color=MODEL_COLOURS["resnet"], ls=":", lw=1.5,
+               label=f"local below {local_fraction:g}× uniform ({local_fraction * uniform:.1f} px)")
+    ax.set_xticks(range(blocks))
+    ax.set_xlim(-0.6, blocks - 0.4)
+    ax.set_ylim(0, ymax if ymax is not None else 1.35 * max(uniform, float(np.nanmax(mean + sd))))
+    ax.set_xlabel("block (input → output)")
+    ax.set_ylabel("mean attention distance (px)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncols=2, loc="lower right", framealpha=0.9)
+    return ax
+
+
+def head_cka_over_draws(ax, distance, cka, layers, title: str, uniform: float | None = None):
+    """CKA of single heads with other-model layers against the heads' mean attention distance, over draws:
+    ``distance`` ``[draw][head]`` (px) and ``cka`` ``[draw][head][layer]``. One colour per layer, one marker
+    per head (not joined: the heads are not a sequence); error bars ± one SD over draws in both directions; a
+    dashed line at the uniform-attention distance when ``uniform`` is given."""
+    dist, c = np.asarray(distance, dtype=float), np.asarray(cka, dtype=float)
+    ddof = 1 if len(dist) > 1 else 0
+    x, xerr = dist.mean(0), dist.std(0, ddof=ddof)
+    order = np.argsort(x)
+    for j, layer in enumerate(layers):
+        y, yerr = c[:, :, j].mean(0), c[:, :, j].std(0, ddof=ddof)
+        ax.errorbar(x[order], y[order], xerr=xerr[order], yerr=yerr[order], marker="o", ms=5, capsize=2.5,
+                    elinewidth=1, ls="none", alpha=0.9, label=layer)
+    if uniform is not None:
+        ax.axvline(uniform, color="0.3", ls="--", lw=1.1, label=f"uniform attention ({uniform:.1f} px)")
+    ax.set_xlabel("mean attention distance of the head (px)")
+    ax.set_ylabel("CKA with ResNet layer")
+    ax.set_title(title)
+    ax.legend(fontsize=8, title="ResNet layer", title_fontsize=8)
+    return ax
+
+
+def receptive_fields_with_radii(erfs: dict, radii: dict, uniform_radius: float, ncols: int = 3,
+                                gamma: float = 0.3):
+    """:func:`receptive_fields` with two circles on every panel: the field's half-mass radius (solid, mean of
+    ``radii[name]`` over draws) and the half-mass radius of a uniform field over the image (dashed,
+    ``uniform_radius``), for reference."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Circle
+    fig = receptive_fields(erfs, ncols=ncols, gamma=gamma)
+    measured, reference = "#5fd3f3", "#b8f26b"
+    for ax, (name, erf) in zip(fig.axes, erfs.items()):
+        h, w = np.asarray(erf).shape
+        centre = ((w - 1) / 2, (h - 1) / 2)
+        r = float(np.mean(radii[name]))
+        ax.add_patch(Circle(centre, r, fill=False, edgecolor=measured, lw=1.6))
+        ax.add_patch(Circle(centre, uniform_radius, fill=False, edgecolor=reference, lw=1.2, ls="--"))
+        ax.set_title(f"{name}\nhalf-mass radius {r:.1f} px", fontsize=9)
+    fig.legend(handles=[Line2D([], [], color=measured, lw=1.6, label="half-mass radius of the field"),
+                        Line2D([], [], color=reference, lw=1.2, ls="--",
+                               label=f"half-mass radius of a uniform field ({uniform_radius:.1f} px)")],
+               loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    return fig
+
+
+def recipe_ablation_distances(ax, columns: list, local_fraction: float, title: str):
+    """Block-0 head distances ÷ the uniform-attention distance, one column per recipe: ``columns`` is a list
+    of ``(label, [draw][head] or None)``; each head a dot at its mean over draws with a min–max bar over
+    draws; a column without values (not measured yet) is labelled so, never filled. Reference lines at 1
+    (uniform attention) and at the local threshold ``local_fraction``."""
+    top = 1.25
+    for i, (label, values) in enumerate(columns):
+        if values is None:
+            ax.text(i, 0.5, "not yet measured", ha="center", va="center", rotation=90, fontsize=8, color="0.4",
+                    bbox={"facecolor": "white", "edgecolor": "0.8", "boxstyle": "round,pad=0.3"})
+            continue
+        v = np.asarray(values, dtype=float)
+        mean = v.mean(0)
+        heads = len(mean)
+        offsets = np.linspace(-0.22, 0.22, heads) if heads > 1 else np.zeros(1)
+        colour = "0.25" if label.startswith("zoo") else MODEL_COLOURS["vit"]
+        ax.errorbar(i + offsets, mean, yerr=[mean - v.min(0), v.max(0) - mean], fmt="o", ms=4, capsize=2,
+                    elinewidth=1, color=colour)
+        top = max(top, float(v.max()) + 0.08)
+    if columns and columns[-1][0].startswith("zoo"):
+        ax.axvline(len(columns) - 1.5, color="0.6", lw=0.8)             # the shipped reference stands apart
+    ax.axhline(1.0, color="0.3", ls="--", lw=1.1, label="uniform attention (1×)")
+    ax.axhline(local_fraction, color=MODEL_COLOURS["resnet"], ls=":", lw=1.5,
+               label=f"local threshold ({local_fraction:g}×)")
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels([label for label, _ in columns], fontsize=8)
+    ax.set_xlim(-0.6, len(columns) - 0.4)
+    ax.set_ylim(0, top)
+    ax.set_ylabel("block-0 head distance ÷ uniform distance")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    return ax
+
+
+# -- representation structure and skip connections over draws (issue 15) ------------------------------------
+def outline_layers(ax, rows: slice, cols: slice, colour: str = "#5fd3f3", label: str | None = None, ls: str = "--"):
+    """Frame the heatmap cells ``rows × cols`` (index ranges of a :func:`cka_heatmap`) with a rectangle, e.g.
+    the lowest-by-highest-quarter block whose mean CKA a criterion uses; ``label`` names it in the legend."""
+    from matplotlib.patches import Rectangle
+    ax.add_patch(Rectangle((cols.start, rows.start), cols.stop - cols.start, rows.stop - rows.start, fill=False,
+                           edgecolor=colour, lw=1.6, ls=ls, label=label))
+    return ax
+
+
+def mean_sd_bars(ax, groups: dict, title: str, ylabel: str, colours: dict | None = None,
+                 references: list[tuple[float, str]] = ()):
+    """Grouped bars of the mean over draws with ± SD error bars and each draw as a dot. ``groups`` maps a group
+    (x position) to ``{label: [per draw]}``; each ``(y, text)`` of ``references`` adds a horizontal line (e.g. a
+    criterion's threshold)."""
+    labels = list(dict.fromkeys(lb for g in groups.values() for lb in g))
+    colours = colours or {lb: MODEL_COLOURS.get(lb.lower(), f"C{i}") for i, lb in enumerate(labels)}
+    width = 0.8 / max(len(labels), 1)
+    rng = np.random.default_rng(0)
+    for i, label in enumerate(labels):
+        for x, (group, values) in enumerate(groups.items()):
+            if label not in values:
+                continue
+            v = np.asarray(values[label], dtype=float)
+            pos = x - 0.4 + width * (i + 0.5)
+            ax.bar(pos, np.nanmean(v), width * 0.9, yerr=np.nanstd(v, ddof=1) if len(v) > 1 else None,
+                   color=colours[label], alpha=0.75, capsize=4, label=label if x == 0 else None)
+            ax.scatter(pos + rng.uniform(-0.12, 0.12, len(v)) * width, v, s=12, color="k", zorder=3, lw=0)
+    for k, (y, text) in enumerate(references):
+        ax.axhline(y, color=("#d1495b", "0.3", "0.5")[k % 3], lw=1.2, ls=("--", ":", "-.")[k % 3], label=text)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(list(groups))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def best_match_over_draws(ax, matches, mean_match=None, colour: str = "#5fd3f3"):
+    """On a ResNet-rows × ViT-columns :func:`cka_heatmap`: each draw's most similar ResNet layer for every ViT
+    layer (``matches (draws, ViT layers)``, small dots) and, optionally, that of the mean heatmap (a line)."""
+    matches = np.asarray(matches, dtype=float)
+    cols = np.arange(matches.shape[1]) + 0.5
+    for d, row in enumerate(matches):
+        ax.scatter(cols, row + 0.5, s=16, color=colour, alpha=0.8, edgecolors="k", linewidths=0.4,
+                   label=f"most similar ResNet layer, each of {len(matches)} draws" if d == 0 else None)
+    if mean_match is not None:
+        ax.plot(cols, np.asarray(mean_match, dtype=float) + 0.5, lw=1.2, color=colour,
+                label="most similar ResNet layer, mean heatmap")
+    return ax
+
+
+def max_cka_by_layer(ax, maxima, names, last_third_start: int, threshold: float | None, title: str):
+    """For each ViT layer, its highest CKA with any ResNet layer: the mean over draws (line) with a ± SD band and
+    the draws' range (light band); the ViT's last third shaded, and ``threshold`` drawn over it."""
+    maxima = np.asarray(maxima, dtype=float)
+    x = np.arange(maxima.shape[1])
+    mean, sd = maxima.mean(0), maxima.std(0, ddof=1) if len(maxima) > 1 else np.zeros(maxima.shape[1])
+    ax.fill_between(x, maxima.min(0), maxima.max(0), color=MODEL_COLOURS["vit"], alpha=0.12, lw=0,
+                    label="range over draws")
+    ax.fill_between(x, mean - sd, mean + sd, color=MODEL_COLOURS["vit"], alpha=0.3, lw=0, label="mean ± SD")
+    ax.plot(x, mean, color=MODEL_COLOURS["vit"], marker="o", ms=3, lw=1.5, label="mean over draws")
+    ax.axvspan(last_third_start - 0.5, len(x) - 0.5, color="0.85", zorder=0, label="ViT's last third")
+    if threshold is not None:
+        ax.hlines(threshold, last_third_start - 0.5, len(x) - 0.5, colors="#d1495b", lw=1.5, ls="--",
+                  label=f"criterion: stays below {threshold:g}")
+    ticks = [i for i, n in enumerate(names) if n.count(".") <= 1]       # embedding and block outputs
+    ticks = ticks if 3 <= len(ticks) <= 20 else list(x[::max(1, len(names) // 12)])
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([names[i] for i in ticks], rotation=60, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(x) - 0.5)
+    ax.set_ylim(min(0.0, np.nanmin(maxima) - 0.05), 1.02)
+    ax.set_xlabel("ViT layer")
+    ax.set_ylabel("highest CKA with any ResNet layer")
+    ax.set_title(title)
+    ax.legend(fontsize=7.5, loc="lower left")
+    return ax
+
+
+def _mean_band(ax, x, draws, colour, label, marker, ls="-"):
+    draws = np.asarray(draws, dtype=float)
+    mean = draws.mean(0)
+    sd = draws.std(0, ddof=1) if len(draws) > 1 else np.zeros_like(mean)
+    ax.fill_between(x, np.maximum(mean - sd, draws.min(0)), mean + sd, color=colour, alpha=0.22, lw=0)
+    ax.plot(x, mean, marker=marker, ms=4, ls=ls, color=colour, label=label)
+
+
+def skip_ratio_profile_over_draws(ax, profile: dict, title: str, half: int | None = None,
+                                  medians: dict | None = None):
+    """Skip ratio against normalised depth on a log y axis, mean over draws with a ± SD band: the ViT's CLS token
+    and mean of patch tokens, the ResNet per unit (``profile`` from
+    :meth:`vitcnn_utils.chapters.skip_connections.SkipConnectionsResult.profile`). ``half`` (sublayers in the first
+    half) draws the boundary between the halves F7 compares; ``medians={"vit": [d], "resnet": [d]}`` draws the
+    ViT's median ratio and twice the ResNet's (F7's third criterion), as means over draws."""
+    depth = np.asarray(profile["depth"], dtype=float)
+    if profile.get("cls") is not None:
+        _mean_band(ax, depth, profile["cls"], MODEL_COLOURS["vit"], "ViT, CLS token", "o")
+    _mean_band(ax, depth, profile["spatial"], "#7fa6dc", "ViT, mean of patch tokens", "s", "--")
+    _mean_band(ax, np.asarray(profile["resnet_depth"], dtype=float), profile["resnet"], MODEL_COLOURS["resnet"],
+               "ResNet, per unit", "^")
+    ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
+    if half is not None and 0 < half < len(depth):
+        ax.axvline((depth[half - 1] + depth[half]) / 2, color="0.35", lw=1, ls="-.",
+                   label="first half | second half (ViT)")
+    if medians is not None:
+        ax.axhline(float(np.mean(medians["vit"])), color=MODEL_COLOURS["vit"], lw=1, ls=(0, (1, 3)),
+                   label="ViT median ratio")
+        ax.axhline(2 * float(np.mean(medians["resnet"])), color=MODEL_COLOURS["resnet"], lw=1, ls=(0, (1, 3)),
+                   label="2 × ResNet median (criterion)")
+    ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis)
+    ax.set_xlabel("normalised depth (0 = first sublayer / unit, 1 = last)")
+    ax.set_ylabel("skip ratio ‖z‖ / ‖f(z)‖ (log scale)")
+    ax.set_title(title)
+    ax.legend(fontsize=7.5)
+    return ax
+
+
+def no_skip_heatmap_grid(panels: list, suptitle: str, ncols: int = 2, panel_inches: float = 5.2):
+    """Within-model CKA heatmaps in a grid of ``ncols`` columns, each panel ``panel_inches`` wide so that the
+    layer ticks (every block output) stay readable, one shared colour bar. Panels as for
+    :func:`no_skip_heatmaps` (``matrix``, ``names``, ``title``, optional ``block`` framed by dashed lines)."""
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_inches * ncols + 1.2, (panel_inches + 0.9) * nrows),
+                             layout="constrained", squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        names = panel["names"]
+        every = next((k for k, n in enumerate(names) if n == "blocks.0"), max(1, len(names) // 6)) or 1
+        cka_heatmap(ax, panel["matrix"], names, names, panel["title"], "layer", "layer", tick_every=every,
+                    colorbar=False)
+        ax.tick_params(labelsize=8.5)
+        for label in ax.get_xticklabels() + ax.get_yticklabels():
+            label.set_fontsize(8.5)
+        ax.title.set_fontsize(10)
+        block = panel.get("block")
+        if block is not None:
+            inside = [k for k, n in enumerate(names) if n == f"blocks.{block}" or n.startswith(f"blocks.{block}.")]
+            for edge in (inside[0], inside[-1] + 1):
+                ax.axvline(edge, color="#5fd3f3", lw=1.2, ls="--")
+                ax.axhline(edge, color="#5fd3f3", lw=1.2, ls="--")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.colorbar(axes.flat[0].collections[0], ax=axes.ravel().tolist(), shrink=0.6, label="CKA")
+    fig.suptitle(suptitle)
+    return fig
+
+
+def no_skip_summary(blocks, split: dict, drops: dict, threshold_points: float | None, middle_block: int | None,
+                    title: str, paper_points: float | None = 4.0):
+    """Two panels over the blocks whose skips were removed (x): the mean CKA across the block (``split``:
+    ``{label: [per block: [per draw]]}``) and the accuracy drop in points (``drops``, same shape), mean ± SD error
+    bars over draws with each draw as a dot. ``threshold_points`` is drawn at ``middle_block`` (the criterion),
+    ``paper_points`` as a dotted line across."""
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4), layout="constrained")
+    blocks = list(blocks)
+    x = np.arange(len(blocks))
+    styles = ["o", "s", "D", "^", "v"]
+    for ax, data, ylabel in ((axes[0], split, "mean CKA across the block"),
+                             (axes[1], drops, "accuracy drop (points)")):
+        n = len(data)
+        for i, (label, per_block) in enumerate(data.items()):
+            off = (i - (n - 1) / 2) * 0.16
+            for k, values in enumerate(per_block):
+                v = np.asarray(values, dtype=float)
+                ax.scatter(np.full(len(v), x[k] + off), v, s=10, color=f"C{i}", alpha=0.55, lw=0)
+            means = [np.nanmean(np.asarray(v, dtype=float)) for v in per_block]
+            sds = [np.nanstd(np.asarray(v, dtype=float), ddof=1) if len(v) > 1 else 0.0 for v in per_block]
+            ax.errorbar(x + off, means, yerr=sds, fmt=styles[i % len(styles)], color=f"C{i}", capsize=4, ms=6,
+                        label=label)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"block {b}" for b in blocks])
+        ax.set_xlabel("block whose two skips were removed")
+        ax.set_ylabel(ylabel)
+    axes[0].set_title("CKA between the layers before and after the block")
+    axes[1].axhline(0, color="0.5", lw=0.8)
+    if paper_points is not None:
+        axes[1].axhline(paper_points, color="0.4", lw=1, ls=":", label=f"paper, middle block: ≈{paper_points:g}")
+    if threshold_points is not None and middle_block in blocks:
+        k = blocks.index(middle_block)
+        axes[1].hlines(threshold_points, k - 0.4, k + 0.4, colors="#d1495b", lw=1.8, ls="--",
+                       label=f"criterion at the middle block: ≥ {threshold_points:g}")
+    axes[1].set_title("Accuracy lost without the skips")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+# -- spatial information and scale of data over draws (paper Figs 9-13) -------------------------------------------
+def _range_band(ax, x, draws, colour, label, marker="o", ls="-", lw=1.8):
+    """The mean over draws (line) and the draws' range (band) of ``draws`` ``(draws, points)``."""
+    draws = np.atleast_2d(np.asarray(draws, dtype=float))
+    ax.plot(x, np.nanmean(draws, 0), marker=marker, ms=4.5, ls=ls, lw=lw, color=colour, label=label)
+    if len(draws) > 1:
+        ax.fill_between(x, np.nanmin(draws, 0), np.nanmax(draws, 0), color=colour, alpha=0.18, lw=0)
+
+
+def own_patch_count_bars(ax, counts: dict, totals: dict, title: str, colours: dict | None = None,
+                         needed: tuple[float, str] | None = None):
+    """F9: per model, how many interior tokens are most similar to their own input patch: a bar at the mean over
+    draws, an error bar over the draws' range and each draw as a dot. ``counts`` maps a model to ``[per draw]``
+    (ints), ``totals`` a model to its number of interior tokens (the y axis ends there); ``needed=(y, text)``
+    draws the level a criterion asks for as a dashed line."""
+    labels = list(counts)
+    colours = colours or {lb: f"C{i}" for i, lb in enumerate(labels)}
+    rng = np.random.default_rng(0)
+    for x, label in enumerate(labels):
+        v = np.asarray(counts[label], dtype=float)
+        mean = v.mean()
+        ax.bar(x, mean, 0.6, color=colours[label], alpha=0.75,
+               yerr=[[mean - v.min()], [v.max() - mean]] if len(v) > 1 else None, capsize=5)
+        ax.scatter(x + rng.uniform(-0.12, 0.12, len(v)), v, s=16, color="k", zorder=3, lw=0,
+                   label=f"one draw ({len(v)} draws)" if x == 0 else None)
+        ax.text(x + 0.33, mean, f"mean {mean:.1f}\nof {totals[label]}", ha="left", va="center", fontsize=8.5)
+    if needed is not None:
+        ax.axhline(needed[0], color="#d1495b", lw=1.4, ls="--", label=needed[1])
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels)
+    ax.set_ylim(0, max(totals.values()) + 1.5)
+    ax.set_xlim(-0.5, len(labels) - 0.1)
+    ax.set_ylabel("interior tokens whose most similar\ninput patch is their own")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper right")
+    return ax
+
+
+def spatial_probe_curves_over_draws(ax, depth: dict, curves: dict, title: str, colours: dict | None = None,
+                                    chance: float | None = None):
+    """:func:`spatial_probe_curves` over draws: ``curves`` maps a model label to ``{kind: (draws, layers)}``
+    accuracies in [0, 1]; each curve is the mean over draws with the draws' range as a band."""
+    colours = colours or dict(zip(curves, sns.color_palette("deep", len(curves))))
+    for model, kinds in curves.items():
+        x = np.asarray(depth[model], dtype=float)
+        for kind, values in kinds.items():
+            style, marker, text = _PROBE_KIND_STYLE.get(kind, ("-.", "x", kind))
+            _range_band(ax, x, 100 * np.asarray(values, dtype=float), colours[model], f"{model}: {text}", marker, style)
+    _probe_axes(ax, title, chance, "-.")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return ax
+
+
+def matched_layer_cka_over_draws(ax, layer_names, curves: dict, title: str, ylabel: str, colours: dict | None = None,
+                                 legend: dict | None = None, threshold: tuple[float, str] | None = None,
+                                 low: float | None = None):
+    """:func:`matched_layer_cka` over draws: ``curves`` maps a label to ``(draws, layers)`` CKA with the reference
+    model's same layer; mean over draws (line) and the draws' range (band). ``legend`` maps a label to its legend
+    text; ``threshold=(y, text)`` draws a criterion's level over the first block (x = 1) as a dashed segment;
+    ``low`` fixes the bottom of the y axis (so that panels share one)."""
+    colours = colours or data_fraction_colours(curves)
+    x = np.arange(len(layer_names))
+    bottom = 0.0
+    for i, (label, values) in enumerate(curves.items()):
+        values = np.asarray(values, dtype=float)
+        _range_band(ax, x, values, colours[label], (legend or {}).get(label, label),
+                    _FRACTION_MARKERS[i % len(_FRACTION_MARKERS)])
+        bottom = min(bottom, np.nanmin(values))
+    if threshold is not None:
+        ax.hlines(threshold[0], 0.6, 1.4, colors="#d1495b", lw=2, ls="--", label=threshold[1])
+    ax.axhline(1.0, color="0.6", lw=0.8, ls=":")
+    ax.set_xticks(x)
+    ax.set_xticklabels(layer_names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim((bottom - 0.03) if low is None else low, 1.03)
+    ax.set_xlabel("layer (block outputs; leftmost = embedding / stem)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7.5, loc="lower left")
+    return ax
+
+
+def probe_by_depth_over_draws(ax, curves: dict, title: str, chance: float | None = None, colours: dict | None = None,
+                              legend: dict | None = None, mid_depth: float | None = None):
+    """:func:`probe_by_depth` over draws: ``curves`` maps a label to ``(draws, blocks)`` accuracies in [0, 1];
+    mean over draws (line) and range (band); ``mid_depth`` marks the mid-network block the text compares."""
+    colours = colours or data_fraction_colours(curves)
+    for i, (label, values) in enumerate(curves.items()):
+        values = 100 * np.atleast_2d(np.asarray(values, dtype=float))
+        depth = np.arange(values.shape[1]) / max(values.shape[1] - 1, 1)
+        _range_band(ax, depth, values, colours[label], (legend or {}).get(label, label),
+                    _FRACTION_MARKERS[i % len(_FRACTION_MARKERS)])
+    if mid_depth is not None:
+        ax.axvline(mid_depth, color="0.45", lw=1, ls=":", label="mid-network block")
+    _probe_axes(ax, title, chance, "--")
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=7.5, loc="lower right")
+    return ax

@@ -76,16 +76,12 @@ class RidgeProbes:
             raise RuntimeError("probes are already solved: create a new RidgeProbes to fit again")
         for site, x in features.items():
             x_aug, y = self._augment(site, x, labels)
-            xx = torch.einsum("bpi,bpj->pij", x_aug, x_aug)
-            xy = torch.einsum("bpi,bc->pic", x_aug, y)
-            stats = [xx, xy, (y * y).sum().expand(1)]
             bucket = self.moments[split]
-            if site in bucket:
-                if bucket[site][0].shape != xx.shape:
-                    raise ValueError(f"site {site!r}: features {tuple(x.shape[1:])} differ from earlier batches")
-                bucket[site] = [a + b for a, b in zip(bucket[site], stats)]
-            else:
-                bucket[site] = stats
+            if site not in bucket:
+                bucket[site] = _Moments(x_aug.shape[1:])
+            elif bucket[site].shape != x_aug.shape[1:]:
+                raise ValueError(f"site {site!r}: features {tuple(x.shape[1:])} differ from earlier batches")
+            bucket[site].add(x_aug, y)
 
     def _augment(self, site, x, labels):
         if x.ndim != 3:
@@ -102,16 +98,23 @@ class RidgeProbes:
         if not fit or set(fit) != set(val):
             raise RuntimeError(f"every site needs fit and held-out batches (fit: {sorted(fit)}, held-out: "
                                f"{sorted(val)})")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         for site in fit:
-            a_fit, b_fit, _ = all_reduce_sum(fit[site])
-            a_val, b_val, yy_val = all_reduce_sum(val[site])
-            candidates = ridge_solutions(a_fit, b_fit, self.relative_lambdas.to(a_fit.device))  # (L, P, d+1, C)
-            n_val = a_val[0, -1, -1]
-            # held-out mean squared error of each candidate from the sums: tr(WᵀAW) − 2 tr(WᵀB) + Σ‖y‖²
-            err = (torch.einsum("lpic,pij,lpjc->lp", candidates, a_val, candidates)
-                   - 2 * torch.einsum("lpic,pic->lp", candidates, b_val) + yy_val) / n_val
-            best = err.argmin(0)                                                               # (P,)
-            self.weights[site] = candidates[best, torch.arange(len(best))]
+            f, v = fit[site], val[site]
+            if distributed:                              # what the processes can add up: the sums
+                f, v = (_Moments.of_sums(all_reduce_sum(m.sums())) for m in (f, v))
+            solutions = _ridge_path(f, self.relative_lambdas.to(f.device))
+            best_err = best_w = best = None
+            for i, w in enumerate(solutions):            # one λ at a time: (P, d+1, C) in memory, not (L, ...)
+                err = v.squared_error(w)                 # held-out mean squared error, (P,)
+                if best is None:
+                    best_err, best_w, best = err, w, torch.zeros_like(err, dtype=torch.long)
+                else:
+                    better = err < best_err              # strict: of equal errors the smaller λ (argmin's rule)
+                    best_err = torch.where(better, err, best_err)
+                    best_w = torch.where(better[:, None, None], w, best_w)
+                    best = torch.where(better, i, best)
+            self.weights[site] = best_w
             self.chosen[site] = self.relative_lambdas[best.cpu()]
         self.moments = {"fit": {}, "val": {}}
 
@@ -152,20 +155,103 @@ def ridge_solutions(xx: torch.Tensor, xy: torch.Tensor, relative_lambdas: torch.
     Returns:
         ``(L, P, d + 1, C)``: ``[W; b]`` minimising ``Σ‖Wᵀx + b − y‖² + λ‖W‖²`` (bias unpenalised).
     """
-    n = xx[:, -1, -1]                                                     # (P,)
-    sx, sy = xx[:, :-1, -1], xy[:, -1, :]                                  # Σx (P, d), Σy (P, C)
-    mean_x, mean_y = sx / n[:, None], sy / n[:, None]
-    cov = xx[:, :-1, :-1] - n[:, None, None] * mean_x[:, :, None] * mean_x[:, None, :]   # centred Σ(x−x̄)(x−x̄)ᵀ
-    cross = xy[:, :-1, :] - n[:, None, None] * mean_x[:, :, None] * mean_y[:, None, :]   # Σ(x−x̄)(y−ȳ)ᵀ
-    d = cov.shape[-1]
-    evals, evecs = torch.linalg.eigh(cov)                                  # one decomposition, every λ
-    evals = evals.clamp_min(0)                                             # round-off below 0 on a PSD sum
-    scale = cov.diagonal(dim1=-2, dim2=-1).sum(-1) / d                    # (P,) mean variance × n
-    lam = relative_lambdas[:, None] * torch.where(scale > 0, scale, torch.ones_like(scale))   # (L, P)
-    proj = evecs.transpose(-1, -2) @ cross                                 # (P, d, C)
-    w = evecs @ (proj / (evals + lam[..., None])[..., None])               # (L, P, d, C)
-    b = mean_y - torch.einsum("pd,lpdc->lpc", mean_x, w)                   # (L, P, C)
-    return torch.cat([w, b[:, :, None, :]], dim=2)
+    return torch.stack(list(_ridge_path(_Moments.of_sums([xx, xy, None]), relative_lambdas)))
+
+
+class _Moments:
+    """What one site's probes need of a split's images: the augmented features ``x̃ (n, P, d+1)`` and targets
+    ``y (n, C)`` themselves while there are at most ``d + 1`` images, else their sums ``Σ x̃x̃ᵀ (P, d+1, d+1)``,
+    ``Σ x̃yᵀ (P, d+1, C)`` and ``Σ‖y‖²``. Few-shot probes of wide layers (ViT-B/16's 197 tokens × 768
+    features, a handful of images per class) thus keep ``n·(d+1)`` numbers per probe instead of ``(d+1)²``,
+    and are solved from the ``n × n`` Gram matrix instead of a ``d × d`` eigendecomposition; both give the
+    same ridge solutions."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)                    # (P, d + 1)
+        self.rows: list[torch.Tensor] | None = []
+        self.targets: list[torch.Tensor] = []
+        self.n = 0
+        self._sums: list[torch.Tensor] | None = None
+
+    @classmethod
+    def of_sums(cls, sums):
+        m = cls(sums[0].shape[:2])
+        m.rows, m._sums = None, list(sums)
+        return m
+
+    @property
+    def device(self):
+        return (self._sums[0] if self.rows is None else self.rows[0]).device
+
+    def add(self, x_aug: torch.Tensor, y: torch.Tensor) -> None:
+        if self.rows is None:
+            self._sums = [a + b for a, b in zip(self._sums, _sums_of(x_aug, y))]
+            return
+        self.rows.append(x_aug)
+        self.targets.append(y)
+        self.n += len(x_aug)
+        if self.n > self.shape[-1]:                  # more images than features: the sums are smaller
+            self.sums()
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat(self.rows), torch.cat(self.targets)
+
+    def sums(self) -> list[torch.Tensor]:
+        if self.rows is not None:
+            self._sums = _sums_of(*self.stacked())
+            self.rows, self.targets = None, []
+        return self._sums
+
+    def squared_error(self, w: torch.Tensor) -> torch.Tensor:
+        """Mean over these images of ``‖x̃ᵀw − y‖²`` for each probe's ``w (P, d+1, C)``: ``(P,)``."""
+        if self.rows is not None:
+            x, y = self.stacked()
+            return (torch.einsum("npi,pic->npc", x, w) - y[:, None, :]).square().sum((0, 2)) / len(x)
+        a, b, yy = self._sums
+        # tr(WᵀAW) − 2 tr(WᵀB) + Σ‖y‖², from the sums
+        return (torch.einsum("pic,pij,pjc->p", w, a, w) - 2 * torch.einsum("pic,pic->p", w, b) + yy) / a[0, -1, -1]
+
+
+def _sums_of(x_aug: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.einsum("bpi,bpj->pij", x_aug, x_aug), torch.einsum("bpi,bc->pic", x_aug, y),
+            (y * y).sum().expand(1)]
+
+
+def _ridge_path(fit: _Moments, relative_lambdas: torch.Tensor):
+    """Yield the ridge solutions ``[W; b] (P, d + 1, C)`` of the fit images for each relative λ in turn (see
+    :func:`ridge_solutions`), from one eigendecomposition: of the ``d × d`` centred covariance when ``fit``
+    holds sums, of the ``n × n`` centred Gram matrix when it holds the rows (``W = X̃ᵀ(XXᵀ + λI)⁻¹Ỹ`` with
+    centred ``X``, ``Y``: the same solution)."""
+    if fit.rows is None:
+        xx, xy = fit.sums()[:2]
+        n = xx[:, -1, -1]                                                     # (P,)
+        sx, sy = xx[:, :-1, -1], xy[:, -1, :]                                  # Σx (P, d), Σy (P, C)
+        mean_x, mean_y = sx / n[:, None], sy / n[:, None]
+        cov = xx[:, :-1, :-1] - n[:, None, None] * mean_x[:, :, None] * mean_x[:, None, :]   # centred Σ(x−x̄)(x−x̄)ᵀ
+        cross = xy[:, :-1, :] - n[:, None, None] * mean_x[:, :, None] * mean_y[:, None, :]   # Σ(x−x̄)(y−ȳ)ᵀ
+        d = cov.shape[-1]
+        evals, evecs = torch.linalg.eigh(cov)                                  # one decomposition, every λ
+        trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1)
+        proj = evecs.transpose(-1, -2) @ cross                                 # (P, d, C)
+        del cov, cross
+    else:
+        x_aug, y = fit.stacked()
+        x = x_aug[..., :-1]                                                    # (n, P, d)
+        d = x.shape[-1]
+        mean_x, mean_y = x.mean(0), y.mean(0).expand(x.shape[1], -1)           # (P, d), (P, C)
+        xc, yc = x - mean_x, y - y.mean(0)                                     # centred (n, P, d), (n, C)
+        gram = torch.einsum("ipd,jpd->pij", xc, xc)                            # (P, n, n)
+        evals, evecs = torch.linalg.eigh(gram)
+        trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+        proj = evecs.transpose(-1, -2) @ yc                                    # (P, n, C)
+    evals = evals.clamp_min(0)                                                 # round-off below 0 on a PSD sum
+    scale = trace / d                                                          # (P,) mean variance × n
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    for r in relative_lambdas:
+        shrunk = evecs @ (proj / (evals + r * scale[:, None])[..., None])     # (P, d or n, C)
+        w = shrunk if fit.rows is None else torch.einsum("ipd,pic->pdc", xc, shrunk)   # (P, d, C)
+        b = mean_y - torch.einsum("pd,pdc->pc", mean_x, w)                     # (P, C)
+        yield torch.cat([w, b[:, None, :]], dim=1)
 
 
 def aggregate(features: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int] | None = None,

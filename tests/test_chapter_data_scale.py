@@ -1,0 +1,107 @@
+"""Chapter module vitcnn_utils.chapters.data_scale: run() on tiny models records every schema field as a list over
+draws, both 100% references (long schedule and matched steps) are compared, and draw 0 is the plain library
+call on the same images."""
+import copy
+
+import pytest
+import torch
+
+from vitcnn_utils import cka, probes
+from vitcnn_utils import data as vdata
+from vitcnn_utils.chapters import data_scale
+from vitcnn_utils.chapters.data_scale import FULL, MATCHED
+
+SIZES = dict(n_images=16, batch_size=8, shots=2, val_per_class=2, n_test=16)
+
+
+def _perturbed(model, scale, seed, steps=None):
+    """A copy of ``model`` with Gaussian noise on its weights; ``steps`` attaches a zoo-like manifest entry."""
+    other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.ndim > 1:
+                p.add_(scale * p.std() * torch.randn(p.shape, generator=gen))
+    if steps is not None:
+        epochs, images = steps
+        other.zoo_entry = {"sha256": f"fake{seed}", "epochs": epochs, "train_images": images, "fraction": images / 60000,
+                           "test_accuracy": 0.5, "recipe": {"batch_size": 128}}
+    return other
+
+
+@pytest.fixture(scope="module")
+def groups(tiny_vit, tiny_resnet):
+    vit = {"3%": _perturbed(tiny_vit, 1.0, 1, (100, 1800)), "30%": _perturbed(tiny_vit, 0.3, 2, (10, 18000)),
+           FULL: _perturbed(tiny_vit, 0.0, 3, (20, 60000)), MATCHED: _perturbed(tiny_vit, 0.1, 4, (3, 60000))}
+    resnet = {"3%": _perturbed(tiny_resnet, 1.0, 5), "30%": _perturbed(tiny_resnet, 0.3, 6), FULL: tiny_resnet}
+    return vit, resnet
+
+
+@pytest.fixture(scope="module")
+def result(groups):
+    vit, resnet = groups
+    return data_scale.run(vit=vit[FULL], vit_matched=vit[MATCHED], resnet=resnet[FULL],
+                          vit_fractions={"3%": vit["3%"], "30%": vit["30%"]},
+                          resnet_fractions={"3%": resnet["3%"], "30%": resnet["30%"]},
+                          n_draws=2, use_cache=False, **SIZES)
+
+
+def test_record_has_every_schema_field_over_draws(result):
+    rec = result.to_record()
+    assert rec["n_draws"] == 2 and rec["smallest_fraction"] == {"ViT": "3%", "ResNet": "3%"}
+    ref = rec["reference"]
+    assert set(ref) >= {"long", "matched", "long_steps", "matched_steps", "small_steps"}
+    assert (ref["long_steps"], ref["matched_steps"]) == (20 * 469, 3 * 469)      # epochs x ceil(images / 128)
+    assert ref["small_steps"] == {"3%": 100 * 15, "30%": 10 * 141}
+    for reference in ("vit_long", "vit_matched"):
+        for which in ("cka_first_block", "cka_last_block"):
+            values = rec[reference][which]
+            assert set(values) == {"3%", "30%"} and all(len(v) == 2 for v in values.values())
+    assert rec["seed_baseline"] is None
+    for key in ("probe_mid_gain_points_long", "probe_mid_gain_points_matched"):
+        assert len(rec[key]["vit"]) == 2
+    for key in ("probe_mid_vit_minus_resnet_points", "probe_mid_vit_minus_resnet_points_cls"):
+        assert len(rec[key]) == 2 and all(isinstance(v, float) for v in rec[key])
+    assert len(rec["cka_long_vs_matched"]["cka_last_block"]) == 2
+
+
+def test_draw_0_is_the_plain_library_call(result, groups):
+    vit, resnet = groups
+    rec = result.to_record()
+    batches = vdata.analysis_batches("fashion-mnist", SIZES["n_images"], SIZES["batch_size"], seed=0)
+    fit, val, test = vdata.probe_batches("fashion-mnist", SIZES["shots"], SIZES["val_per_class"], SIZES["n_test"],
+                                         SIZES["batch_size"], seed=0)
+    heat = cka.block_heatmaps(vit, batches, progress=False)
+    for reference, label in (("vit_long", FULL), ("vit_matched", MATCHED)):
+        matched = cka.matched_layer_cka(heat, label)
+        for small in ("3%", "30%"):
+            assert rec[reference]["cka_first_block"][small][0] == matched[small][1].item()
+            assert rec[reference]["cka_last_block"][small][0] == matched[small][-1].item()
+            assert torch.equal(result.cka[reference][small][0], matched[small])
+    res_heat = cka.matched_layer_cka(cka.block_heatmaps(resnet, batches, progress=False), FULL)
+    assert rec["resnet"]["cka_last_block"]["3%"][0] == res_heat["3%"][-1].item()
+
+    spatial = probes.block_probes(vit, fit, val, test, 10, "gap_spatial")
+    cls = probes.block_probes(vit, fit, val, test, 10, "first")
+    gap = probes.block_probes(resnet, fit, val, test, 10, "gap")
+    mid = result.mid_index
+    assert mid == {"ViT": 0, "ResNet": 1}                     # 2 ViT blocks, 4 ResNet units: (n - 1) // 2
+    for label in vit:
+        assert torch.equal(result.probe["ViT"]["spatial"][label][0], spatial[label])
+        assert torch.equal(result.probe["ViT"]["cls"][label][0], cls[label])
+    assert rec["probe_mid_gain_points_long"]["vit"][0] == 100 * (spatial[FULL][0].item() - spatial["3%"][0].item())
+    assert rec["probe_mid_gain_points_matched"]["vit"][0] == 100 * (spatial[MATCHED][0].item() - spatial["3%"][0].item())
+    assert rec["probe_mid_vit_minus_resnet_points"][0] == 100 * (spatial[FULL][0].item() - gap[FULL][1].item())
+    assert rec["probe_mid_vit_minus_resnet_points_cls"][0] == 100 * (cls[FULL][0].item() - gap[FULL][1].item())
+
+
+def test_without_a_matched_model(groups):
+    vit, resnet = groups
+    r = data_scale.run(vit=vit[FULL], vit_matched=None, resnet=resnet[FULL], vit_fractions={"3%": vit["3%"]},
+                       resnet_fractions={"3%": resnet["3%"]}, n_draws=1, use_cache=False, **SIZES)
+    rec = r.to_record()
+    assert rec["vit_matched"] is None and rec["probe_mid_gain_points_matched"] is None
+    assert rec["reference"]["matched"] is None and rec["reference"]["matched_steps"] is None
+    assert len(rec["vit_long"]["cka_first_block"]["3%"]) == 1
+    with pytest.raises(ValueError, match="fractions"):
+        data_scale.run(vit=vit[FULL], vit_matched=None, resnet=resnet[FULL], vit_fractions={FULL: vit["3%"]}, **SIZES)

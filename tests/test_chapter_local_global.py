@@ -1,0 +1,165 @@
+"""The local/global chapter's computation (vitcnn_utils.chapters.local_global) on tiny models, and its reader
+of the recipe ablation on a synthetic recipe_ablation.json."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from vitcnn_utils import attention, cache, localisation
+from vitcnn_utils import data as vdata
+from vitcnn_utils.chapters import local_global as lg
+from vitcnn_utils.zoo import ablation
+
+N_DRAWS, N_IMAGES, BATCH, N_ERF = 2, 8, 4, 4
+LOW_LAYERS = ["maxpool", "layer1.0"]
+SCHEMA_FIELDS = ("n_draws", "n_images", "uniform_distance", "distances_all_data", "distances_less_data",
+                 "head_subset_rank_correlation", "erf_radius", "vit_erf_layers", "resnet_erf_layers",
+                 "recipe_ablation")
+ABLATION_FIELDS = ("recipe", "epochs", "test_accuracy", "block0_distances_px", "uniform_distance_px",
+                   "local_heads_block0", "local_heads_per_block", "distances_px")
+
+
+def _run(vit, vit_small, resnet, **kw):
+    kw = {"resnet_low_layers": LOW_LAYERS, "vit_erf_layers": ["blocks.0", "blocks.1"],
+          "resnet_erf_layers": ["layer1.0", "layer2.0"], "n_images": N_IMAGES, "batch_size": BATCH,
+          "n_erf_images": N_ERF, "n_draws": N_DRAWS, "seed": 3, **kw}
+    return lg.run(vit, vit_small, resnet, **kw)
+
+
+@pytest.fixture(scope="module")
+def synthetic_ablation(tmp_path_factory):
+    """Two measured variants (uniform distance 10 px, local below 7.5 px), block 0 of draw 1 of `cutmix`
+    with one local head fewer than draw 0."""
+    path = tmp_path_factory.mktemp("ablation") / "recipe_ablation.json"
+    entries = {
+        "baseline": {"epochs": 5, "test_accuracy": 0.87, "uniform_distance_px": 10.0,
+                     "arch": ablation.VARIANTS["baseline"][0], "recipe": ablation.VARIANTS["baseline"][1].to_dict(),
+                     "n_images": 500, "train_seconds": 1.0,
+                     "distances_px": [[[9.0, 10.0], [10.0, 10.5]], [[9.1, 10.1], [10.0, 10.4]]]},
+        "cutmix": {"epochs": 5, "test_accuracy": 0.885, "uniform_distance_px": 10.0,
+                   "arch": ablation.VARIANTS["cutmix"][0], "recipe": ablation.VARIANTS["cutmix"][1].to_dict(),
+                   "n_images": 500, "train_seconds": 1.0,
+                   "distances_px": [[[2.0, 7.4], [7.0, 9.0]], [[2.5, 7.6], [8.0, 9.0]]]},
+    }
+    path.write_text(json.dumps(entries))
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a loaded machine extra threads only wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def result(tiny_vit, tiny_resnet, synthetic_ablation, cache_dir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cache, "CACHE_DIR", cache_dir)
+        return _run(tiny_vit, tiny_vit, tiny_resnet, ablation_results=synthetic_ablation)
+
+
+def test_record_has_every_schema_field_with_one_entry_per_draw(result):
+    rec = result.to_record()
+    for name in SCHEMA_FIELDS:
+        assert name in rec, name
+    assert rec["n_draws"] == N_DRAWS and rec["n_images"] == N_IMAGES
+    for name in ("distances_all_data", "distances_less_data", "head_subset_rank_correlation"):
+        assert len(rec[name]) == N_DRAWS, name
+    assert set(rec["erf_radius"]) == {"ViT blocks.0", "ViT blocks.1", "ResNet layer1.0", "ResNet layer2.0"}
+    assert all(len(v) == N_DRAWS for v in rec["erf_radius"].values())
+    assert len(rec["distances_all_data"][0]) == 2 and len(rec["distances_all_data"][0][0]) == 4  # blocks, heads
+    for row in rec["recipe_ablation"]:
+        assert set(ABLATION_FIELDS) <= set(row)
+    json.dumps(rec)                                      # plain JSON, as findings.record writes it
+
+
+def test_draw_zero_equals_the_plain_library_calls(result, tiny_vit, tiny_resnet):
+    batches = vdata.analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=3)
+    dist = attention.model_attention_distances(tiny_vit, batches)[0]
+    assert result.distances_all_data[0] == dist.tolist()
+    subsets = attention.head_subset_cka(tiny_vit, tiny_resnet, batches, LOW_LAYERS)
+    rho = attention.rank_correlation(subsets["distance"], subsets["cka"].mean(1))
+    assert result.head_subset_rank_correlation[0] == pytest.approx(rho, abs=1e-12)
+    for i, heads in enumerate(subsets["heads"]):
+        assert result.head_cka[0][heads[0]] == pytest.approx(subsets["cka"][i].tolist(), abs=1e-12)
+    images = next(iter(vdata.analysis_batches("fashion-mnist", N_ERF, N_ERF, seed=3 + lg.ERF_SEED_OFFSET)))[0]
+    erf = localisation.effective_receptive_field(tiny_resnet, images, "layer1.0")
+    assert result.erf_radius["ResNet layer1.0"][0] == localisation.erf_radius(erf)
+    assert result.uniform_distance == attention.uniform_distance(tiny_vit)
+    assert result.uniform_erf_radius == localisation.erf_radius(torch.ones(28, 28, dtype=torch.float64))
+
+
+def test_draws_use_different_images(result):
+    assert result.seeds == [3, 4] and result.erf_seeds == [3 + lg.ERF_SEED_OFFSET, 4 + lg.ERF_SEED_OFFSET]
+    assert result.distances_all_data[0] != result.distances_all_data[1]
+
+
+def test_each_draw_is_cached(result, tiny_vit, tiny_resnet, synthetic_ablation, cache_dir, monkeypatch):
+    files = sorted(p.name for p in cache_dir.iterdir())
+    # per draw: two distance entries (same weights, two labels), one head-subset entry, four receptive fields
+    assert len(files) == N_DRAWS * (2 + 1 + 4)
+    monkeypatch.setattr(cache, "CACHE_DIR", cache_dir)
+    again = _run(tiny_vit, tiny_vit, tiny_resnet, ablation_results=synthetic_ablation)
+    assert sorted(p.name for p in cache_dir.iterdir()) == files
+    assert again.to_record() == result.to_record()
+    uncached = _run(tiny_vit, tiny_vit, tiny_resnet, ablation_results=synthetic_ablation, use_cache=False,
+                    n_draws=1)
+    assert uncached.distances_all_data[0] == result.distances_all_data[0]
+
+
+def test_ablation_reader_counts_local_heads(synthetic_ablation):
+    ab = lg.read_ablation(synthetic_ablation)
+    assert [v.recipe for v in ab.variants] == ["cutmix", "baseline"]          # the ablation's own order
+    assert ab.pending == tuple(n for n in ablation.VARIANTS if n not in ("cutmix", "baseline"))
+    cutmix, baseline = ab.variants
+    assert cutmix.local_heads_per_block == [[2, 1], [1, 0]]                    # below 7.5 px, strictly
+    assert cutmix.local_heads_block0 == 1                                      # the fewest over draws
+    assert baseline.local_heads_per_block == [[0, 0], [0, 0]] and baseline.local_heads_block0 == 0
+    assert cutmix.block0_distances_px == pytest.approx([2.25, 7.5])
+    assert cutmix.change.startswith("CutMix") and baseline.change.startswith("none")
+    assert [v.recipe for v in ab.qualifying(0.88)] == ["cutmix"]
+    assert ab.qualifying(0.9) == []
+    row = cutmix.to_record()
+    assert row["local_heads_block0"] == 1 and row["uniform_distance_px"] == 10.0
+
+
+def test_missing_ablation_file_measures_nothing(tmp_path):
+    ab = lg.read_ablation(tmp_path / "absent.json")
+    assert ab.variants == () and ab.pending == tuple(ablation.VARIANTS)
+
+
+def test_ablation_text_follows_the_numbers(result, synthetic_ablation, tmp_path):
+    text = result.ablation_text()
+    assert "`cutmix`" in text and "candidate" in text and "untestable" not in text
+    table = result.ablation_table()
+    assert "| `cutmix` |" in table and "88.50%" in table and "not yet measured" in table
+    assert " 1–2 · 0–1 |" in table                                             # local heads per block, min–max
+    # the same variants at a stricter floor: none qualifies, said plainly, with the unmeasured ones listed
+    strict = result.ablation_text(floor=0.9)
+    assert "untestable at this scale" in strict and "`heads8`" in strict
+    # nothing measured at all
+    none = dataclasses.replace(result, ablation=lg.read_ablation(tmp_path / "absent.json"))
+    assert "Not measured yet" in none.ablation_text() and none.ablation_columns()[0][1] is None
+    # everything measured, nothing local
+    entries = json.loads(synthetic_ablation.read_text())
+    full = {name: {**entries["baseline"], "arch": arch, "recipe": recipe.to_dict()}
+            for name, (arch, recipe) in ablation.VARIANTS.items()}
+    path = tmp_path / "full.json"
+    path.write_text(json.dumps(full))
+    done = dataclasses.replace(result, ablation=lg.read_ablation(path))
+    assert "F3–F5 are therefore untestable at this scale with these recipes" in done.ablation_text()
+
+
+def test_measured_paragraphs_carry_spreads(result):
+    for text in (result.measured_distances(), result.measured_head_cka(), result.measured_erf()):
+        assert f"n = {N_DRAWS}" in text
+    assert f"{result.uniform_erf_radius:.1f} px" in result.measured_erf()

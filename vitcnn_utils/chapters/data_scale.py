@@ -1,0 +1,385 @@
+"""Chapter "data_scale" (paper section 7, Figs 12–13; findings F11 and F12).
+
+:func:`run` computes, for ``n_draws`` independent draws (draw ``d`` uses ``seed + d`` for its analysis images
+and for its probe shots, validation and test images):
+
+* **Block-wise CKA with the 100% model** (Fig 12): minibatch CKA between each block output of a model trained on
+  a fraction of the data and the same block of a model trained on all of it
+  (:func:`~vitcnn_utils.cka.block_heatmaps`, :func:`~vitcnn_utils.cka.matched_layer_cka`). The ViT has two
+  100% references: the long-schedule model (``vit``, more optimisation steps than the small-data models) and a
+  *matched-compute* model (``vit_matched``, trained for as many steps as the small-data models), so that a
+  difference between 3% and 100% can be told apart from a difference in training length.
+* **Linear probes on every block** (Fig 13): closed-form ridge probes (:func:`~vitcnn_utils.probes.spatial_probes`)
+  read through the same kind of readout for both architectures: the mean of the spatial tokens for the ViT and
+  the global average pool for the ResNet; the ViT's CLS token is probed beside it.
+
+Each draw is cached (:func:`vitcnn_utils.cache.cached`, the draw's seed in the key): CKA per draw and
+architecture, probes per draw and model.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .. import cache, cka, probes, zoo
+from .. import data as vdata
+from ..findings import fmt, pct
+from ..hooks import block_layers, middle_index, normalised_depth
+from ..models import load_named
+
+ARCHS = ("ViT", "ResNet")
+FULL, MATCHED = "100%", "100%, matched steps"      # labels of the long-schedule and matched-compute references
+SPATIAL, CLS = "spatial", "cls"                     # probe readouts: mean of spatial tokens / GAP, and CLS token
+F11_FIRST_BLOCK = 0.8    # F11's central criterion (vitcnn_utils.findings): first-block CKA of the least-data ViT
+
+
+@dataclass
+class DataScaleResult:
+    """Everything the chapter plots and reports. Per-draw values are tensors whose first axis is the draw.
+
+    Attributes:
+        n_draws, seeds: the draws and the seed of each (``seed + d``).
+        n_images: test images per draw for the CKA; shots, val_per_class, n_test, num_classes: the probes'.
+        model_names: arch -> label -> the model's name (labels: the fractions, least data first, then
+            :data:`FULL`, and for the ViT :data:`MATCHED` when a matched model is given).
+        fractions: arch -> the small-data labels, least data first.
+        layers: arch -> the CKA layers (layer 0 = embedding / stem, then the block outputs).
+        training: arch -> label -> :func:`vitcnn_utils.zoo.training_summary` entry.
+        steps: arch -> label -> optimisation steps (:func:`vitcnn_utils.zoo.optimisation_steps`; None for a
+            model outside the zoo).
+        cka: reference -> label -> float64 ``(draws, layers)``: the CKA of each layer with the same layer of the
+            reference, for references ``"vit_long"`` (the ViT's :data:`FULL`), ``"vit_matched"`` (its
+            :data:`MATCHED`; absent without a matched model) and ``"resnet"`` (the ResNet's :data:`FULL`).
+        probe: arch -> readout (:data:`SPATIAL`; :data:`CLS` for a ViT with a CLS token) -> label -> float64
+            ``(draws, blocks)`` test accuracy in [0, 1].
+        mid_index, mid_depth: arch -> the block nearest normalised depth 0.5 and its depth.
+        readout_names: arch -> readout -> words for the figures.
+    """
+    n_draws: int
+    seeds: list[int]
+    n_images: int
+    shots: int
+    val_per_class: int
+    n_test: int
+    num_classes: int
+    model_names: dict[str, dict[str, str]]
+    fractions: dict[str, list[str]]
+    layers: dict[str, list[str]]
+    training: dict[str, dict[str, dict]]
+    steps: dict[str, dict[str, int | None]]
+    cka: dict[str, dict[str, torch.Tensor]]
+    probe: dict[str, dict[str, dict[str, torch.Tensor]]]
+    mid_index: dict[str, int]
+    mid_depth: dict[str, float]
+    readout_names: dict[str, dict[str, str]]
+
+    # -- views the notebook uses ------------------------------------------------------------------------------
+    @property
+    def smallest(self) -> dict[str, str]:
+        return {arch: labels[0] for arch, labels in self.fractions.items()}
+
+    @property
+    def has_matched(self) -> bool:
+        return "vit_matched" in self.cka
+
+    @property
+    def chance(self) -> float:
+        return 1 / self.num_classes
+
+    def blocks(self, arch: str) -> list[str]:
+        """The block outputs (the CKA layers without layer 0)."""
+        return self.layers[arch][1:]
+
+    def cka_block(self, reference: str, label: str, which: str) -> list[float]:
+        """Per draw: CKA of ``label``'s ``which`` (``"first"`` / ``"last"``) block with the reference's."""
+        return self.cka[reference][label][:, 1 if which == "first" else -1].tolist()
+
+    def first_minus_last(self, reference: str, label: str) -> list[float]:
+        return [a - b for a, b in zip(self.cka_block(reference, label, "first"), self.cka_block(reference, label, "last"))]
+
+    def mid(self, arch: str, readout: str, label: str) -> list[float]:
+        """Per draw: the mid-network probe accuracy (in [0, 1])."""
+        return self.probe[arch][readout][label][:, self.mid_index[arch]].tolist()
+
+    def gain_points(self, arch: str, readout: str, reference: str = FULL) -> list[float]:
+        """Per draw: mid-network probe of ``reference`` minus the smallest-data model's, in points."""
+        small = self.smallest[arch]
+        return [100 * (a - b) for a, b in zip(self.mid(arch, readout, reference), self.mid(arch, readout, small))]
+
+    def vit_minus_resnet_points(self, readout: str = SPATIAL, reference: str = FULL) -> list[float]:
+        """Per draw: mid-network probe, ViT ``reference`` (read through ``readout``) minus ResNet 100% (GAP)."""
+        return [100 * (a - b) for a, b in zip(self.mid("ViT", readout, reference), self.mid("ResNet", SPATIAL, FULL))]
+
+    def describe(self, arch: str, label: str) -> str:
+        """Words for a model in legends and titles: "3% of the data (1,500 steps)", "100% of the data, 20 epochs
+        (9,380 steps)", "100% of the data, 3 epochs (1,407 steps: matched)"."""
+        steps, epochs = self.steps[arch].get(label), self.training[arch][label]["epochs"]
+        fraction = FULL if label == MATCHED else label
+        text = f"{fraction} of the data" if fraction.endswith("%") else fraction
+        if label in (FULL, MATCHED) and epochs is not None:
+            text += f", {epochs} epochs"
+        if steps is not None:
+            text += f" ({steps:,} steps{': matched' if label == MATCHED else ''})"
+        elif label == MATCHED:
+            text += " (matched steps)"
+        return text
+
+    def legend(self, arch: str) -> dict[str, str]:
+        return {label: self.describe(arch, label) for label in self.model_names[arch]}
+
+    def training_table(self) -> str:
+        """A Markdown table of the models: training images, epochs, optimisation steps, test accuracy (from the
+        zoo's manifest; "not in the zoo" for other models)."""
+        lines = ["| architecture | model | name | training images | epochs | steps | test accuracy |",
+                 "|---|---|---|---:|---:|---:|---:|"]
+        for arch, names in self.model_names.items():
+            for label, name in names.items():
+                t, steps = self.training[arch][label], self.steps[arch][label]
+                what = "100%, matched steps" if label == MATCHED else label
+                if t["test_accuracy"] is None:
+                    lines.append(f"| {arch} | {what} | `{name}` | – | – | – | not in the zoo |")
+                else:
+                    lines.append(f"| {arch} | {what} | `{name}` | {t['train_images']:,} | {t['epochs']} | "
+                                 f"{steps:,} | {100 * t['test_accuracy']:.2f}% |")
+        return "\n".join(lines)
+
+    # -- what the figures show --------------------------------------------------------------------------------
+    def cka_panels(self) -> list[dict]:
+        """Fig 12, one panel per 100% reference (the ViT's long-schedule and matched-steps models, the ResNet's):
+        ``{"layers", "curves" (label -> (draws, layers)), "title", "legend", "threshold"}``."""
+        refs = [("vit_long", "ViT", FULL)] + ([("vit_matched", "ViT", MATCHED)] if self.has_matched else []) \
+            + [("resnet", "ResNet", FULL)]
+        return [{"layers": self.layers[arch], "curves": self.cka[ref], "legend": self.legend(arch),
+                 "title": f"{arch}: CKA with the model trained on\n{self.describe(arch, label)}",
+                 "threshold": (F11_FIRST_BLOCK, f"F11: first block ≥ {F11_FIRST_BLOCK:g} (least data)")
+                 if arch == "ViT" else None}
+                for ref, arch, label in refs]
+
+    def probe_panels(self) -> list[dict]:
+        """Fig 13, one panel per architecture and readout: ``{"curves" (label -> (draws, blocks)), "title",
+        "legend", "mid_depth"}``."""
+        return [{"curves": per, "legend": self.legend(arch), "mid_depth": self.mid_depth[arch],
+                 "title": f"{arch}, {self.readout_names[arch][ro]}\n{self.shots}-shot linear probes, "
+                          f"{self.n_test} test images, {self.n_draws} draws"}
+                for arch, readouts in self.probe.items() for ro, per in readouts.items()]
+
+    # -- the chapter's "Measured" paragraphs ---------------------------------------------------------------
+    def _draws_note(self, what: str) -> str:
+        return (f"{self.n_draws} draws of {what}; a number reads mean ± SD over the draws (range, n)" if self.n_draws > 1
+                else f"1 draw of {what}")
+
+    def measured_cka(self) -> str:
+        """Fig 12 text: first- and last-block CKA of every smaller-data model with both 100% references."""
+        blocks = self.blocks("ViT")
+        refs = [("vit_long", FULL)] + ([("vit_matched", MATCHED)] if self.has_matched else [])
+        head = "| ViT trained on | " + " | ".join(
+            f"vs {self.describe('ViT', label)}: {blocks[0]} | {blocks[-1]}" for _, label in refs) + " |"
+        lines = [f"**Measured** ({self._draws_note(f'{self.n_images} test images')}). CKA of a block with the same "
+                 f"block of a ViT trained on all the data, first block ({blocks[0]}) and last block ({blocks[-1]}):",
+                 "", head, "|---|" + "---:|---:|" * len(refs)]
+        for label in self.fractions["ViT"]:
+            cells = [f"{fmt(self.cka_block(ref, label, w))}" for ref, _ in refs for w in ("first", "last")]
+            lines.append(f"| {label} of the data | " + " | ".join(cells) + " |")
+        small = self.smallest["ViT"]
+        lines.append("")
+        drops = "; ".join(f"against the {self.describe('ViT', label)} **{fmt(self.first_minus_last(ref, small))}**"
+                          for ref, label in refs)
+        lines.append(f"With the least data ({small}), first block minus last block: {drops}.")
+        if self.has_matched:
+            lines.append(f"The two 100% ViTs themselves (same data, {self.training['ViT'][FULL]['epochs']} against "
+                         f"{self.training['ViT'][MATCHED]['epochs']} epochs): CKA {fmt(self.cka_block('vit_long', MATCHED, 'first'))} "
+                         f"at the first block, {fmt(self.cka_block('vit_long', MATCHED, 'last'))} at the last — how far "
+                         "the training schedule alone moves the top block.")
+        rb = self.blocks("ResNet")
+        rsmall = self.smallest["ResNet"]
+        lines.append(f"ResNet against its {self.describe('ResNet', FULL)}: trained on {rsmall}, "
+                     f"{fmt(self.cka_block('resnet', rsmall, 'first'))} at {rb[0]} and "
+                     f"{fmt(self.cka_block('resnet', rsmall, 'last'))} at {rb[-1]}.")
+        lines.append("\nA seed-to-seed baseline — the same CKA between two 100% ViTs that differ only in their "
+                     "training seed — is **not measured yet** (second seeds were not trained), so how much of a "
+                     "last-block gap would also appear between two identically trained models is unknown. The paper: "
+                     "the lower blocks are already similar to the full-data model with 3–10% of the data while the "
+                     "higher blocks need much more data.")
+        return "\n".join(lines)
+
+    def measured_probes(self) -> str:
+        """Fig 13 text: mid-network probe accuracies, the gains from more data, and ViT against ResNet."""
+        has_cls = CLS in self.probe["ViT"]
+        vb, rb = self.blocks("ViT"), self.blocks("ResNet")
+        cols = [("ViT", SPATIAL)] + ([("ViT", CLS)] if has_cls else []) + [("ResNet", SPATIAL)]
+        head = "| training data | " + " | ".join(f"{arch}, {self.readout_names[arch][ro]}" for arch, ro in cols) + " |"
+        lines = [f"**Measured** ({self.shots}-shot probes; {self._draws_note('probe shots and test images')}). "
+                 f"Mid-network block (nearest normalised depth 0.5): ViT {vb[self.mid_index['ViT']]} (depth "
+                 f"{self.mid_depth['ViT']:.2f}), ResNet {rb[self.mid_index['ResNet']]} (depth "
+                 f"{self.mid_depth['ResNet']:.2f}); test accuracy:", "", head, "|---|" + "---:|" * len(cols)]
+        for label in dict.fromkeys([*self.model_names["ViT"], *self.model_names["ResNet"]]):
+            cells = [pct(self.mid(arch, ro, label)) if label in self.probe[arch][ro] else "–" for arch, ro in cols]
+            lines.append(f"| {label}{' (ViT only)' if label == MATCHED else ''} | " + " | ".join(cells) + " |")
+        steps = {arch: ", ".join(f"{lb} {s:,}" for lb, s in self.steps[arch].items() if s is not None)
+                 for arch in ARCHS}
+        if all(steps.values()):
+            lines += ["", f"Optimisation steps: ViT {steps['ViT']}; ResNet {steps['ResNet']}."]
+        small = self.smallest["ViT"]
+        pts = dict(digits=1, unit=" points")
+        gains = [f"ViT ({self.readout_names['ViT'][SPATIAL]}) **{fmt(self.gain_points('ViT', SPATIAL), **pts)}** "
+                 "against the long-schedule model"]
+        if self.has_matched:
+            gains.append(f"**{fmt(self.gain_points('ViT', SPATIAL, MATCHED), **pts)}** against the matched-steps model")
+        if has_cls:
+            gains.append(f"through the CLS token {fmt(self.gain_points('ViT', CLS), **pts)} (long)"
+                         + (f", {fmt(self.gain_points('ViT', CLS, MATCHED), **pts)} (matched)" if self.has_matched else ""))
+        gains.append(f"ResNet {fmt(self.gain_points('ResNet', SPATIAL), **pts)}")
+        same = self.vit_minus_resnet_points(SPATIAL)
+        above = sum(x > 0 for x in same)
+        lines += ["", f"Trained on 100% rather than {small} of the data, the mid-network probe gains: "
+                  + "; ".join(gains) + ".",
+                  f"ViT minus ResNet at 100% of the data, mid-network, through the same readout (mean of the ViT's "
+                  f"spatial tokens against the ResNet's global average pool): **{fmt(same, **pts)}** (ViT above in "
+                  f"{above} of {len(same)} draws)"
+                  + (f"; through the ViT's CLS token {fmt(self.vit_minus_resnet_points(CLS), **pts)}" if has_cls else "")
+                  + (f"; the matched-steps ViT {fmt(self.vit_minus_resnet_points(SPATIAL, MATCHED), **pts)}"
+                     if self.has_matched else "") + ".",
+                  "\nThe paper: more pretraining data makes the intermediate layers much stronger (about 30 points "
+                  "mid-network), and large ViTs have stronger intermediate representations than ResNets."]
+        return "\n".join(lines)
+
+    def _cka_record(self, reference: str) -> dict:
+        labels = self.fractions["ResNet" if reference == "resnet" else "ViT"]
+        return {"cka_first_block": {lb: self.cka_block(reference, lb, "first") for lb in labels},
+                "cka_last_block": {lb: self.cka_block(reference, lb, "last") for lb in labels},
+                "cka_input": {lb: self.cka[reference][lb][:, 0].tolist() for lb in labels},
+                "cka_per_block": {lb: self.cka[reference][lb][:, 1:].tolist() for lb in labels}}
+
+    def to_record(self) -> dict:
+        """The numbers :func:`vitcnn_utils.findings.record` stores for the conclusion (see the results schema)."""
+        vit_steps, has_cls = self.steps["ViT"], CLS in self.probe["ViT"]
+        rec = {
+            "n_draws": self.n_draws, "seeds": self.seeds, "n_images": self.n_images, "shots": self.shots,
+            "val_per_class": self.val_per_class, "n_test": self.n_test, "num_classes": self.num_classes,
+            "smallest_fraction": self.smallest, "models": self.model_names,
+            "reference": {"long": self.model_names["ViT"][FULL], "matched": self.model_names["ViT"].get(MATCHED),
+                          "long_steps": vit_steps[FULL], "matched_steps": vit_steps.get(MATCHED),
+                          "small_steps": {lb: vit_steps[lb] for lb in self.fractions["ViT"]}},
+            "steps": self.steps, "training": self.training,
+            "vit_long": self._cka_record("vit_long"),
+            "vit_matched": self._cka_record("vit_matched") if self.has_matched else None,
+            "resnet": self._cka_record("resnet"),
+            "cka_long_vs_matched": ({"cka_first_block": self.cka_block("vit_long", MATCHED, "first"),
+                                     "cka_last_block": self.cka_block("vit_long", MATCHED, "last")}
+                                    if self.has_matched else None),
+            "seed_baseline": None,
+            "layers": self.layers, "mid_index": self.mid_index, "mid_depth": self.mid_depth,
+            "probe_readout": {"vit": "mean of spatial tokens", "vit_cls": "CLS token" if has_cls else None,
+                              "resnet": "global average pool"},
+            "probe_per_block": {arch.lower(): {ro: {lb: v.tolist() for lb, v in per.items()} for ro, per in r.items()}
+                                for arch, r in self.probe.items()},
+            "probe_mid": {arch.lower(): {ro: {lb: self.mid(arch, ro, lb) for lb in per} for ro, per in r.items()}
+                          for arch, r in self.probe.items()},
+            "probe_mid_gain_points_long": {"vit": self.gain_points("ViT", SPATIAL),
+                                           "resnet": self.gain_points("ResNet", SPATIAL)},
+            "probe_mid_gain_points_matched": ({"vit": self.gain_points("ViT", SPATIAL, MATCHED)}
+                                              if self.has_matched else None),
+            "probe_mid_gain_points_long_cls": {"vit": self.gain_points("ViT", CLS)} if has_cls else None,
+            "probe_mid_gain_points_matched_cls": ({"vit": self.gain_points("ViT", CLS, MATCHED)}
+                                                  if has_cls and self.has_matched else None),
+            "probe_mid_vit_minus_resnet_points": self.vit_minus_resnet_points(SPATIAL),
+            "probe_mid_vit_minus_resnet_points_cls": self.vit_minus_resnet_points(CLS) if has_cls else None,
+            "probe_mid_vit_matched_minus_resnet_points": (self.vit_minus_resnet_points(SPATIAL, MATCHED)
+                                                          if self.has_matched else None),
+        }
+        return rec
+
+
+def _model(name_or_model, label, weights, pretrained, device):
+    if isinstance(name_or_model, torch.nn.Module):
+        return name_or_model, label
+    return load_named(name_or_model, weights=weights, pretrained=pretrained, device=device), name_or_model
+
+
+def _steps(model) -> int | None:
+    entry = getattr(model, "zoo_entry", None)
+    return zoo.optimisation_steps(entry) if entry else None
+
+
+def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet",
+        vit_fractions: Mapping | None = None, resnet_fractions: Mapping | None = None,
+        weights: Mapping[str, str] | None = None, pretrained: bool = False, data: str = "fashion-mnist",
+        data_dir: str | None = None, image_size: int | None = None, n_images: int = 1000, batch_size: int = 250,
+        shots: int = 10, val_per_class: int = 50, n_test: int = 1000, device: str = "cpu", seed: int = 0,
+        n_draws: int = 5, use_cache: bool = True) -> DataScaleResult:
+    """Compute the chapter: the notebook's parameters in, a :class:`DataScaleResult` out.
+
+    Models are :func:`~vitcnn_utils.models.load_named` names or models: ``vit`` and ``resnet`` trained on all the
+    data (the long-schedule references), ``vit_matched`` the ViT trained on all the data for the small-data
+    models' number of steps (``None``: no matched reference), and ``{label: model}`` fractions, least data first
+    (default: the zoo's 3%, 10% and 30% models).
+    """
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    vit_fractions = dict(vit_fractions or {"3%": "zoo:vit-cls-f03", "10%": "zoo:vit-cls-f10", "30%": "zoo:vit-cls-f30"})
+    resnet_fractions = dict(resnet_fractions or {"3%": "zoo:resnet-f03", "10%": "zoo:resnet-f10",
+                                                 "30%": "zoo:resnet-f30"})
+    if not vit_fractions or not resnet_fractions or {FULL, MATCHED} & (set(vit_fractions) | set(resnet_fractions)):
+        raise ValueError(f"fractions need at least one label each, none of them {FULL!r} or {MATCHED!r}")
+    specs = {"ViT": {**vit_fractions, FULL: vit, **({MATCHED: vit_matched} if vit_matched is not None else {})},
+             "ResNet": {**resnet_fractions, FULL: resnet}}
+    models, names, prints = {}, {}, {}
+    for arch, group in specs.items():
+        models[arch], names[arch], prints[arch] = {}, {}, {}
+        for label, spec in group.items():
+            m, name = _model(spec, f"{arch} {label}", weights, pretrained, device)
+            models[arch][label], names[arch][label] = m, name
+            prints[arch][label] = cache.model_fingerprint(m, name)
+    num_classes = None              # the data's classes, from the probes' images (a timm head has ImageNet-1k's 1,000)
+    has_cls = getattr(models["ViT"][FULL], "num_prefix_tokens", 0) > 0
+    readouts = {"ViT": {SPATIAL: "gap_spatial" if has_cls else "gap", **({CLS: "first"} if has_cls else {})},
+                "ResNet": {SPATIAL: "gap"}}
+    seeds = [seed + d for d in range(n_draws)]
+
+    heat = {"vit_long": {}, "vit_matched": {}, "resnet": {}}
+    acc = {arch: {ro: {label: [] for label in models[arch]} for ro in readouts[arch]} for arch in ARCHS}
+    layers = {}
+    for s in seeds:
+        batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
+        fit, val, test = vdata.probe_batches(data, shots, val_per_class, n_test, batch_size, seed=s,
+                                             data_dir=data_dir, image_size=image_size)
+        num_classes = num_classes or probes.count_classes(fit)
+        base = {"data": data, "seed": s, "image_size": image_size, "batch": batch_size}
+        for arch, group in models.items():
+            h = cache.cached("data-scale-cka", {**base, "n": n_images, "models": list(prints[arch].values())},
+                             lambda group=group: cka.block_heatmaps(group, batches, device=device, progress=False),
+                             use_cache)
+            layers[arch] = h.names[FULL]
+            refs = ({"vit_long": FULL, **({"vit_matched": MATCHED} if MATCHED in group else {})} if arch == "ViT"
+                    else {"resnet": FULL})
+            for ref, label in refs.items():
+                for other, values in cka.matched_layer_cka(h, label).items():
+                    heat[ref].setdefault(other, []).append(values.double())
+            aggs = tuple(readouts[arch].values())
+            for label, model in group.items():
+                result = cache.cached(
+                    "data-scale-block-probes", {**base, "shots": shots, "val": val_per_class, "n_test": n_test,
+                                                "aggregations": list(aggs), "model": prints[arch][label]},
+                    lambda model=model, aggs=aggs: probes.spatial_probes(model, fit, val, test, num_classes=num_classes,
+                                                                         device=device, aggregations=aggs),
+                    use_cache)
+                for ro, agg in readouts[arch].items():
+                    acc[arch][ro][label].append(result.accuracy[agg][:, 0].double())
+    if not heat["vit_matched"]:
+        del heat["vit_matched"]
+    n_blocks = {arch: len(layers[arch]) - 1 for arch in ARCHS}
+    mid = {arch: middle_index(n) for arch, n in n_blocks.items()}
+    words = {SPATIAL: "mean of spatial tokens" if has_cls else "mean of all tokens", CLS: "CLS token"}
+    return DataScaleResult(
+        n_draws=n_draws, seeds=seeds, n_images=n_images, shots=shots, val_per_class=val_per_class, n_test=n_test,
+        num_classes=num_classes, model_names=names,
+        fractions={"ViT": list(vit_fractions), "ResNet": list(resnet_fractions)}, layers=layers,
+        training={arch: zoo.training_summary(group) for arch, group in models.items()},
+        steps={arch: {label: _steps(m) for label, m in group.items()} for arch, group in models.items()},
+        cka={ref: {label: torch.stack(v) for label, v in per.items()} for ref, per in heat.items()},
+        probe={arch: {ro: {label: torch.stack(v) for label, v in per.items()} for ro, per in r.items()}
+               for arch, r in acc.items()},
+        mid_index=mid, mid_depth={arch: normalised_depth(n_blocks[arch])[mid[arch]].item() for arch in ARCHS},
+        readout_names={"ViT": {ro: words[ro] for ro in readouts["ViT"]}, "ResNet": {SPATIAL: "global average pool"}})

@@ -1,0 +1,504 @@
+"""Chapter "local_global" (paper section 4, Figs 3–6, findings F3–F6) and the recipe ablation of issue 14.
+
+:func:`run` measures everything the chapter plots and reports on ``n_draws`` independent draws of images and
+returns a :class:`LocalGlobal`:
+
+* mean attention distance of every head of every block (Figs 3–4) of the all-data ViT and the small-data ViT;
+* CKA between single block-0 heads and the ResNet's lower layers (Fig 5), and its rank correlation with the
+  heads' distances;
+* effective receptive fields (Fig 6) and their half-mass radii, beside the radius of a uniform field;
+* the recipe ablation (:func:`read_ablation`): what ``python -m vitcnn_utils.zoo.ablation`` has measured so far.
+
+Draw ``d`` uses the test images chosen with ``seed + d`` (:func:`vitcnn_utils.data.analysis_batches`); the
+receptive-field images of draw ``d`` are chosen with ``seed + ERF_SEED_OFFSET + d``, a separate range. Every
+draw's measurement is cached (:func:`vitcnn_utils.cache.cached`; the seed is in the key).
+:meth:`LocalGlobal.to_record` is what the chapter records for :mod:`vitcnn_utils.findings` (see its SCHEMA),
+and the ``measured_*`` methods write the chapter's "Measured" paragraphs from the numbers.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache as _memo
+from pathlib import Path
+
+import torch
+
+from .. import attention, cache, localisation
+from .. import data as vdata
+from ..models import load_named
+
+ERF_SEED_OFFSET = 1000          # receptive-field images of draw d: seed + ERF_SEED_OFFSET + d
+ACCURACY_FLOOR = 0.88           # issue 14: a recipe is adopted only if it keeps this test accuracy
+ZOO_VIT = "vit-cls"             # the zoo model the ablation's variants are compared with
+
+
+def _thresholds() -> tuple[float, float]:
+    from .. import findings
+    return findings.LOCAL_HEAD, findings.GLOBAL_HEAD
+
+
+def _fmt(values, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+    from .. import findings
+    return findings.fmt(values, digits, scale, unit)
+
+
+def _counts(values: Sequence[int]) -> str:
+    """Integer counts over draws: ``"0 in all 5 draws"`` or ``"1–3 over 5 draws"``."""
+    values = [int(v) for v in values]
+    lo, hi = min(values), max(values)
+    return f"{lo} in all {len(values)} draws" if lo == hi else f"{lo}–{hi} over {len(values)} draws"
+
+
+def _mean(values) -> float:
+    return statistics.fmean(float(v) for v in values)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recipe ablation (issue 14), read from vitcnn_utils/zoo/recipe_ablation.json
+
+_CHANGE_TEXT = {"cutmix": "CutMix (α = {})", "mixup": "MixUp (α = {})", "crop_scale": "random resized crops (area ≥ {})",
+                "num_heads": "{} heads", "patch_size": "{}-px patches", "embed_dim": "width {}",
+                "depth": "{} blocks", "shift": "shifts of ≤ {} px", "flip": "flips {}", "label_smoothing":
+                "label smoothing {}", "lr": "learning rate {}", "weight_decay": "weight decay {}",
+                "batch_size": "batch {}", "precision": "{}"}
+
+
+@dataclass(frozen=True)
+class AblationVariant:
+    """One measured recipe of the ablation: a CLS ViT trained on all 60,000 images for ``epochs`` epochs
+    (seed 0), and its head distances on ``len(distances_px)`` draws of test images."""
+    recipe: str                      # the variant's name in vitcnn_utils.zoo.ablation.VARIANTS
+    change: str                      # what differs from the zoo ViT's recipe, in words
+    epochs: int
+    test_accuracy: float             # fraction, one training run
+    uniform_distance_px: float       # of this variant's patch grid
+    distances_px: list               # [draw][block][head], pixels
+    train_seconds: float | None = None
+    n_images: int | None = None      # test images per draw
+
+    @property
+    def local_heads_per_block(self) -> list[list[int]]:
+        """``[draw][block]``: heads below ``findings.LOCAL_HEAD`` × the uniform distance."""
+        local, _ = _thresholds()
+        limit = local * self.uniform_distance_px
+        return [[sum(h < limit for h in block) for block in draw] for draw in self.distances_px]
+
+    @property
+    def local_heads_block0(self) -> int:
+        """Local heads of block 0 in the draw with the fewest (a count that holds in every draw)."""
+        return min(draw[0] for draw in self.local_heads_per_block)
+
+    @property
+    def block0_distances_px(self) -> list[float]:
+        """Each block-0 head's distance, mean over draws (head order)."""
+        return [_mean(draw[0][h] for draw in self.distances_px) for h in range(len(self.distances_px[0][0]))]
+
+    @property
+    def block0_normalised(self) -> list[list[float]]:
+        """``[draw][head]``: block-0 head distances ÷ the uniform-attention distance."""
+        return [[h / self.uniform_distance_px for h in draw[0]] for draw in self.distances_px]
+
+    def to_record(self) -> dict:
+        return {"recipe": self.recipe, "change": self.change, "epochs": self.epochs,
+                "test_accuracy": self.test_accuracy, "block0_distances_px": self.block0_distances_px,
+                "uniform_distance_px": self.uniform_distance_px, "local_heads_block0": self.local_heads_block0,
+                "local_heads_per_block": self.local_heads_per_block, "distances_px": self.distances_px,
+                "train_seconds": self.train_seconds, "n_images": self.n_images}
+
+
+@dataclass(frozen=True)
+class RecipeAblation:
+    """The ablation as far as it has run: measured variants (in the ablation's order), and the variants it
+    names that are not measured yet (``pending``, never filled in)."""
+    variants: tuple[AblationVariant, ...]
+    pending: tuple[str, ...]
+    epochs: int                      # epochs per variant (vitcnn_utils.zoo.ablation.EPOCHS)
+    source: str                      # the JSON file read
+
+    def qualifying(self, floor: float = ACCURACY_FLOOR) -> list[AblationVariant]:
+        """Variants whose block 0 has a local head in every draw at a test accuracy of at least ``floor``."""
+        return [v for v in self.variants if v.local_heads_block0 >= 1 and v.test_accuracy >= floor]
+
+    def to_record(self) -> list[dict]:
+        return [v.to_record() for v in self.variants]
+
+
+def _change(arch: dict, recipe: dict, base_arch: dict, base_recipe: dict) -> str:
+    diffs = [(k, v) for k, v in arch.items() if base_arch.get(k) != v]
+    diffs += [(k, v) for k, v in recipe.items() if k != "epochs" and base_recipe.get(k) != v]
+    diffs += [(k, "off") for k in base_recipe if k != "epochs" and k not in recipe]
+    if not diffs:
+        return "none (the zoo ViT's recipe)"
+    keys = dict(diffs)
+    text = []
+    for k, v in diffs:
+        if k == "num_heads":
+            text.append(f"{v} heads of width {arch.get('embed_dim', base_arch['embed_dim']) // v}")
+        elif k == "patch_size":
+            grid = arch.get("img_size", 28) // v
+            text.append(f"{v}-px patches ({grid}×{grid} grid)")
+        elif k == "embed_dim" and "num_heads" in keys:
+            continue                                        # said with the heads' width
+        else:
+            text.append(_CHANGE_TEXT.get(k, k + " {}").format(v))
+    return ", ".join(text)
+
+
+def read_ablation(path: str | Path | None = None) -> RecipeAblation:
+    """The recipe ablation recorded in ``path`` (default ``vitcnn_utils/zoo/recipe_ablation.json``): every
+    measured variant, in the order of :data:`vitcnn_utils.zoo.ablation.VARIANTS` (unknown names after them),
+    and the variants not measured yet. A missing file means nothing is measured yet."""
+    from ..zoo import ablation
+    path = Path(path) if path is not None else ablation.RESULTS
+    entries = json.loads(path.read_text()) if path.is_file() else {}
+    base_arch, base_recipe = ablation.VARIANTS["baseline"][0], ablation.VARIANTS["baseline"][1].to_dict()
+    order = [n for n in ablation.VARIANTS if n in entries] + sorted(n for n in entries if n not in ablation.VARIANTS)
+    variants = []
+    for name in order:
+        e = entries[name]
+        variants.append(AblationVariant(
+            recipe=name, change=_change(e.get("arch", base_arch), e.get("recipe", base_recipe), base_arch, base_recipe),
+            epochs=int(e["epochs"]), test_accuracy=float(e["test_accuracy"]),
+            uniform_distance_px=float(e["uniform_distance_px"]), distances_px=e["distances_px"],
+            train_seconds=e.get("train_seconds"), n_images=e.get("n_images")))
+    pending = tuple(n for n in ablation.VARIANTS if n not in entries)
+    return RecipeAblation(tuple(variants), pending, ablation.EPOCHS, str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The chapter's result
+
+@dataclass(frozen=True)
+class LocalGlobal:
+    """Everything the local/global chapter plots and reports. Lists ``[d]`` run over the ``n_draws`` draws."""
+    n_draws: int
+    n_images: int                          # analysis images per draw
+    n_erf_images: int                      # receptive-field images per draw
+    seeds: list[int]                       # analysis-image seed of each draw
+    erf_seeds: list[int]                   # receptive-field-image seed of each draw
+    models: dict[str, str]                 # {"vit", "vit_small_data", "resnet"}: names as loaded
+    data_labels: dict[str, str]            # {"all data", "less data"}: "all the data (60,000 images)", "3% of ..."
+    test_accuracy: dict[str, float | None]  # zoo test accuracy of each of models (None outside the zoo)
+    epochs: dict[str, int | None]          # zoo training epochs of each of models
+    patch_px: int
+    image_px: int
+    uniform_distance: float                # px, mean distance of uniform attention over the patch grid
+    distances_all_data: list               # [d][block][head], px
+    distances_less_data: list              # [d][block][head], px
+    resnet_low_layers: list[str]
+    head_distance: list                    # [d][head]: block-0 head distances (px) in the Fig 5 run
+    head_cka: list                         # [d][head][layer]: CKA of each block-0 head with resnet_low_layers
+    head_subset_rank_correlation: list     # [d]: Spearman ρ of head distance vs its mean CKA over the layers
+    vit_erf_layers: list[str]
+    resnet_erf_layers: list[str]
+    erf_maps: dict[str, torch.Tensor] = field(repr=False)   # "ViT blocks.0" -> (H, W), mean over draws, max 1
+    erf_radius: dict[str, list] = field(default_factory=dict)  # "ViT blocks.0" -> [d] half-mass radius, px
+    uniform_erf_radius: float = float("nan")   # half-mass radius of a uniform field over the image, px
+    ablation: RecipeAblation | None = None
+
+    # -- derived numbers ----------------------------------------------------------------------------------
+    def distances(self, which: str) -> list:
+        """``[d][block][head]`` for ``which`` = ``"all data"`` or ``"less data"``."""
+        return {"all data": self.distances_all_data, "less data": self.distances_less_data}[which]
+
+    def local_heads(self, which: str = "all data") -> list[list[int]]:
+        """``[d][block]``: heads below ``findings.LOCAL_HEAD`` × the uniform distance."""
+        local, _ = _thresholds()
+        return [[sum(h < local * self.uniform_distance for h in b) for b in draw] for draw in self.distances(which)]
+
+    def global_heads(self, which: str = "all data") -> list[list[int]]:
+        """``[d][block]``: heads above ``findings.GLOBAL_HEAD`` × the uniform distance."""
+        _, glob = _thresholds()
+        return [[sum(h > glob * self.uniform_distance for h in b) for b in draw] for draw in self.distances(which)]
+
+    def block_extremes(self, which: str, block: int) -> tuple[list[float], list[float]]:
+        """Per draw, the smallest and the largest head distance (px) of ``block``."""
+        draws = self.distances(which)
+        return [min(d[block]) for d in draws], [max(d[block]) for d in draws]
+
+    def to_record(self) -> dict:
+        """The chapter's record for :func:`vitcnn_utils.findings.record` (fields of the results SCHEMA, plus
+        what the figures need)."""
+        return {"n_draws": self.n_draws, "n_images": self.n_images, "n_erf_images": self.n_erf_images,
+                "seeds": self.seeds, "erf_seeds": self.erf_seeds, "models": self.models,
+                "image_px": self.image_px, "patch_px": self.patch_px,
+                "uniform_distance": self.uniform_distance,
+                "distances_all_data": self.distances_all_data, "distances_less_data": self.distances_less_data,
+                "local_heads_all_data": self.local_heads("all data"),
+                "local_heads_less_data": self.local_heads("less data"),
+                "head_subset_rank_correlation": self.head_subset_rank_correlation,
+                "head_distance": self.head_distance, "head_cka": self.head_cka,
+                "resnet_low_layers": self.resnet_low_layers,
+                "erf_radius": self.erf_radius, "uniform_erf_radius": self.uniform_erf_radius,
+                "vit_erf_layers": self.vit_erf_layers, "resnet_erf_layers": self.resnet_erf_layers,
+                "recipe_ablation": self.ablation.to_record() if self.ablation else [],
+                "recipe_ablation_pending": list(self.ablation.pending) if self.ablation else []}
+
+    # -- the chapter's "Measured" paragraphs ---------------------------------------------------------------
+    def measured_distances(self) -> str:
+        """Fig 3–4 text: head distances of both ViTs, local heads, and the reference distances."""
+        local, glob = _thresholds()
+        u = self.uniform_distance
+        lines = [f"**Measured** (pixels on the {self.image_px}-px input; each draw averages {self.n_images} test "
+                 f"images, {self.n_draws} draws; a number reads mean ± SD over draws (min–max, n)). Uniform "
+                 f"attention over the whole patch grid gives **{u:.2f} px**; a head counts as local below "
+                 f"{local}× that ({local * u:.2f} px) and as global above {glob}× ({glob * u:.2f} px)."]
+        for which in ("all data", "less data"):
+            lo0, hi0 = self.block_extremes(which, 0)
+            lo, hi = self.block_extremes(which, -1)
+            local_counts = self.local_heads(which)
+            lines.append(
+                f"- ViT trained on {self.data_labels[which]}: block-0 heads from **{_fmt(lo0)}** to "
+                f"**{_fmt(hi0)}** px, i.e. {_fmt([x / u for x in lo0])} to {_fmt([x / u for x in hi0])}× the "
+                f"uniform distance; last block from {_fmt(lo)} to {_fmt(hi)} px. Local heads in block 0: "
+                f"{_counts([d[0] for d in local_counts])}; in the whole network: "
+                f"{_counts([sum(d) for d in local_counts])}.")
+        ratio = [a / b for a, b in zip(self.block_extremes("all data", 0)[0], self.block_extremes("less data", 0)[0])]
+        sd = [statistics.stdev(vals) for which in ("all data", "less data") for vals in _per_head(self.distances(which))]
+        lines.append(f"- The most local block-0 head of the ViT trained on {self.data_labels['all data'].split(' (')[0]} "
+                     f"looks {_fmt(ratio)}× as far as that of the ViT trained on "
+                     f"{self.data_labels['less data'].split(' (')[0]}. Between draws a head's distance varies by at "
+                     f"most {max(sd):.2f} px (SD; the error bars).")
+        return "\n".join(lines)
+
+    def measured_head_cka(self) -> str:
+        """Fig 5 text: rank correlation of head distance and CKA, with the range of distances it rests on."""
+        heads = len(self.head_distance[0])
+        span = [max(d) - min(d) for d in self.head_distance]
+        mean_cka = [[_mean(layers) for layers in draw] for draw in self.head_cka]
+        return (f"**Measured.** Spearman rank correlation between a block-0 head's mean attention distance and its "
+                f"mean CKA with these ResNet layers: **{_fmt(self.head_subset_rank_correlation)}** over {heads} heads "
+                f"(the paper: CKA falls as distance grows, i.e. negative). The {heads} heads' distances span only "
+                f"{_fmt(span, 2)} px within a draw ({_fmt([s / self.uniform_distance for s in span])}× the uniform "
+                f"distance), and their mean CKA with these layers runs from {_fmt([min(d) for d in mean_cka])} to "
+                f"{_fmt([max(d) for d in mean_cka])}: with {heads} heads this close together, the correlation says "
+                f"little about local against global heads.")
+
+    def measured_erf(self) -> str:
+        """Fig 6 text: half-mass radii of the receptive fields, with the uniform field's radius."""
+        parts = [f"{name} {_fmt(r, 1)}" for name, r in self.erf_radius.items()]
+        return (f"**Measured** (radius around the centre holding half of the gradient mass, px; {self.n_erf_images} "
+                f"images per draw, {self.n_draws} draws): " + "; ".join(parts) + ". For reference, a *uniform* "
+                f"field (the same gradient at every pixel of the {self.image_px}×{self.image_px} image) has a "
+                f"half-mass radius of **{self.uniform_erf_radius:.1f} px** (dashed circle): a radius near it means "
+                f"the centre position draws on the whole image.")
+
+    # -- the recipe ablation -------------------------------------------------------------------------------
+    def zoo_reference(self) -> dict | None:
+        """The shipped all-data ViT as a row beside the ablation (its own epochs and this chapter's draws)."""
+        if self.test_accuracy.get("vit") is None:
+            return None
+        u = self.uniform_distance
+        return {"label": f"zoo `{self.models['vit'].removeprefix('zoo:')}` (shipped)",
+                "epochs": self.epochs.get("vit"), "test_accuracy": self.test_accuracy["vit"],
+                "block0_distances_px": [_mean(v) for v in _per_head(self.distances_all_data, 0)],
+                "block0_normalised": [[h / u for h in d[0]] for d in self.distances_all_data],
+                "local_heads_per_block": self.local_heads("all data"), "uniform_distance_px": u}
+
+    def ablation_columns(self) -> list[tuple[str, list | None]]:
+        """Figure columns: ``(label, [draw][head] block-0 distance ÷ uniform)`` per variant, the zoo ViT
+        last, ``None`` for variants not measured yet."""
+        cols = [(f"{v.recipe}\n{v.epochs} ep.", v.block0_normalised) for v in self.ablation.variants]
+        cols += [(f"{name}\n(not yet\nmeasured)", None) for name in self.ablation.pending]
+        ref = self.zoo_reference()
+        if ref is not None:
+            cols.append((f"zoo {self.models['vit'].removeprefix('zoo:')}\n{ref['epochs']} ep.", ref["block0_normalised"]))
+        return cols
+
+    def ablation_table(self) -> str:
+        """The ablation as a Markdown table (variants not measured yet say so)."""
+        head = ("| recipe | change from the zoo ViT | epochs | test accuracy | block-0 head distances (px, sorted) | "
+                "÷ uniform | local heads per block, 0 → last (min–max over draws) |")
+        lines = [head, "|---|---|---:|---:|---|---|---|"]
+
+        def row(name, change, epochs, acc, dist, u, local):
+            dist = sorted(dist)
+            per_block = [[d[b] for d in local] for b in range(len(local[0]))]
+            counts = " · ".join(f"{min(c)}" if min(c) == max(c) else f"{min(c)}–{max(c)}" for c in per_block)
+            return (f"| {name} | {change} | {epochs} | {100 * acc:.2f}% | {', '.join(f'{x:.1f}' for x in dist)} | "
+                    f"{', '.join(f'{x / u:.2f}' for x in dist)} | {counts} |")
+        for v in self.ablation.variants:
+            lines.append(row(f"`{v.recipe}`", v.change, v.epochs, v.test_accuracy, v.block0_distances_px,
+                             v.uniform_distance_px, v.local_heads_per_block))
+        for name in self.ablation.pending:
+            lines.append(f"| `{name}` | {_pending_change(name)} | {self.ablation.epochs} | not yet measured | – | – | – |")
+        ref = self.zoo_reference()
+        if ref is not None:
+            lines.append(row(ref["label"], "none (reference: the full schedule)", ref["epochs"], ref["test_accuracy"],
+                             ref["block0_distances_px"], ref["uniform_distance_px"], ref["local_heads_per_block"]))
+        return "\n".join(lines)
+
+    def ablation_text(self, floor: float = ACCURACY_FLOOR) -> str:
+        """What the ablation shows, from its numbers: the variant that gives block 0 local heads at ≥ ``floor``
+        accuracy, or, plainly, that none does and F3–F5 are untestable at this scale with these recipes."""
+        ab = self.ablation
+        local, _ = _thresholds()
+        zoo_epochs = self.epochs.get("vit")
+        pending = ", ".join(f"`{n}`" for n in ab.pending)
+        if not ab.variants:
+            return (f"**Not measured yet.** No variant of the ablation has finished ({pending} pending); run "
+                    f"`python -m vitcnn_utils.zoo.ablation` and rebuild this chapter. Until then F3–F5 rest on the "
+                    f"zoo ViT alone.")
+        lines = [f"**Measured.** {len(ab.variants)} of {len(ab.variants) + len(ab.pending)} recipes measured"
+                 + (f" ({pending} not yet)" if ab.pending else "") + f". Each variant trains {ab.epochs} epochs on all "
+                 f"60,000 training images (one training run, seed 0, so the accuracies have no spread over training "
+                 f"seeds); the zoo ViT trains {zoo_epochs if zoo_epochs is not None else 'its own number of'} epochs, "
+                 f"so the accuracies here are those of a shorter schedule"]
+        base = next((v for v in ab.variants if v.recipe == "baseline"), None)
+        if base is not None and self.test_accuracy.get("vit") is not None:
+            lines[-1] += (f" (the zoo's own recipe reaches {100 * base.test_accuracy:.2f}% after {base.epochs} epochs "
+                          f"and {100 * self.test_accuracy['vit']:.2f}% after {zoo_epochs})")
+        lines[-1] += (f". Head distances are means over {ab.variants[0].n_images or '?'} test images per draw, "
+                      f"{len(ab.variants[0].distances_px)} draws.")
+        most = min(ab.variants, key=lambda v: min(_mean(col) for col in zip(*v.block0_normalised)))
+        lines.append(f"The most local block-0 head of any variant is in `{most.recipe}`, at "
+                     f"{_fmt([min(d) for d in most.block0_normalised])}× the uniform distance (local: below {local}×).")
+        good = ab.qualifying(floor)
+        low_acc = [v for v in ab.variants if v.local_heads_block0 >= 1 and v.test_accuracy < floor]
+        for v in low_acc:
+            lines.append(f"`{v.recipe}` gives block 0 {v.local_heads_block0} local head(s) in every draw, but reaches "
+                         f"only {100 * v.test_accuracy:.2f}% test accuracy after {v.epochs} epochs, below the "
+                         f"{100 * floor:.0f}% floor; whether it clears the floor with the zoo's {zoo_epochs} epochs is "
+                         f"not measured.")
+        if good:
+            best = max(good, key=lambda v: (v.local_heads_block0, v.test_accuracy))
+            lines.append(f"**`{best.recipe}` ({best.change}) gives the full-data ViT local heads in block 0** "
+                         f"({best.local_heads_block0} in every draw) at {100 * best.test_accuracy:.2f}% test accuracy "
+                         f"(≥ {100 * floor:.0f}%): it is the candidate recipe for the zoo, under which F3–F5 become "
+                         f"testable once the zoo's ViTs are retrained with it.")
+        elif ab.pending:
+            lines.append(f"**None of the {len(ab.variants)} recipes measured so far gives the full-data ViT a local head "
+                         f"in block 0 while keeping ≥ {100 * floor:.0f}% test accuracy.** With these recipes, F3–F5 are "
+                         f"untestable at this scale: the precondition they share, a full-data ViT with local heads at "
+                         f"the zoo's accuracy, is absent. "
+                         f"The {len(ab.pending)} recipe(s) not yet measured ({pending}) could still change this.")
+        else:
+            lines.append(f"**None of the {len(ab.variants)} recipes gives the full-data ViT a local head in block 0 "
+                         f"while keeping ≥ {100 * floor:.0f}% test accuracy. F3–F5 are therefore untestable at this "
+                         f"scale with these recipes**: the precondition they share, a full-data ViT with local heads at the "
+                         f"zoo's accuracy, is absent.")
+        return "\n\n".join(lines)
+
+
+def _per_head(draws: list, block: int | None = None) -> list[list[float]]:
+    """Per (block, head), or per head of ``block``, the values over draws."""
+    if block is not None:
+        return [[d[block][h] for d in draws] for h in range(len(draws[0][block]))]
+    return [[d[b][h] for d in draws] for b in range(len(draws[0])) for h in range(len(draws[0][b]))]
+
+
+def _pending_change(name: str) -> str:
+    from ..zoo import ablation
+    if name not in ablation.VARIANTS:
+        return "?"
+    arch, recipe = ablation.VARIANTS[name]
+    base_arch, base_recipe = ablation.VARIANTS["baseline"]
+    return _change(arch, recipe.to_dict(), base_arch, base_recipe.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running the chapter
+
+def _data_label(model: torch.nn.Module, name: str) -> str:
+    entry = getattr(model, "zoo_entry", None)
+    if not entry:
+        return f"`{name}` (not a zoo model)"
+    if entry["fraction"] == 1.0:
+        return f"all the data ({entry['train_images']:,} images)"
+    return f"{100 * entry['fraction']:g}% of the data ({entry['train_images']:,} images)"
+
+
+def _nested(t: torch.Tensor) -> list:
+    return t.double().tolist()
+
+
+def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet",
+        resnet_low_layers: Sequence[str] = ("maxpool", "layer1.0", "layer2.0", "layer2.1"),
+        vit_erf_layers: Sequence[str] = ("blocks.0", "blocks.2", "blocks.5"),
+        resnet_erf_layers: Sequence[str] = ("layer1.0", "layer2.1", "layer4.0"),
+        weights: dict | None = None, pretrained: bool = False, data: str = "fashion-mnist",
+        data_dir: str | None = None, image_size: int | None = None, n_images: int = 1000, batch_size: int = 250,
+        n_erf_images: int = 32, n_draws: int = 5, device: str = "cpu", seed: int = 0, use_cache: bool = True,
+        ablation_results: str | Path | None = None) -> LocalGlobal:
+    """Measure the local/global chapter (the notebook's parameters; models are names for
+    :func:`vitcnn_utils.models.load_named` or modules). ``ablation_results``: the recipe-ablation JSON
+    (default ``vitcnn_utils/zoo/recipe_ablation.json``)."""
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    names = {"vit": vit, "vit_small_data": vit_small_data, "resnet": resnet}
+
+    def load(x):
+        return load_named(x, weights=weights, pretrained=pretrained, device=device) if isinstance(x, str) else x
+    vits = {"all data": load(vit), "less data": load(vit_small_data)}
+    res = load(resnet)
+    fp = {label: cache.model_fingerprint(m, label) for label, m in vits.items()}
+    fp_vit, fp_res = cache.model_fingerprint(vits["all data"], "vit"), cache.model_fingerprint(res, "resnet")
+    resnet_low_layers, vit_erf_layers, resnet_erf_layers = (list(x) for x in (resnet_low_layers, vit_erf_layers,
+                                                                              resnet_erf_layers))
+    seeds = [seed + d for d in range(n_draws)]
+    erf_seeds = [seed + ERF_SEED_OFFSET + d for d in range(n_draws)]
+
+    @_memo
+    def batches(s):
+        return vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
+
+    distances = {label: [] for label in vits}
+    head_distance, head_cka, rho = [], [], []
+    for s in seeds:
+        key = {"data": data, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
+        for label, m in vits.items():
+            d = cache.cached("attention-distance", {**key, "model": fp[label]},
+                             lambda m=m: attention.model_attention_distances(m, batches(s), device=device)[0],
+                             use_cache)
+            distances[label].append(_nested(d))
+        subsets = cache.cached("head-subsets", {**key, "vit": fp_vit, "resnet": fp_res, "layers": resnet_low_layers},
+                               lambda: attention.head_subset_cka(vits["all data"], res, batches(s), resnet_low_layers,
+                                                                 device=device), use_cache)
+        rho.append(attention.rank_correlation(subsets["distance"], subsets["cka"].mean(1)))
+        by_head = {heads[0]: i for i, heads in enumerate(subsets["heads"])}          # subsets of one head each
+        head_distance.append([subsets["distance"][by_head[h]].item() for h in sorted(by_head)])
+        head_cka.append([_nested(subsets["cka"][by_head[h]]) for h in sorted(by_head)])
+
+    erf_layers = [("ViT", vits["all data"], layer) for layer in vit_erf_layers] + \
+                 [("ResNet", res, layer) for layer in resnet_erf_layers]
+    erf_draws: dict[str, list[torch.Tensor]] = {f"{kind} {layer}": [] for kind, _, layer in erf_layers}
+    for s in erf_seeds:
+        images = None
+        for kind, model, layer in erf_layers:
+            def compute(model=model, layer=layer):
+                nonlocal images
+                if images is None:
+                    images = next(iter(vdata.analysis_batches(data, n_erf_images, n_erf_images, seed=s,
+                                                              data_dir=data_dir, image_size=image_size)))[0]
+                return localisation.effective_receptive_field(model, images, layer, device=device)
+            fp_model = fp_vit if kind == "ViT" else fp_res
+            erf_draws[f"{kind} {layer}"].append(cache.cached(
+                "erf", {"data": data, "n": n_erf_images, "seed": s, "image_size": image_size, "model": fp_model,
+                        "layer": layer}, compute, use_cache))
+    erf_maps = {}
+    for name, maps in erf_draws.items():
+        mean = torch.stack(maps).mean(0)
+        erf_maps[name] = mean / mean.max()
+    any_map = next(iter(erf_maps.values()))
+
+    m = vits["all data"]
+    entries = {k: getattr(x, "zoo_entry", None) or {} for k, x in
+               (("vit", m), ("vit_small_data", vits["less data"]), ("resnet", res))}
+    return LocalGlobal(
+        n_draws=n_draws, n_images=n_images, n_erf_images=n_erf_images, seeds=seeds, erf_seeds=erf_seeds,
+        models={k: v if isinstance(v, str) else type(v).__name__ for k, v in names.items()},
+        data_labels={label: _data_label(x, n if isinstance(n, str) else type(n).__name__)
+                     for (label, x), n in zip(vits.items(), (vit, vit_small_data))},
+        test_accuracy={k: e.get("test_accuracy") for k, e in entries.items()},
+        epochs={k: e.get("epochs") for k, e in entries.items()},
+        patch_px=int(m.patch_embed.patch_size[0]), image_px=int(m.patch_embed.patch_size[0] * m.patch_embed.grid_size[0]),
+        uniform_distance=attention.uniform_distance(m),
+        distances_all_data=distances["all data"], distances_less_data=distances["less data"],
+        resnet_low_layers=resnet_low_layers, head_distance=head_distance, head_cka=head_cka,
+        head_subset_rank_correlation=rho, vit_erf_layers=vit_erf_layers, resnet_erf_layers=resnet_erf_layers,
+        erf_maps=erf_maps, erf_radius={name: [localisation.erf_radius(x) for x in maps] for name, maps in erf_draws.items()},
+        uniform_erf_radius=localisation.erf_radius(torch.ones_like(any_map)),
+        ablation=read_ablation(ablation_results))

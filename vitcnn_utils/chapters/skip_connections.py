@@ -1,0 +1,381 @@
+"""Chapter "skip connections" (paper section 5, Figs 7–8; findings F7 and F8).
+
+:func:`run` computes, for ``n_draws`` independent draws of analysis images (draw ``d`` uses ``seed + d``):
+
+* **Skip ratios** (Fig 7, F7) of the trained ViT ``vit`` (the long-schedule CLS model) and the ResNet: the ratio
+  ‖z‖/‖f(z)‖ per residual sublayer and token (:func:`~vitcnn_utils.skips.vit_skip_ratios`) and per bottleneck
+  unit (:func:`~vitcnn_utils.skips.resnet_skip_ratios`), summarised per draw by
+  :func:`~vitcnn_utils.skips.skip_ratio_summary` (means over each half of the sublayers, medians).
+* **ViTs without the skips of one block** (Fig 8, F8): the within-model CKA heatmaps of the matched control
+  ``vit_control`` (the intact ViT trained with exactly the no-skip models' recipe), of the long ViT ``vit`` and
+  of every ``vit_no_skip`` model (one joint :func:`~vitcnn_utils.cka.model_heatmaps` accumulation), their top-1
+  accuracies on the draw's images (:func:`~vitcnn_utils.train.model_accuracies`), and per no-skip model
+  (:func:`~vitcnn_utils.skips.no_skip_comparison`) the mean CKA across the removed block and the accuracy drop,
+  both against the control. The long ViT's split CKA and accuracy are reported beside (not used by F8 unless
+  there is no control, ``vit_control=None``).
+
+Optimisation steps come from the zoo manifest (:func:`~vitcnn_utils.zoo.optimisation_steps`; ``None`` for models
+without an entry). Each draw's computations are cached (:func:`vitcnn_utils.cache.cached`, the draw's seed in the
+key), so draw 0 is the plain library call on ``seed``'s images and a rebuild after a text edit is instant.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .. import cache, cka, skips
+from .. import data as vdata
+from ..hooks import normalised_depth
+from ..models import load_named
+from ..train import model_accuracies
+from ..zoo import optimisation_steps
+
+F8_ACCURACY_DROP = 0.02    # the middle-block accuracy drop F8 asks for (fraction; the paper: about 4%)
+RATIO_FIELDS = ("cls_ratio_first_half", "spatial_ratio_first_half", "cls_ratio_second_half",
+                "spatial_ratio_second_half", "vit_median_ratio", "vit_max_ratio", "vit_min_ratio",
+                "resnet_median_ratio", "resnet_max_ratio", "resnet_min_ratio")
+
+
+def _fmt(values, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+    from .. import findings
+    return findings.fmt(values, digits, scale, unit)
+
+
+def _pct(values) -> str:
+    return _fmt(values, 1, 100, "%")
+
+
+def _pts(values) -> str:
+    return _fmt(values, 1, 100, " points")
+
+
+def _scaled(values, scale: float = 100.0) -> list[float]:
+    return [scale * v for v in values]
+
+
+@dataclass
+class ModelInfo:
+    """A model's name and what it was trained with (from its zoo manifest entry; ``None`` without one)."""
+    name: str
+    steps: int | None
+    epochs: int | None
+    test_accuracy: float | None
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, name: str) -> "ModelInfo":
+        entry = getattr(model, "zoo_entry", None)
+        if entry is None:
+            return cls(name, None, None, None)
+        return cls(name, optimisation_steps(entry), int(entry["epochs"]), float(entry["test_accuracy"]))
+
+    def to_record(self) -> dict:
+        return {"name": self.name, "steps": self.steps, "epochs": self.epochs, "test_accuracy": self.test_accuracy}
+
+
+@dataclass
+class NoSkipRow:
+    """One ViT retrained without both skips of one block, against the intact control (lists over draws).
+
+    Attributes:
+        model: the no-skip model and its training (``steps`` from the zoo manifest).
+        block, depth_fraction: the block without skips and its normalised depth (block / (blocks − 1)).
+        split_cka_intact: mean CKA across the block (:func:`~vitcnn_utils.skips.split_contrast`) in the control.
+        split_cka_long: the same in the long ViT (reference).
+        split_cka_no_skip: the same in the no-skip model; within_before_no_skip / within_after_no_skip: mean CKA
+            within the layers below / above the block in the no-skip model (NaN for a side of one layer).
+        accuracy_intact, accuracy_no_skip: top-1 on the draw's images (control, no-skip model).
+        accuracy_drop: control minus no-skip (fraction); accuracy_drop_long: long ViT minus no-skip.
+    """
+    model: ModelInfo
+    block: int
+    depth_fraction: float
+    split_cka_intact: list[float]
+    split_cka_long: list[float]
+    split_cka_no_skip: list[float]
+    within_before_no_skip: list[float]
+    within_after_no_skip: list[float]
+    accuracy_intact: list[float]
+    accuracy_no_skip: list[float]
+    accuracy_drop: list[float]
+    accuracy_drop_long: list[float]
+
+    @property
+    def label(self) -> str:
+        return self.model.name
+
+    def to_record(self) -> dict:
+        return {"label": self.label, "block": self.block, "depth_fraction": self.depth_fraction,
+                "steps": self.model.steps, "epochs": self.model.epochs, "test_accuracy": self.model.test_accuracy,
+                "split_cka_intact": self.split_cka_intact, "split_cka_no_skip": self.split_cka_no_skip,
+                "split_cka_long": self.split_cka_long,
+                "within_before_no_skip": self.within_before_no_skip, "within_after_no_skip": self.within_after_no_skip,
+                "accuracy_intact": self.accuracy_intact, "accuracy_no_skip": self.accuracy_no_skip,
+                "accuracy_drop": self.accuracy_drop, "accuracy_drop_long": self.accuracy_drop_long}
+
+
+@dataclass
+class SkipConnectionsResult:
+    """Everything the chapter plots and reports. Per-draw values are lists (or tensors whose first axis is the
+    draw), in draw order.
+
+    Attributes:
+        vit, resnet: the long ViT (skip ratios, reference for Fig 8) and the ResNet.
+        control: the matched intact ViT for Fig 8, or ``None`` (then ``vit`` is the intact reference).
+        n_draws, seeds, n_images, batch_size: the draws (``seed + d``), images per draw, minibatch size.
+        num_prefix_tokens: leading non-patch tokens of ``vit`` (1: token 0 is the CLS token).
+        sublayers: the ViT's residual sublayers (rows of ``vit_ratios``); units: the ResNet's bottleneck units.
+        vit_ratios: float64 ``(draws, sublayers, tokens)``; resnet_ratios: float64 ``(draws, units)``.
+        ratio_summary: :data:`RATIO_FIELDS` -> ``[per draw]`` (:func:`~vitcnn_utils.skips.skip_ratio_summary`).
+        heatmap_labels: the models of the Fig 8 heatmaps, in panel order (control, long ViT, no-skip models).
+        heatmap_names: their (shared) heatmap layers; within: label -> float64 ``(draws, layers, layers)``.
+        accuracy: label -> ``[per draw]`` top-1 on the draw's images.
+        no_skip: one :class:`NoSkipRow` per no-skip model (empty when none was given: F8 not measured).
+    """
+    vit: ModelInfo
+    resnet: ModelInfo
+    control: ModelInfo | None
+    n_draws: int
+    seeds: list[int]
+    n_images: int
+    batch_size: int
+    num_prefix_tokens: int
+    sublayers: list[str]
+    units: list[str]
+    vit_ratios: torch.Tensor
+    resnet_ratios: torch.Tensor
+    ratio_summary: dict[str, list[float]]
+    heatmap_labels: list[str]
+    heatmap_names: list[str]
+    within: dict[str, torch.Tensor]
+    accuracy: dict[str, list[float]]
+    no_skip: list[NoSkipRow]
+
+    # -- views the notebook uses ------------------------------------------------------------------------------
+    @property
+    def intact(self) -> ModelInfo:
+        """The intact ViT F8 compares against: the control, or the long ViT when there is none."""
+        return self.control or self.vit
+
+    @property
+    def half(self) -> int:
+        """Number of sublayers in the first half of the ViT (:func:`~vitcnn_utils.skips.skip_ratio_summary`)."""
+        return len(self.sublayers) // 2
+
+    def profile(self) -> dict[str, torch.Tensor | None]:
+        """Per-draw ratio curves: ``{"depth": (sublayers,), "cls": (draws, sublayers) or None, "spatial": (draws,
+        sublayers), "resnet_depth": (units,), "resnet": (draws, units)}`` (float64)."""
+        curves = [skips.ratio_profile(r, self.num_prefix_tokens) for r in self.vit_ratios]
+        return {"depth": curves[0]["depth"],
+                "cls": torch.stack([c["cls"] for c in curves]) if self.num_prefix_tokens else None,
+                "spatial": torch.stack([c["spatial"] for c in curves]),
+                "resnet_depth": normalised_depth(len(self.units)), "resnet": self.resnet_ratios}
+
+    def mean_ratios(self) -> torch.Tensor:
+        """The ViT's ratios ``(sublayers, tokens)`` averaged over the draws."""
+        return self.vit_ratios.mean(0)
+
+    def mean_within(self, label: str) -> torch.Tensor:
+        return torch.nanmean(self.within[label], 0)
+
+    def panel_title(self, label: str) -> str:
+        """Heatmap panel title: what the model is, its steps and accuracies."""
+        info = {**{r.label: r.model for r in self.no_skip}, self.vit.name: self.vit,
+                **({self.control.name: self.control} if self.control else {})}[label]
+        block = {r.label: r.block for r in self.no_skip}.get(label)
+        what = (f"no skips in block {block}" if block is not None else
+                "intact ViT, matched control" if self.control and label == self.control.name else
+                "intact ViT, long schedule")
+        steps = f", {info.steps:,} steps" if info.steps is not None else ", untrained / not in the zoo"
+        test = f", test set {info.test_accuracy:.1%}" if info.test_accuracy is not None else ""
+        acc = sum(self.accuracy[label]) / self.n_draws
+        return f"{what}\n{info.name}{steps}\naccuracy {acc:.1%} here (mean of {self.n_draws} draws){test}"
+
+    def heatmap_panels(self) -> list[dict]:
+        """The Fig 8 panels for :func:`vitcnn_utils.plotting.no_skip_heatmap_grid`: the intact reference, then
+        every no-skip model (its removed block framed), heatmaps averaged over the draws."""
+        blocks = {r.label: r.block for r in self.no_skip}
+        return [{"matrix": self.mean_within(label), "names": self.heatmap_names, "title": self.panel_title(label),
+                 "block": blocks.get(label)} for label in [self.intact.name, *blocks]]
+
+    def no_skip_series(self) -> dict:
+        """What :func:`vitcnn_utils.plotting.no_skip_summary` draws: ``blocks``, ``split`` (label -> per block ->
+        per draw: CKA across the block in the intact control, the long ViT when there is a control, and the no-skip
+        model), ``drops`` (accuracy lost in points against the control and the long ViT), ``middle_block`` (the
+        block nearest mid-depth, where F8's accuracy criterion applies)."""
+        intact, long = self.intact.name, self.vit.name
+        split = {f"intact: {intact}": [r.split_cka_intact for r in self.no_skip]}
+        drops = {f"vs {intact}": [_scaled(r.accuracy_drop) for r in self.no_skip]}
+        if self.control:
+            split[f"intact: {long}"] = [r.split_cka_long for r in self.no_skip]
+            drops[f"vs {long}"] = [_scaled(r.accuracy_drop_long) for r in self.no_skip]
+        split["without the block's skips"] = [r.split_cka_no_skip for r in self.no_skip]
+        middle = min(self.no_skip, key=lambda r: abs(r.depth_fraction - 0.5)).block if self.no_skip else None
+        return {"blocks": [r.block for r in self.no_skip], "split": split, "drops": drops, "middle_block": middle}
+
+    def measured_ratios(self) -> str:
+        """Markdown: the F7 numbers."""
+        r = self.ratio_summary
+        n = self.n_draws
+        first = f"{self.sublayers[0]} to {self.sublayers[self.half - 1]}"
+        second = f"{self.sublayers[self.half]} to {self.sublayers[-1]}"
+        above1 = sum(a > b for a, b in zip(r["cls_ratio_first_half"], r["spatial_ratio_first_half"]))
+        below2 = sum(a < b for a, b in zip(r["cls_ratio_second_half"], r["spatial_ratio_second_half"]))
+        times = [v / res for v, res in zip(r["vit_median_ratio"], r["resnet_median_ratio"])]
+        return (f"**Measured** (mean of ‖z‖/‖f(z)‖ over the sublayers of each half; mean ± SD over {n} draws of "
+                f"{self.n_images} test images, range in brackets). First half ({first}): CLS token "
+                f"**{_fmt(r['cls_ratio_first_half'])}**, patch tokens **{_fmt(r['spatial_ratio_first_half'])}** "
+                f"(CLS above the patches in {above1} of {n} draws). Second half ({second}): CLS "
+                f"**{_fmt(r['cls_ratio_second_half'])}**, patch tokens **{_fmt(r['spatial_ratio_second_half'])}** "
+                f"(CLS below the patches in {below2} of {n} draws). Over all sublayers and tokens the ViT's median "
+                f"ratio is **{_fmt(r['vit_median_ratio'])}**, the ResNet's median over its units "
+                f"**{_fmt(r['resnet_median_ratio'])}** (its units range from {_fmt(r['resnet_min_ratio'])} to "
+                f"{_fmt(r['resnet_max_ratio'])}): the ViT's median is {_fmt(times, 1)}× the ResNet's. The paper: in "
+                f"the first half the CLS token's ratio is high and the patch tokens' low, the other way round in the "
+                f"second half, and the ViT's ratios lie far above the ResNet's.")
+
+    def measured_no_skip(self) -> str:
+        """Markdown: the F8 numbers, with the training budgets that make the comparison fair or not."""
+        if not self.no_skip:
+            return ("**Measured.** No ViT without skips was given (`vit_no_skip` is empty), so this run measures "
+                    "nothing for Fig 8; the heatmaps show the intact ViT only.")
+        intact, long = self.intact, self.vit
+        ref = "the matched control" if self.control else "the intact (long-schedule) ViT"
+        lines = []
+        for r in self.no_skip:
+            lines.append(
+                f"- **Block {r.block}** (depth {r.depth_fraction:.1f}): mean CKA between the layers before and after "
+                f"the block **{_fmt(r.split_cka_intact)}** in {ref}, **{_fmt(r.split_cka_no_skip)}** without its "
+                f"skips" + (f" ({_fmt(r.split_cka_long)} in the long-schedule ViT)" if self.control else "")
+                + f". Accuracy on the draws' images: {_pct(r.accuracy_intact)} intact, "
+                f"{_pct(r.accuracy_no_skip)} without skips, a drop of **{_pts(r.accuracy_drop)}**"
+                + (f" ({_pts(r.accuracy_drop_long)} below the long-schedule ViT)"
+                   if self.control else "") + ".")
+        lower = [sum(a < b for a, b in zip(r.split_cka_no_skip, r.split_cka_intact)) for r in self.no_skip]
+        steps = {r.model.steps for r in self.no_skip}
+        if intact.steps is None or None in steps:
+            budget = ("The intact ViT or the no-skip ViTs carry no training record (untrained architectures), so "
+                      "these accuracies say nothing about the skips.")
+        elif steps == {intact.steps}:
+            budget = (f"Training budgets, from the zoo manifest: every no-skip model and {ref} "
+                      f"(`{intact.name}`) had {intact.steps:,} optimisation steps ({intact.epochs} epochs): the "
+                      f"accuracy comparison is matched.")
+        else:
+            budget = (f"Training budgets, from the zoo manifest: no-skip models "
+                      f"{', '.join(f'{s:,}' for s in sorted(steps))} optimisation steps, {ref} (`{intact.name}`) "
+                      f"{intact.steps:,}: the budgets differ, so the accuracy drops mix the missing skips with "
+                      f"the length of training.")
+        if self.control and long.steps is not None:
+            budget += (f" The long-schedule ViT (`{long.name}`, {long.steps:,} steps, {long.epochs} epochs) is "
+                       f"shown for reference.")
+        return ("**Measured** (mean ± SD over " f"{self.n_draws} draws of {self.n_images} test images, range in "
+                "brackets).\n\n" + "\n".join(lines) + "\n\n"
+                + f"The CKA across the block is lower without the skips than in {ref} in "
+                + "; ".join(f"{c} of {self.n_draws} draws for block {r.block}" for c, r in zip(lower, self.no_skip))
+                + f". {budget} The paper: without the skips of block *i* the heatmap splits at block *i*, and "
+                  "removing the skips of a middle block costs about 4% accuracy.")
+
+    def to_record(self) -> dict:
+        """The numbers :func:`vitcnn_utils.findings.record` stores for the conclusion (see the results schema:
+        every per-draw value a list over draws)."""
+        profile = self.profile()
+        return {
+            "n_draws": self.n_draws, "seeds": self.seeds, "n_images": self.n_images,
+            **{field: self.ratio_summary[field] for field in RATIO_FIELDS},
+            "vit_sublayers": self.sublayers, "resnet_units": self.units,
+            "cls_ratio_by_sublayer": profile["cls"].tolist() if profile["cls"] is not None else None,
+            "spatial_ratio_by_sublayer": profile["spatial"].tolist(),
+            "resnet_ratio_by_unit": self.resnet_ratios.tolist(),
+            "vit": self.vit.to_record() | {"accuracy": self.accuracy[self.vit.name]},
+            "control": ({"name": self.control.name, "steps": self.control.steps, "epochs": self.control.epochs,
+                         "test_accuracy": self.control.test_accuracy, "accuracy": self.accuracy[self.control.name]}
+                        if self.control else {"name": None, "steps": None}),
+            "no_skip": [r.to_record() for r in self.no_skip],
+        }
+
+
+def _model(name_or_model, label, weights, pretrained, device) -> tuple[torch.nn.Module, str]:
+    if isinstance(name_or_model, torch.nn.Module):
+        return name_or_model, label
+    return load_named(name_or_model, weights=weights, pretrained=pretrained, device=device), name_or_model
+
+
+def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Module = "zoo:resnet",
+        vit_control: str | torch.nn.Module | None = "zoo:vit-cls-e3",
+        vit_no_skip: Sequence[str | torch.nn.Module] = ("zoo:vit-cls-noskip1", "zoo:vit-cls-noskip3",
+                                                        "zoo:vit-cls-noskip5"),
+        weights: Mapping[str, str] | None = None, pretrained: bool = False, data: str = "fashion-mnist",
+        data_dir: str | None = None, image_size: int | None = None, n_images: int = 1000, batch_size: int = 250,
+        device: str = "cpu", seed: int = 0, n_draws: int = 5, use_cache: bool = True) -> SkipConnectionsResult:
+    """Compute the chapter: the notebook's parameters in, a :class:`SkipConnectionsResult` out.
+
+    Models are :func:`~vitcnn_utils.models.load_named` names or model objects (objects are labelled ``"ViT"``,
+    ``"ResNet"``, ``"control"`` and ``"no-skip <i>"``). ``vit_control=None`` (or the same name as ``vit``) makes
+    the long ViT the intact reference of Fig 8. Draw ``d`` uses :func:`~vitcnn_utils.data.analysis_batches`
+    with ``seed + d``.
+    """
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    vit_model, vit_name = _model(vit, "ViT", weights, pretrained, device)
+    res_model, res_name = _model(resnet, "ResNet", weights, pretrained, device)
+    control_model = control_name = None
+    if vit_control is not None and vit_control is not vit and vit_control != vit_name:
+        control_model, control_name = _model(vit_control, "control", weights, pretrained, device)
+    no_skip = dict(_model(m, f"no-skip {i}", weights, pretrained, device)[::-1] for i, m in enumerate(vit_no_skip))
+    intact_name, intact_model = (control_name, control_model) if control_model is not None else (vit_name, vit_model)
+    vits = {intact_name: intact_model, **({vit_name: vit_model} if control_model is not None else {}), **no_skip}
+    if len(vits) != 1 + (control_model is not None) + len(no_skip):
+        raise ValueError(f"the ViTs need distinct names: {[intact_name, vit_name] + list(no_skip)}")
+    fp = {label: cache.model_fingerprint(m, label) for label, m in {**vits, res_name: res_model}.items()}
+    seeds = [seed + d for d in range(n_draws)]
+
+    vit_ratios, res_ratios, summaries, within, accuracy, comparisons, long_split = [], [], [], [], [], [], []
+    sublayers = units = names = None
+    n_seen = None
+    for s in seeds:
+        batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
+        base = {"data": data, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
+        vr, sublayers = cache.cached("skip-ratios", {**base, "model": fp[vit_name]},
+                                     lambda: skips.vit_skip_ratios(vit_model, batches, device), use_cache)
+        rr, units = cache.cached("skip-ratios", {**base, "model": fp[res_name]},
+                                 lambda: skips.resnet_skip_ratios(res_model, batches, device), use_cache)
+        vit_ratios.append(vr.double())
+        res_ratios.append(rr.double())
+        summaries.append(skips.skip_ratio_summary(vr, rr, vit_model.num_prefix_tokens))
+
+        key = {**base, "models": [fp[label] for label in vits]}
+        heatmaps = cache.cached("no-skip-heatmaps", key, lambda: cka.model_heatmaps(vits, batches, device=device),
+                                use_cache)
+        acc = cache.cached("accuracy", key, lambda: model_accuracies(vits, batches, device), use_cache)
+        names = heatmaps.names[intact_name] if names is None else names
+        n_seen = heatmaps.n_images
+        within.append({label: heatmaps[label, label].double() for label in vits})
+        accuracy.append(acc)
+        comparisons.append(skips.no_skip_comparison(heatmaps, intact_name, no_skip, acc, intact_model))
+        long_split.append([skips.split_contrast(heatmaps[vit_name, vit_name], names, row["block"])
+                           for row in comparisons[-1]])
+
+    rows = []
+    for k, label in enumerate(no_skip):
+        per = [c[k] for c in comparisons]
+
+        def col(field, per=per):
+            return [row[field] for row in per]
+        rows.append(NoSkipRow(
+            model=ModelInfo.of(no_skip[label], label), block=per[0]["block"], depth_fraction=per[0]["depth_fraction"],
+            split_cka_intact=col("split_cka_intact"), split_cka_long=[ls[k] for ls in long_split],
+            split_cka_no_skip=col("split_cka_no_skip"), within_before_no_skip=col("within_before_no_skip"),
+            within_after_no_skip=col("within_after_no_skip"), accuracy_intact=col("accuracy_intact"),
+            accuracy_no_skip=col("accuracy_no_skip"), accuracy_drop=col("accuracy_drop"),
+            accuracy_drop_long=[a[vit_name] - a[label] for a in accuracy]))
+    return SkipConnectionsResult(
+        vit=ModelInfo.of(vit_model, vit_name), resnet=ModelInfo.of(res_model, res_name),
+        control=ModelInfo.of(control_model, control_name) if control_model is not None else None,
+        n_draws=n_draws, seeds=seeds, n_images=n_seen, batch_size=batch_size,
+        num_prefix_tokens=int(vit_model.num_prefix_tokens), sublayers=list(sublayers), units=list(units),
+        vit_ratios=torch.stack(vit_ratios), resnet_ratios=torch.stack(res_ratios),
+        ratio_summary={field: [s.get(field, float("nan")) for s in summaries] for field in RATIO_FIELDS},
+        heatmap_labels=list(vits), heatmap_names=list(names),
+        within={label: torch.stack([w[label] for w in within]) for label in vits},
+        accuracy={label: [a[label] for a in accuracy] for label in vits}, no_skip=rows)

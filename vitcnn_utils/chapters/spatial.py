@@ -1,0 +1,294 @@
+"""Chapter "spatial" (paper section 6, Figs 9–11; findings F9 and F10).
+
+:func:`run` computes, for ``n_draws`` independent draws (draw ``d`` uses ``seed + d`` for its analysis images
+and for its probe shots, validation and test images):
+
+* **Token ↔ patch CKA** (Figs 9–10): for the final layer of a CLS-token ViT, a GAP ViT and the ResNet's final
+  stage, the minibatch CKA between every grid token and every input patch
+  (:func:`~vitcnn_utils.localisation.token_patch_cka`), and from it the *integer* number of interior tokens
+  whose most similar patch is their own (:func:`~vitcnn_utils.localisation.own_patch_counts`).
+* **Linear probes** (Fig 11): closed-form ridge probes on every block output
+  (:func:`~vitcnn_utils.probes.spatial_probes`): the CLS token, the mean of the (spatial) tokens, and one probe
+  per single spatial token (accuracy averaged over tokens).
+
+Each draw of each model is cached (:func:`vitcnn_utils.cache.cached`, the draw's seed in the key), so draw 0 is
+the plain library call on ``seed``'s images and a rebuild after a text edit is instant.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .. import cache, localisation, probes
+from ..findings import fmt, pct
+from .. import data as vdata
+from ..hooks import normalised_depth
+from ..models import load_named
+
+LABELS = ("ViT-CLS", "ViT-GAP", "ResNet")
+KEYS = {"ViT-CLS": "vit_cls", "ViT-GAP": "vit_gap", "ResNet": "resnet"}   # labels -> record keys
+
+
+@dataclass
+class SpatialResult:
+    """Everything the chapter plots and reports. Per-draw values are lists (or tensors whose first axis is the
+    draw), in draw order; labels are :data:`LABELS`.
+
+    Attributes:
+        n_draws, seeds: the draws and the seed of each (``seed + d``).
+        n_images: test images per draw for the token–patch CKA.
+        layers: label -> the layer whose tokens are compared with the input patches.
+        geometry: label -> ``{"patch_size", "grid", "num_prefix_tokens"}`` of that layer.
+        token_positions: the ``(row, col)`` tokens shown in the figure.
+        token_patch_cka: label -> float64 ``(draws, tokens, positions)``.
+        counts: label -> :func:`~vitcnn_utils.localisation.own_patch_counts` field -> ``[per draw]`` (ints).
+        mean_own, mean_other, undefined_fraction: label -> ``[per draw]`` (from
+            :func:`~vitcnn_utils.localisation.localisation_summary`).
+        probe_layers, probe_depth: label -> probed block outputs and their normalised depth.
+        probe_curves: label -> kind (``cls``, ``gap``, ``spatial_gap``, ``tokens``) -> float64 ``(draws, layers)``.
+        token_accuracy_min, token_accuracy_max: label -> ``(draws, layers)``: the worst / best single token.
+        lambda_range: the smallest and largest relative ridge λ chosen by any probe of any draw.
+        n_classes, shots, val_per_class, n_fit, n_val, n_test: the probes' classes and image counts.
+    """
+    n_draws: int
+    seeds: list[int]
+    n_images: int
+    layers: dict[str, str]
+    geometry: dict[str, dict]
+    token_positions: list[tuple[int, int]]
+    token_patch_cka: dict[str, torch.Tensor]
+    counts: dict[str, dict[str, list[int]]]
+    mean_own: dict[str, list[float]]
+    mean_other: dict[str, list[float]]
+    undefined_fraction: dict[str, list[float]]
+    probe_layers: dict[str, list[str]]
+    probe_depth: dict[str, list[float]]
+    probe_curves: dict[str, dict[str, torch.Tensor]]
+    token_accuracy_min: dict[str, torch.Tensor]
+    token_accuracy_max: dict[str, torch.Tensor]
+    lambda_range: tuple[float, float]
+    n_classes: int
+    shots: int
+    val_per_class: int
+    n_fit: int
+    n_val: int
+    n_test: int
+
+    # -- views the notebook uses ------------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return list(self.layers)
+
+    @property
+    def chance(self) -> float:
+        return 1 / self.n_classes
+
+    def grid(self, label: str) -> tuple[int, int]:
+        return tuple(self.geometry[label]["grid"])
+
+    def interior_tokens(self, label: str) -> int:
+        """Tokens off the border of the grid (the same in every draw)."""
+        return self.counts[label]["interior_tokens"][0]
+
+    def interior_count(self, label: str) -> list[int]:
+        """Per draw: interior tokens whose most similar input patch is their own."""
+        return self.counts[label]["interior_own_patch_count"]
+
+    def positions(self, label: str) -> list[tuple[int, int]]:
+        """The shown tokens on ``label``'s grid: ``token_positions`` are ``(row, col)`` on the ViT-CLS grid; a model
+        with another grid (ResNet-50's 7×7 map beside ViT-B/16's 14×14 tokens) shows the same relative places."""
+        (rh, rw), (gh, gw) = self.grid("ViT-CLS"), self.grid(label)
+        return [(r * gh // rh, c * gw // rw) for r, c in self.token_positions]
+
+    def position_maps(self, label: str) -> torch.Tensor:
+        """The shown tokens' CKA with every input patch, averaged over the draws: ``(K, gh, gw)``."""
+        return localisation.position_maps(self.token_patch_cka[label].mean(0), self.grid(label), self.positions(label))
+
+    def last(self, label: str, kind: str) -> list[float]:
+        """Per draw: the last block's probe accuracy of ``kind`` (in [0, 1])."""
+        return self.probe_curves[label][kind][:, -1].tolist()
+
+    def criterion_level(self) -> int:
+        """F9's level for the figure: the ViT-CLS count must clear the other models' counts by a fifth of the
+        interior tokens (20 points) in every draw; this is that level for the other models' highest draw."""
+        others = [c for label in ("ViT-GAP", "ResNet") for c in self.interior_count(label)]
+        return max(others) + -(-self.interior_tokens("ViT-CLS") // 5)
+
+    def geometry_text(self) -> str:
+        """One line per model: the compared layer's token grid, input patch size and prefix tokens."""
+        return "; ".join(f"{label} {self.layers[label]}: {g['grid'][0]}×{g['grid'][1]} tokens, input patches of "
+                         f"{g['patch_size']} px, {g['num_prefix_tokens']} prefix token(s)"
+                         for label, g in self.geometry.items()) + "."
+
+    # -- the chapter's "Measured" paragraphs ---------------------------------------------------------------
+    def _draws_note(self, what: str) -> str:
+        return (f"{self.n_draws} draws of {what}; a number reads mean ± SD over the draws (range, n)" if self.n_draws > 1
+                else f"1 draw of {what}")
+
+    def measured_localisation(self) -> str:
+        """Figs 9–10 text: interior own-patch counts (ints per draw) and own/other-patch CKA per model."""
+        gh, gw = self.grid("ViT-CLS")
+        n = self.interior_tokens("ViT-CLS")
+        lines = [f"**Measured** ({self._draws_note(f'{self.n_images} test images')}; interior = the {n} tokens off "
+                 f"the border of the {gh}×{gw} grid). Interior tokens whose most similar input patch is their own:"]
+        for label in self.labels:
+            c, t = self.counts[label], self.interior_tokens(label)
+            lines.append(
+                f"- **{label}** ({self.layers[label]}): **{fmt(c['interior_own_patch_count'], 1)}** of {t} "
+                f"(per draw: {', '.join(map(str, c['interior_own_patch_count']))}); of all {c['tokens'][0]} tokens "
+                f"{fmt(c['own_patch_count'], 1)}. Mean CKA with the own patch {fmt(self.mean_own[label])} against "
+                f"{fmt(self.mean_other[label])} with the other patches.")
+        undefined = {lb: v for lb, v in self.undefined_fraction.items() if max(v) > 0}
+        if undefined:
+            lines.append("Undefined CKA entries (a token or patch constant over the images), left out: " +
+                         ", ".join(f"{lb} {pct(v)}" for lb, v in undefined.items()) + ".")
+        lines.append("\nCompare the paper: the CLS-trained ViT's final tokens localise, the GAP-trained ViT's and the "
+                     "ResNet's much less. The dashed line in the bar chart is the level the ViT-CLS count would have "
+                     "to reach for F9's criterion (20 points of the interior tokens above the other models, in every "
+                     "draw).")
+        return "\n".join(lines)
+
+    def measured_probes(self) -> str:
+        """Fig 11 text: last-block probe accuracies of every readout, CLS;CLS vs GAP;GAP, and the probes' setup."""
+        def tokens(label):
+            worst = self.token_accuracy_min[label][:, -1].tolist()
+            best = self.token_accuracy_max[label][:, -1].tolist()
+            return (f"single spatial tokens **{pct(self.last(label, 'tokens'))}** on average (worst position "
+                    f"{pct(worst)}, best {pct(best)})")
+        cls_gap = [100 * (a - b) for a, b in zip(self.last("ViT-CLS", "cls"), self.last("ViT-GAP", "gap"))]
+        lo, hi = self.lambda_range
+        return (
+            f"**Measured** at the last block ({self.probe_layers['ViT-CLS'][-1]} for the ViTs, "
+            f"{self.probe_layers['ResNet'][-1]} for the ResNet; chance {100 * self.chance:.0f}%; "
+            f"{self._draws_note('probe shots and test images')}):\n"
+            f"- ViT-CLS: CLS token **{pct(self.last('ViT-CLS', 'cls'))}**, mean of spatial tokens "
+            f"{pct(self.last('ViT-CLS', 'spatial_gap'))}, {tokens('ViT-CLS')};\n"
+            f"- ViT-GAP: GAP **{pct(self.last('ViT-GAP', 'gap'))}**, {tokens('ViT-GAP')};\n"
+            f"- ResNet: GAP **{pct(self.last('ResNet', 'gap'))}**, {tokens('ResNet')}.\n\n"
+            f"CLS;CLS minus GAP;GAP (the CLS model through its CLS token against the GAP model through its token "
+            f"average): **{fmt(cls_gap, 1, unit=' points')}**. Each probe was fitted on {self.n_fit} training images "
+            f"({self.shots} per class) and its ridge λ chosen for that probe alone by the squared error on {self.n_val} "
+            f"other training images ({self.val_per_class} per class), {lo:g} to {hi:g} times the mean feature variance; "
+            f"accuracies are on {self.n_test} test images, all drawn afresh in every draw.\n\n"
+            "Compare the paper (10-shot ImageNet, 1,000 classes): in the last layer the CLS model's single spatial "
+            "tokens reach only about 6–12%, while single tokens of the GAP ViT (about 57–58%) and of ResNet-50 (about "
+            "44–52%) stay good, and CLS;CLS ≈ GAP;GAP.")
+
+    def to_record(self) -> dict:
+        """The numbers :func:`vitcnn_utils.findings.record` stores for the conclusion (see the results schema:
+        counts as ints, every per-draw value a list over draws)."""
+        rec = {"n_draws": self.n_draws, "seeds": self.seeds, "n_images": self.n_images,
+               "token_positions": [list(p) for p in self.token_positions],
+               "layers_token_cka": {KEYS[lb]: layer for lb, layer in self.layers.items()}}
+        for label in self.labels:
+            counts = self.counts[label]
+            rec[KEYS[label]] = {
+                "interior_own_patch_count": counts["interior_own_patch_count"],
+                "interior_tokens": self.interior_tokens(label),
+                "interior_defined": counts["interior_defined"],
+                "own_patch_count": counts["own_patch_count"], "tokens": counts["tokens"][0],
+                "mean_own": self.mean_own[label], "mean_other": self.mean_other[label],
+                "undefined_fraction": self.undefined_fraction[label]}
+        rec |= {"vit_cls_cls": self.last("ViT-CLS", "cls"), "vit_cls_spatial_gap": self.last("ViT-CLS", "spatial_gap"),
+                "vit_cls_tokens": self.last("ViT-CLS", "tokens"), "vit_gap_gap": self.last("ViT-GAP", "gap"),
+                "vit_gap_tokens": self.last("ViT-GAP", "tokens"), "resnet_gap": self.last("ResNet", "gap"),
+                "resnet_tokens": self.last("ResNet", "tokens"),
+                "chance": self.chance, "n_fit": self.n_fit, "n_val": self.n_val, "n_test": self.n_test,
+                "shots": self.shots, "lambda_range": list(self.lambda_range),
+                "probe_layers": {KEYS[lb]: v for lb, v in self.probe_layers.items()},
+                "probe_depth": {KEYS[lb]: v for lb, v in self.probe_depth.items()},
+                "probe_curves": {KEYS[lb]: {k: v.tolist() for k, v in c.items()} for lb, c in self.probe_curves.items()},
+                "token_accuracy_min": {KEYS[lb]: v.tolist() for lb, v in self.token_accuracy_min.items()},
+                "token_accuracy_max": {KEYS[lb]: v.tolist() for lb, v in self.token_accuracy_max.items()}}
+        return rec
+
+
+def _model(name_or_model, weights, pretrained, device) -> tuple[torch.nn.Module, str]:
+    if isinstance(name_or_model, torch.nn.Module):
+        return name_or_model, None
+    return load_named(name_or_model, weights=weights, pretrained=pretrained, device=device), name_or_model
+
+
+def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Module = "zoo:vit-gap",
+        resnet: str | torch.nn.Module = "zoo:resnet", vit_layer: str = "blocks.5", resnet_layer: str = "layer4.0",
+        token_positions: Sequence = ((0, 0), (0, 3), (3, 3), (2, 5)), weights: Mapping[str, str] | None = None,
+        pretrained: bool = False, data: str = "fashion-mnist", data_dir: str | None = None, image_size: int | None = None,
+        n_images: int = 1000, batch_size: int = 250, shots: int = 10, val_per_class: int = 50, n_test: int = 1000,
+        device: str = "cpu", seed: int = 0, n_draws: int = 5, use_cache: bool = True) -> SpatialResult:
+    """Compute the chapter: the notebook's parameters in, a :class:`SpatialResult` out.
+
+    ``vit``, ``vit_gap`` and ``resnet`` are :func:`~vitcnn_utils.models.load_named` names or models; the two
+    ViTs share ``vit_layer``. Draw ``d`` uses ``seed + d`` for the analysis images
+    (:func:`~vitcnn_utils.data.analysis_batches`) and for the probes' images
+    (:func:`~vitcnn_utils.data.probe_batches`).
+    """
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    models, fingerprints = {}, {}
+    for label, spec in zip(LABELS, (vit, vit_gap, resnet)):
+        models[label], name = _model(spec, weights, pretrained, device)
+        fingerprints[label] = cache.model_fingerprint(models[label], name or label)
+    layers = {"ViT-CLS": vit_layer, "ViT-GAP": vit_layer, "ResNet": resnet_layer}
+    positions = [tuple(int(v) for v in p) for p in token_positions]
+    seeds = [seed + d for d in range(n_draws)]
+
+    geometry = None
+    cka = {label: [] for label in LABELS}
+    counts = {label: {} for label in LABELS}
+    mean_own, mean_other, undefined = ({label: [] for label in LABELS} for _ in range(3))
+    curves = {label: {} for label in LABELS}
+    tok_min, tok_max = {label: [] for label in LABELS}, {label: [] for label in LABELS}
+    lambdas, probe_layers, sizes = [], {}, None
+    for s in seeds:
+        batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
+        if geometry is None:         # the layers' grids do not depend on the images
+            geometry = {label: localisation.token_geometry(m, layers[label], batches, device=device)
+                        for label, m in models.items()}
+        key = {"data": data, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
+        fit, val, test = vdata.probe_batches(data, shots, val_per_class, n_test, batch_size, seed=s,
+                                             data_dir=data_dir, image_size=image_size)
+        probe_key = {"data": data, "shots": shots, "val_per_class": val_per_class, "n_test": n_test,
+                     "batch": batch_size, "seed": s, "image_size": image_size}
+        for label, model in models.items():
+            g = geometry[label]
+            matrix = cache.cached(
+                "token-patch-cka", {**key, "model": fingerprints[label], "layer": layers[label], **g},
+                lambda model=model, label=label, g=g: localisation.token_patch_cka(
+                    model, batches, layers[label], g["patch_size"], g["grid"], g["num_prefix_tokens"], device=device),
+                use_cache)
+            cka[label].append(matrix.double())
+            for field, value in localisation.own_patch_counts(matrix, g["grid"]).items():
+                counts[label].setdefault(field, []).append(value)
+            summary = localisation.localisation_summary(matrix, g["grid"])
+            mean_own[label].append(summary["mean_own"])
+            mean_other[label].append(summary["mean_other"])
+            undefined[label].append(summary["undefined_fraction"])
+
+            result = cache.cached("spatial-probes", {**probe_key, "model": fingerprints[label]},
+                                  lambda model=model: probes.spatial_probes(model, fit, val, test, device=device),
+                                  use_cache)
+            prefix = g["num_prefix_tokens"]
+            for kind, values in probes.probe_curves(result, prefix).items():
+                curves[label].setdefault(kind, []).append(values.double())
+            spread = probes.token_accuracy_spread(result, prefix)
+            tok_min[label].append(spread["min"].double())
+            tok_max[label].append(spread["max"].double())
+            lambdas.append(probes.chosen_lambda_range(result))
+            probe_layers[label] = list(result.layers)
+            sizes = (probes.count_classes(fit), result.n_fit, result.n_val, result.n_test)
+
+    n_classes, n_fit, n_val, n_test_seen = sizes
+    return SpatialResult(
+        n_draws=n_draws, seeds=seeds, n_images=n_images, layers=layers,
+        geometry={label: {**g, "grid": tuple(g["grid"])} for label, g in geometry.items()},
+        token_positions=positions, token_patch_cka={label: torch.stack(v) for label, v in cka.items()},
+        counts=counts, mean_own=mean_own, mean_other=mean_other, undefined_fraction=undefined,
+        probe_layers=probe_layers,
+        probe_depth={label: normalised_depth(len(v)).tolist() for label, v in probe_layers.items()},
+        probe_curves={label: {k: torch.stack(v) for k, v in c.items()} for label, c in curves.items()},
+        token_accuracy_min={label: torch.stack(v) for label, v in tok_min.items()},
+        token_accuracy_max={label: torch.stack(v) for label, v in tok_max.items()},
+        lambda_range=(min(lo for lo, _ in lambdas), max(hi for _, hi in lambdas)),
+        n_classes=n_classes, shots=shots, val_per_class=val_per_class, n_fit=n_fit, n_val=n_val, n_test=n_test_seen)
