@@ -173,8 +173,15 @@ def test_spread_matches_numpy_formulas():
     assert math.isclose(s.mean, mean) and math.isclose(s.sd, sd) and (s.min, s.max, s.n) == (0.79, 0.85, 5)
     assert findings.fmt(values) == f"{mean:.2f} ± {sd:.2f} (0.79–0.85, n = 5)"
     assert findings.pct([0.5, 0.6]) == "55.0 ± 7.1% (50.0–60.0%, n = 2)"
-    with pytest.raises(ValueError, match="undefined draws"):
+    with pytest.raises(findings.UndefinedValue, match="undefined draws"):
         findings.spread([0.1, None])
+
+
+def test_an_undefined_recorded_value_makes_its_finding_not_measured_saying_why():
+    results = paper_like()
+    results["skip_connections"]["resnet_median_ratio"] = [None] * N          # inf: a zero residual branch
+    row = rows_of(results)[7]
+    assert row["verdict"] == findings.NOT_MEASURED and "undefined" in row["measured"]
 
 
 def test_meaning_names_each_finding_of_the_chapter_with_its_verdict_and_labels_hypotheses():

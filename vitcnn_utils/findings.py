@@ -95,6 +95,11 @@ class Spread:
         return f"{f.format(m)} ± {f.format(s)}{unit} ({f.format(lo)}–{f.format(hi)}{unit}, n = {self.n})"
 
 
+class UndefinedValue(ValueError):
+    """A recorded quantity is undefined (NaN/inf, recorded as ``None``) for the models of this build, e.g. an
+    infinite skip ratio where a residual branch is exactly zero in an untrained ResNet."""
+
+
 def draws(values, what: str = "value") -> list[float]:
     """``values`` as a non-empty list of finite numbers (one per draw); an error naming ``what`` otherwise."""
     if isinstance(values, (int, float)):
@@ -103,7 +108,7 @@ def draws(values, what: str = "value") -> list[float]:
     if not values:
         raise ValueError(f"{what} has no draws")
     if any(v is None or not math.isfinite(v) for v in values):
-        raise ValueError(f"{what} has undefined draws: {values}")
+        raise UndefinedValue(f"{what} has undefined draws: {values}")
     return [float(v) for v in values]
 
 
@@ -469,7 +474,11 @@ def judge(finding: Finding, results: dict) -> Judgement:
     if finding.chapter not in results:
         return Judgement(f"(the {finding.chapter} chapter did not run in this build)",
                          not_measured=f"no results from {finding.chapter}")
-    return finding.judge(_Record(finding.chapter, results[finding.chapter]))
+    try:
+        return finding.judge(_Record(finding.chapter, results[finding.chapter]))
+    except UndefinedValue as err:
+        return Judgement(f"(undefined for the models of this build: {err})",
+                         not_measured="a recorded value is undefined for these models (NaN or infinite)")
 
 
 def table(results: dict) -> list[dict]:

@@ -40,7 +40,10 @@ RATIO_FIELDS = ("cls_ratio_first_half", "spatial_ratio_first_half", "cls_ratio_s
 
 def _fmt(values, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
     from .. import findings
-    return findings.fmt(values, digits, scale, unit)
+    try:
+        return findings.fmt(values, digits, scale, unit)
+    except findings.UndefinedValue:
+        return "undefined (infinite: a residual branch is exactly zero, as in an untrained ResNet)"
 
 
 def _pct(values) -> str:
