@@ -481,12 +481,14 @@ def judge(finding: Finding, results: dict) -> Judgement:
                          not_measured="a recorded value is undefined for these models (NaN or infinite)")
 
 
-def table(results: dict) -> list[dict]:
-    """One row per finding: ``finding, figure, chapter, paper, measured, verdict, checks`` (a list of
+def table(results: dict, chapter: str | None = None) -> list[dict]:
+    """One row per finding (of ``chapter`` only, if given): ``finding, figure, chapter, paper, measured, verdict, checks`` (a list of
     ``(kind, rule, met, value)`` with kind in precondition / control / central / secondary) and ``hypothesis``
     (empty when reproduced)."""
     rows = []
     for f in FINDINGS:
+        if chapter is not None and f.chapter != chapter:   # one chapter's findings only (its "what it means")
+            continue
         j = judge(f, results)
         checks = ([("precondition", c) for c in j.preconditions] + [("control", c) for c in j.controls]
                   + ([("central", j.central)] if j.central else []) + [("secondary", c) for c in j.secondary])
@@ -524,9 +526,7 @@ def meaning(chapter: str, results: dict) -> str:
     """A short Markdown "what it means" paragraph for ``chapter``: each of its findings, its verdict, why,
     and the untested hypothesis offered for a difference."""
     lines = []
-    for row in table(results):
-        if row["chapter"] != chapter:
-            continue
+    for row in table(results, chapter):
         line = (f"- **Finding {row['finding']}** ({row['figure']}): *{row['paper']}* — **{row['verdict']}**; "
                 f"{_why(row)}. Measured: {row['measured']}.")
         if row["hypothesis"]:

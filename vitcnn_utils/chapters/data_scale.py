@@ -148,10 +148,12 @@ class DataScaleResult:
     # -- what the figures show --------------------------------------------------------------------------------
     def cka_panels(self) -> list[dict]:
         """Fig 12, one panel per 100% reference (the ViT's long-schedule and matched-steps models, the ResNet's):
-        ``{"layers", "curves" (label -> (draws, layers)), "title", "legend", "threshold"}``."""
+        ``{"layers", "curves" (label -> (draws, layers)), "title", "legend", "threshold", "low"}`` (``low``: one
+        bottom of the y axis for all panels, below F11's threshold and every curve)."""
         refs = [("vit_long", "ViT", FULL)] + ([("vit_matched", "ViT", MATCHED)] if self.has_matched else []) \
             + [("resnet", "ResNet", FULL)]
-        return [{"layers": self.layers[arch], "curves": self.cka[ref], "legend": self.legend(arch),
+        low = min(F11_FIRST_BLOCK - 0.05, min(float(v.min()) for per in self.cka.values() for v in per.values()) - 0.03)
+        return [{"layers": self.layers[arch], "curves": self.cka[ref], "legend": self.legend(arch), "low": low,
                  "title": f"{arch}: CKA with the model trained on\n{self.describe(arch, label)}",
                  "threshold": (F11_FIRST_BLOCK, f"F11: first block ≥ {F11_FIRST_BLOCK:g} (least data)")
                  if arch == "ViT" else None}
@@ -184,7 +186,8 @@ class DataScaleResult:
             lines.append(f"| {label} of the data | " + " | ".join(cells) + " |")
         small = self.smallest["ViT"]
         lines.append("")
-        drops = "; ".join(f"against the {self.describe('ViT', label)} **{fmt(self.first_minus_last(ref, small))}**"
+        drops = "; ".join(f"against the model trained on {self.describe('ViT', label)} "
+                          f"**{fmt(self.first_minus_last(ref, small))}**"
                           for ref, label in refs)
         lines.append(f"With the least data ({small}), first block minus last block: {drops}.")
         if self.has_matched:
@@ -194,7 +197,7 @@ class DataScaleResult:
                          "the training schedule alone moves the top block.")
         rb = self.blocks("ResNet")
         rsmall = self.smallest["ResNet"]
-        lines.append(f"ResNet against its {self.describe('ResNet', FULL)}: trained on {rsmall}, "
+        lines.append(f"ResNet against its model trained on {self.describe('ResNet', FULL)}: trained on {rsmall}, "
                      f"{fmt(self.cka_block('resnet', rsmall, 'first'))} at {rb[0]} and "
                      f"{fmt(self.cka_block('resnet', rsmall, 'last'))} at {rb[-1]}.")
         lines.append("\nA seed-to-seed baseline — the same CKA between two 100% ViTs that differ only in their "

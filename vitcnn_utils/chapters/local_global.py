@@ -257,7 +257,8 @@ class LocalGlobal:
                 f"{_counts([d[0] for d in local_counts])}; in the whole network: "
                 f"{_counts([sum(d) for d in local_counts])}.")
         ratio = [a / b for a, b in zip(self.block_extremes("all data", 0)[0], self.block_extremes("less data", 0)[0])]
-        sd = [statistics.stdev(vals) for which in ("all data", "less data") for vals in _per_head(self.distances(which))]
+        sd = [statistics.stdev(vals) if len(vals) > 1 else 0.0          # one draw: no spread
+              for which in ("all data", "less data") for vals in _per_head(self.distances(which))]
         lines.append(f"- The most local block-0 head of the ViT trained on {self.data_labels['all data'].split(' (')[0]} "
                      f"looks {_fmt(ratio)}× as far as that of the ViT trained on "
                      f"{self.data_labels['less data'].split(' (')[0]}. Between draws a head's distance varies by at "
