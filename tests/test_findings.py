@@ -211,3 +211,13 @@ def test_conclusion_text_shows_every_check_and_explains_every_finding_not_reprod
     why = findings.explanations(rows).splitlines()
     assert [line.split("**")[1] for line in why] == ["Finding 3", "Finding 4", "Finding 5"]
     assert all("untested hypothesis" in line for line in why)
+
+
+def test_untrained_models_without_step_counts_leave_the_controls_unmatched():
+    results = paper_like()
+    results["skip_connections"]["control"]["steps"] = None
+    for row in results["skip_connections"]["no_skip"]:
+        row["steps"] = None
+    results["data_scale"]["reference"]["small_steps"]["3%"] = None
+    rows = rows_of(results)
+    assert rows[8]["verdict"] == rows[11]["verdict"] == rows[12]["verdict"] == findings.CONFOUNDED

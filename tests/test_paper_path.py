@@ -140,6 +140,14 @@ def _check_chapter(paper_book, imagenet_folder, paper_weights, chapter):
     return nb, recorded
 
 
+@pytest.mark.parametrize("chapter", ANALYSES)
+def test_paper_file_leaves_no_zoo_default(chapter):
+    """A chapter parameter the file does not set keeps the notebook's default: none of those may be a zoo model
+    (Fashion-MNIST, 28 px), which would meet the paper's 224-px images (e.g. skip_connections' ``vit_control``)."""
+    effective = book.chapter_parameters(book.ROOT / "notebooks" / f"{chapter}.ipynb", _paper(chapter))
+    assert [k for k, v in effective.items() if "zoo:" in str(v)] == []
+
+
 def test_paper_path_representation_structure(paper_book, imagenet_folder, paper_weights):
     _, rec = _check_chapter(paper_book, imagenet_folder, paper_weights, "representation_structure")
     assert rec["vit_layers"] > 12 * 4 and rec["resnet_layers"] > 16 * 3      # every sublayer of ViT-B and ResNet-50

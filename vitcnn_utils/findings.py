@@ -334,7 +334,8 @@ def _f8(v):
     if not rows:
         return Judgement("no ViT without skips in this run", not_measured="the chapter ran without no-skip models")
     middle = min(rows, key=lambda row: abs(row["depth_fraction"] - 0.5))
-    matched = control["name"] is not None and all(row["steps"] == control["steps"] for row in rows)
+    matched = (control["name"] is not None and control["steps"] is not None     # untrained models: no steps
+               and all(row["steps"] == control["steps"] for row in rows))
     steps = ", ".join(f"block {row['block']}: {row['steps']}" for row in rows)
     text = "; ".join(f"block {row['block']}: CKA across it {fmt(row['split_cka_intact'])} intact → "
                      f"{fmt(row['split_cka_no_skip'])} without skips, accuracy drop "
@@ -384,12 +385,14 @@ def _f10(v):
 
 def _matched_reference(v) -> Check:
     ref = v["reference"]
-    small = set(int(s) for s in ref["small_steps"].values())
-    matched = ref["matched"] is not None and ref["matched_steps"] is not None
-    close = matched and all(abs(s - ref["matched_steps"]) <= 0.1 * ref["matched_steps"] for s in small)
+    small = set(ref["small_steps"].values())
+    known = None not in small and ref["matched_steps"] is not None   # untrained (arch:) models have no steps
+    matched = ref["matched"] is not None and known
+    close = matched and all(abs(int(s) - ref["matched_steps"]) <= 0.1 * ref["matched_steps"] for s in small)
+    small = sorted(str(s) for s in small)
     return Check("a 100% reference trained with the small-data models' optimisation steps (within 10%)", close,
                  f"reference {ref['matched'] or ref['long']} {ref['matched_steps'] or ref['long_steps']} steps; "
-                 f"small-data models {', '.join(str(s) for s in sorted(small))}")
+                 f"small-data models {', '.join(small)}")
 
 
 def _f11(v):
