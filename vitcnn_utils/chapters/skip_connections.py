@@ -250,7 +250,8 @@ class SkipConnectionsResult:
             lines.append(
                 f"- **Block {r.block}** (depth {r.depth_fraction:.1f}): mean CKA between the layers before and after "
                 f"the block **{_fmt(r.split_cka_intact)}** in {ref}, **{_fmt(r.split_cka_no_skip)}** without its "
-                f"skips" + (f" ({_fmt(r.split_cka_long)} in the long-schedule ViT)" if self.control else "")
+                f"skips (difference {_fmt([a - b for a, b in zip(r.split_cka_no_skip, r.split_cka_intact)], 3)})"
+                + (f"; {_fmt(r.split_cka_long)} in the long-schedule ViT" if self.control else "")
                 + f". Accuracy on the draws' images: {_pct(r.accuracy_intact)} intact, "
                 f"{_pct(r.accuracy_no_skip)} without skips, a drop of **{_pts(r.accuracy_drop)}**"
                 + (f" ({_pts(r.accuracy_drop_long)} below the long-schedule ViT)"
