@@ -206,28 +206,6 @@ def skip_ratio_profile(ax, vit_profile: dict, resnet_depth, resnet_ratios, title
     return ax
 
 
-def no_skip_heatmaps(panels: list, suptitle: str):
-    """One row of within-model CKA heatmaps with one shared colour bar. Each panel is a dict with
-    ``matrix``, ``names``, ``title`` and optionally ``block``: the layers of that ViT block are framed
-    by dashed lines (where a heatmap of a ViT without that block's skips should split)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels) + 1.0, 4.6), layout="constrained",
-                             squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        names = panel["names"]
-        cka_heatmap(ax, panel["matrix"], names, names, panel["title"], "layer", "layer",
-                    tick_every=max(1, len(names) // 6), colorbar=False)
-        ax.title.set_fontsize(9.5)
-        block = panel.get("block")
-        if block is not None:
-            inside = [k for k, n in enumerate(names) if n == f"blocks.{block}" or n.startswith(f"blocks.{block}.")]
-            for edge in (inside[0], inside[-1] + 1):
-                ax.axvline(edge, color="#5fd3f3", lw=1, ls="--")
-                ax.axhline(edge, color="#5fd3f3", lw=1, ls="--")
-    fig.colorbar(axes[0, 0].collections[0], ax=axes[0].tolist(), shrink=0.8, label="CKA")
-    fig.suptitle(suptitle)
-    return fig
-
-
 # -- spatial information (paper Figs 9-11) --------------------------------------------------------------------
 def token_patch_maps(maps: dict, positions, title: str, colours_label: str = "CKA of token with input patch"):
     """Token–patch CKA heatmaps: rows = models (``maps`` label -> ``(K, gh, gw)``), columns = the ``K`` token
@@ -535,8 +513,9 @@ def skip_ratio_profile_over_draws(ax, profile: dict, title: str, half: int | Non
 
 def no_skip_heatmap_grid(panels: list, suptitle: str, ncols: int = 2, panel_inches: float = 5.2):
     """Within-model CKA heatmaps in a grid of ``ncols`` columns, each panel ``panel_inches`` wide so that the
-    layer ticks (every block output) stay readable, one shared colour bar. Panels as for
-    :func:`no_skip_heatmaps` (``matrix``, ``names``, ``title``, optional ``block`` framed by dashed lines)."""
+    layer ticks (every block output) stay readable, one shared colour bar. Panels are
+    dicts with ``matrix``, ``names``, ``title`` and optionally ``block``: the layers of that ViT block are framed
+    by dashed lines (where a heatmap of a ViT without that block's skips should split)."""
     nrows = int(np.ceil(len(panels) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel_inches * ncols + 1.2, (panel_inches + 0.9) * nrows),
                              layout="constrained", squeeze=False)
