@@ -4,7 +4,7 @@ Reports in one run: forward-only time, the CKA overhead of vitcnn_utils.cka.Mini
 Gram products), the speed-up over a straightforward per-pair loop (two Gram matrices recomputed for every layer
 pair; timed on a random sample of pairs and extrapolated to all of them), the peer library pytorch-cka on the same
 models, layers and images (end to end: its three compute_cka calls against our forward + MinibatchCKA, and
-against cka.model_heatmaps, which computes each layer's Gram inside the forward hook), and the
+against measure.model_heatmaps, which computes each layer's Gram inside the forward hook), and the
 maximum error of every heatmap entry against a float64 NumPy reference (Song et al.'s formula, per pair, summed
 over minibatches).
 
@@ -27,10 +27,11 @@ import time
 import numpy as np
 import torch
 
-from vitcnn_utils.cka import MinibatchCKA, model_heatmaps, split_heatmap
+from vitcnn_utils.cka import MinibatchCKA, split_heatmap
+from vitcnn_utils.measure import model_heatmaps
 from vitcnn_utils.data import normalize
 from vitcnn_utils.hooks import Capture, default_layers
-from vitcnn_utils.models import build_vit
+from vitcnn_utils.architectures import build_vit
 
 
 def toy_model(seed: int) -> torch.nn.Module:

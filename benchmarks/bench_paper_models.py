@@ -2,7 +2,7 @@
 ResNet-50 (within each model and across) at 224 px, random-init weights (timing only).
 
 Reports in one run: forward-only images/s (both models, no hooks), images/s of the whole heatmap computation
-(:func:`vitcnn_utils.cka.model_heatmaps`: forward passes with hooks that reduce each layer to its Gram matrix,
+(:func:`vitcnn_utils.measure.model_heatmaps`: forward passes with hooks that reduce each layer to its Gram matrix,
 U-centring, all-pairs HSIC), the CKA overhead as a fraction of the forward-only time, and on a GPU the peak
 memory of each (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; the models' weights
 are resident, so they are included). Both timed paths are warmed up first on one minibatch with the same
@@ -26,10 +26,11 @@ import warnings
 
 import torch
 
-from vitcnn_utils.cka import model_heatmaps
+from vitcnn_utils.measure import model_heatmaps
 from vitcnn_utils.heatmaps import AMP, GRAM
 from vitcnn_utils.hooks import default_layers
-from vitcnn_utils.models import load_model, preprocessor
+from vitcnn_utils.data import preprocessor
+from vitcnn_utils.models import load_model
 
 
 def _where(device: torch.device) -> str:

@@ -113,8 +113,8 @@ def step_device_parity(cfg: dict, dry: bool) -> dict:
     """Heatmaps of a small ViT × ResNet on the device (float32 Grams, no autocast) against the CPU in float64."""
     import torch
 
-    from vitcnn_utils.cka import model_heatmaps
-    from vitcnn_utils.models import build_resnet, build_vit
+    from vitcnn_utils.measure import model_heatmaps
+    from vitcnn_utils.architectures import build_resnet, build_vit
 
     torch.manual_seed(0)
     models = {"ViT": build_vit(embed_dim=32, depth=2, num_heads=2).eval(),

@@ -6,7 +6,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from vitcnn_utils.models import build_resnet, build_vit  # noqa: E402
+from vitcnn_utils.architectures import build_resnet, build_vit  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from vitcnn_utils.attention import mean_attention_distance, model_attention_distances, patch_distances
+from vitcnn_utils.attention import mean_attention_distance, patch_distances
+from vitcnn_utils.measure import attention_distances
 
 
 def brute_force(attn, patch_size, gh, gw, prefix, renormalize):
@@ -80,8 +81,8 @@ def test_errors():
 def test_model_distances_average_over_batches(tiny_vit):
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(10, 1, 28, 28, generator=gen)                  # raw float images lie in [0, 1]
-    dist, n = model_attention_distances(tiny_vit, [(x[:7], None), (x[7:], None)])
-    one, _ = model_attention_distances(tiny_vit, [(x, None)])
+    dist, n = attention_distances(tiny_vit, [(x[:7], None), (x[7:], None)])
+    one, _ = attention_distances(tiny_vit, [(x, None)])
     assert n == 10 and dist.shape == (2, 4)
     assert torch.allclose(dist, one, atol=1e-10)
     max_distance = 4 * math.hypot(6, 6)
@@ -89,7 +90,8 @@ def test_model_distances_average_over_batches(tiny_vit):
 
 
 def test_rank_correlation_and_uniform_distance(tiny_vit):
-    from vitcnn_utils.attention import rank_correlation, uniform_distance
+    from vitcnn_utils.attention import rank_correlation
+    from vitcnn_utils.measure import uniform_distance
     x = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert rank_correlation(x, x ** 3) == pytest.approx(1.0)
     assert rank_correlation(x, -x) == pytest.approx(-1.0)

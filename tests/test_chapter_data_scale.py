@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from vitcnn_utils import cka, probes
+
+from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
 from vitcnn_utils.chapters import data_scale
 from vitcnn_utils.chapters.data_scale import FULL, MATCHED
@@ -71,19 +72,19 @@ def test_draw_0_is_the_plain_library_call(result, groups):
     batches = vdata.analysis_batches("fashion-mnist", SIZES["n_images"], SIZES["batch_size"], seed=0)
     fit, val, test = vdata.probe_batches("fashion-mnist", SIZES["shots"], SIZES["val_per_class"], SIZES["n_test"],
                                          SIZES["batch_size"], seed=0)
-    heat = cka.block_heatmaps(vit, batches, progress=False)
+    heat = measure.block_heatmaps(vit, batches, progress=False)
     for reference, label in (("vit_long", FULL), ("vit_matched", MATCHED)):
-        matched = cka.matched_layer_cka(heat, label)
+        matched = data_scale.matched_layer_cka(heat, label)
         for small in ("3%", "30%"):
             assert rec[reference]["cka_first_block"][small][0] == matched[small][1].item()
             assert rec[reference]["cka_last_block"][small][0] == matched[small][-1].item()
             assert torch.equal(result.cka[reference][small][0], matched[small])
-    res_heat = cka.matched_layer_cka(cka.block_heatmaps(resnet, batches, progress=False), FULL)
+    res_heat = data_scale.matched_layer_cka(measure.block_heatmaps(resnet, batches, progress=False), FULL)
     assert rec["resnet"]["cka_last_block"]["3%"][0] == res_heat["3%"][-1].item()
 
-    spatial = probes.block_probes(vit, fit, val, test, 10, "gap_spatial")
-    cls = probes.block_probes(vit, fit, val, test, 10, "first")
-    gap = probes.block_probes(resnet, fit, val, test, 10, "gap")
+    spatial = measure.block_probes(vit, fit, val, test, 10, "gap_spatial")
+    cls = measure.block_probes(vit, fit, val, test, 10, "first")
+    gap = measure.block_probes(resnet, fit, val, test, 10, "gap")
     mid = result.mid_index
     assert mid == {"ViT": 0, "ResNet": 1}                     # 2 ViT blocks, 4 ResNet units: (n - 1) // 2
     for label in vit:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vitcnn_utils import attention, cache, localisation
+from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
 from vitcnn_utils.chapters import local_global as lg
 from vitcnn_utils.zoo import ablation
@@ -84,17 +85,17 @@ def test_record_has_every_schema_field_with_one_entry_per_draw(result):
 
 def test_draw_zero_equals_the_plain_library_calls(result, tiny_vit, tiny_resnet):
     batches = vdata.analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=3)
-    dist = attention.model_attention_distances(tiny_vit, batches)[0]
+    dist = measure.attention_distances(tiny_vit, batches)[0]
     assert result.distances_all_data[0] == dist.tolist()
-    subsets = attention.head_subset_cka(tiny_vit, tiny_resnet, batches, LOW_LAYERS)
+    subsets = measure.head_subset_cka(tiny_vit, tiny_resnet, batches, LOW_LAYERS)
     rho = attention.rank_correlation(subsets["distance"], subsets["cka"].mean(1))
     assert result.head_subset_rank_correlation[0] == pytest.approx(rho, abs=1e-12)
     for i, heads in enumerate(subsets["heads"]):
         assert result.head_cka[0][heads[0]] == pytest.approx(subsets["cka"][i].tolist(), abs=1e-12)
     images = next(iter(vdata.analysis_batches("fashion-mnist", N_ERF, N_ERF, seed=3 + lg.ERF_SEED_OFFSET)))[0]
-    erf = localisation.effective_receptive_field(tiny_resnet, images, "layer1.0")
+    erf = measure.effective_receptive_field(tiny_resnet, images, "layer1.0")
     assert result.erf_radius["ResNet layer1.0"][0] == localisation.erf_radius(erf)
-    assert result.uniform_distance == attention.uniform_distance(tiny_vit)
+    assert result.uniform_distance == measure.uniform_distance(tiny_vit)
     assert result.uniform_erf_radius == localisation.erf_radius(torch.ones(28, 28, dtype=torch.float64))
 
 

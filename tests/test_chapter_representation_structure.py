@@ -3,6 +3,7 @@ draw 0 equal to the plain library calls on seed 0's images (block outputs from a
 import torch
 
 from vitcnn_utils import cka, findings
+from vitcnn_utils import measure
 from vitcnn_utils.chapters import representation_structure as rs
 from vitcnn_utils.data import analysis_batches
 from vitcnn_utils.hooks import block_outputs
@@ -24,7 +25,7 @@ def test_record_fields_and_draw_zero(tiny_vit, tiny_resnet):
     assert type(rec["vit_lowest_quarter_layers"]) is int
 
     models = {"ViT": tiny_vit, "ResNet": tiny_resnet}
-    heatmaps = cka.model_heatmaps(models, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=0), progress=False)
+    heatmaps = measure.model_heatmaps(models, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=0), progress=False)
     vv, rr, cross = heatmaps["ViT", "ViT"], heatmaps["ResNet", "ResNet"], heatmaps["ResNet", "ViT"]
     n_res, n_vit = cross.shape
     assert rec["vit_layers"] == n_vit == 1 + 6 * 2 and rec["resnet_layers"] == n_res
@@ -39,7 +40,7 @@ def test_record_fields_and_draw_zero(tiny_vit, tiny_resnet):
     assert torch.equal(result.within["ViT"][0], vv.double()) and torch.equal(result.cross[0], cross.double())
 
     # residual stream only: a separate capture of the block outputs gives the same CKA values
-    blocks = cka.model_heatmaps(models, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=0),
+    blocks = measure.model_heatmaps(models, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=0),
                                 layers={m: block_outputs(models[m]) for m in models}, progress=False)
     assert blocks.names["ViT"] == ["blocks.0", "blocks.1"] == result.block_names["ViT"]
     for label, field in (("ViT", "vit_low_high_blocks"), ("ResNet", "resnet_low_high_blocks")):
@@ -47,7 +48,7 @@ def test_record_fields_and_draw_zero(tiny_vit, tiny_resnet):
         assert abs(rec[field][0] - expected) < 1e-9
 
     # draw 1 is seed 1's images
-    other = cka.model_heatmaps(models, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=1), progress=False)
+    other = measure.model_heatmaps(models, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=1), progress=False)
     assert rec["vit_low_high"][1] == cka.band_mean(other["ViT", "ViT"], (0, 0.25), (0.75, 1.0))
     assert rec["vit_low_high"][1] != rec["vit_low_high"][0]
 

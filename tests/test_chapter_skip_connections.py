@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from vitcnn_utils import cka, findings, skips
+from vitcnn_utils import findings, skips
+from vitcnn_utils import measure
 from vitcnn_utils.chapters import skip_connections as sc
 from vitcnn_utils.data import analysis_batches
-from vitcnn_utils.models import build_vit
+from vitcnn_utils.architectures import build_vit
 from vitcnn_utils.train import model_accuracies
 from vitcnn_utils.zoo import optimisation_steps
 
@@ -58,22 +59,22 @@ def test_record_fields_and_draw_zero(vits, tiny_resnet):
 
     # draw 0 against the library on seed 0's images
     batches = analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=0)
-    vr, sublayers = skips.vit_skip_ratios(long, batches)
-    rr, units = skips.resnet_skip_ratios(tiny_resnet, batches)
-    summary = skips.skip_ratio_summary(vr, rr, 1)
+    vr, sublayers = measure.vit_skip_ratios(long, batches)
+    rr, units = measure.resnet_skip_ratios(tiny_resnet, batches)
+    summary = sc.skip_ratio_summary(vr, rr, 1)
     for field in RATIOS:
         assert rec[field][0] == summary[field], field
     assert result.sublayers == sublayers and result.units == units
     models = {"control": control, "no-skip 0": no_skip[0], "no-skip 1": no_skip[1]}
-    heatmaps = cka.model_heatmaps(models, batches, progress=False)
+    heatmaps = measure.model_heatmaps(models, batches, progress=False)
     acc = model_accuracies(models, batches)
-    expected = skips.no_skip_comparison(heatmaps, "control", {k: models[k] for k in ("no-skip 0", "no-skip 1")},
+    expected = sc.no_skip_comparison(heatmaps, "control", {k: models[k] for k in ("no-skip 0", "no-skip 1")},
                                         acc, control)
     for row, exp in zip(rec["no_skip"], expected):
         assert abs(row["split_cka_intact"][0] - exp["split_cka_intact"]) < 1e-9
         assert abs(row["split_cka_no_skip"][0] - exp["split_cka_no_skip"]) < 1e-9
         assert row["accuracy_drop"][0] == exp["accuracy_drop"]
-    long_heatmap = cka.model_heatmaps({"long": long}, batches, progress=False)["long", "long"]
+    long_heatmap = measure.model_heatmaps({"long": long}, batches, progress=False)["long", "long"]
     long_split = skips.split_contrast(long_heatmap, heatmaps.names["control"], 1)
     assert abs(rec["no_skip"][1]["split_cka_long"][0] - long_split) < 1e-9
 

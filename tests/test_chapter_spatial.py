@@ -3,7 +3,8 @@ draws (counts as ints), and draw 0 is the plain library call on the same images.
 import pytest
 import torch
 
-from vitcnn_utils import cache, localisation, probes
+from vitcnn_utils import cache, localisation
+from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
 from vitcnn_utils.chapters import spatial
 
@@ -38,13 +39,13 @@ def test_draw_0_is_the_plain_library_call(result, tiny_vit, tiny_vit_gap, tiny_r
                                          SIZES["batch_size"], seed=0)
     rec = result.to_record()
     for label, model in models.items():
-        g = localisation.token_geometry(model, LAYERS[label], batches)
-        matrix = localisation.token_patch_cka(model, batches, LAYERS[label], g["patch_size"], g["grid"],
+        g = measure.token_geometry(model, LAYERS[label], batches)
+        matrix = measure.token_patch_cka(model, batches, LAYERS[label], g["patch_size"], g["grid"],
                                               g["num_prefix_tokens"])
         assert torch.equal(result.token_patch_cka[label][0], matrix.double())
         counts = localisation.own_patch_counts(matrix, g["grid"])
         assert rec[spatial.KEYS[label]]["interior_own_patch_count"][0] == counts["interior_own_patch_count"]
-        curves = probes.probe_curves(probes.spatial_probes(model, fit, val, test), g["num_prefix_tokens"])
+        curves = spatial.probe_curves(measure.spatial_probes(model, fit, val, test), g["num_prefix_tokens"])
         for kind, values in curves.items():
             assert torch.equal(result.probe_curves[label][kind][0], values.double()), (label, kind)
     assert rec["vit_cls_cls"][0] == result.probe_curves["ViT-CLS"]["cls"][0, -1].item()
@@ -58,7 +59,7 @@ def test_own_patch_counts_agree_with_the_summary_fractions():
     matrix[5, 5] = 2.0                      # an interior token that picks its own patch
     matrix[6, 6] = float("nan")             # an interior token whose own-patch CKA is undefined: never a hit
     counts = localisation.own_patch_counts(matrix, (4, 4))
-    summary = localisation.localisation_summary(matrix, (4, 4))
+    summary = spatial.localisation_summary(matrix, (4, 4))
     assert counts["interior_tokens"] == 4 and counts["interior_defined"] == 3 and counts["tokens"] == 16
     assert counts["interior_own_patch_count"] / counts["interior_defined"] == summary["interior_own_patch_is_best"]
     assert counts["own_patch_count"] / counts["defined"] == summary["own_patch_is_best"]

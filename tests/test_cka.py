@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vitcnn_utils.cka import MinibatchCKA, linear_cka, model_heatmaps, split_heatmap, u_centre_
+from vitcnn_utils.cka import MinibatchCKA, linear_cka, split_heatmap, u_centre_
+from vitcnn_utils.measure import model_heatmaps
 
 
 # ---- reference: the formulas, in float64 NumPy, no shared code with the package --------------------------
@@ -298,7 +299,8 @@ def test_gram_inside_autocast_keeps_its_precision():
 def test_model_heatmaps_from_grams_in_hooks_equal_features_path():
     """model_heatmaps reduces each layer to its Gram inside the hook; same numbers as updating from features."""
     from vitcnn_utils.hooks import Capture
-    from vitcnn_utils.models import build_vit, preprocessor
+    from vitcnn_utils.architectures import build_vit
+    from vitcnn_utils.data import preprocessor
 
     torch.manual_seed(0)
     model = build_vit(embed_dim=16, depth=2, num_heads=2).eval()

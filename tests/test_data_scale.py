@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from vitcnn_utils.cka import Heatmaps, matched_layer_cka, model_heatmaps
+from vitcnn_utils.chapters.data_scale import matched_layer_cka
+from vitcnn_utils.cka import Heatmaps
+from vitcnn_utils.measure import model_heatmaps
 from vitcnn_utils.hooks import block_layers, capture, middle_index, normalised_depth
-from vitcnn_utils.probes import block_probes, data_scale_numbers
+from vitcnn_utils.chapters.data_scale import data_scale_numbers
+from vitcnn_utils.measure import block_probes
 from vitcnn_utils.zoo import training_summary, training_table
 
 from test_cka import hsic_unbiased_ref as _hsic1  # the one float64 reference of the formula
@@ -113,7 +116,7 @@ def _probe_data(n, classes, seed):
 
 
 def test_block_probes_equal_probe_layers_per_model(tiny_vit, tiny_resnet):
-    from vitcnn_utils.probes import probe_layers
+    from vitcnn_utils.measure import probe_layers
     fit, val, test = _probe_data(24, 3, 0), _probe_data(12, 3, 1), _probe_data(30, 3, 2)
     for model, agg in ((tiny_vit, "first"), (tiny_resnet, "gap")):
         models = {"a": model, "b": _perturbed(model, 1.0, 3)}

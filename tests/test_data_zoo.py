@@ -7,7 +7,8 @@ import torch
 from vitcnn_utils import zoo
 from vitcnn_utils.data import (DataNotFoundError, analysis_subset, fraction_subset, load_fashion_mnist,
                                normalize)
-from vitcnn_utils.models import build_vit, load_model
+from vitcnn_utils.architectures import build_vit
+from vitcnn_utils.models import load_model
 from vitcnn_utils.train import Recipe, augment, evaluate, train
 
 CHECK_IMAGES = 1000          # the fixed CI-sized test subset (class-balanced, seed 0)

@@ -6,11 +6,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vitcnn_utils.attention import model_attention_distances
+from vitcnn_utils.measure import attention_distances
 from vitcnn_utils.cka import MinibatchCKA
-from vitcnn_utils.models import build_vit
-from vitcnn_utils.probes import probe_layers
-from vitcnn_utils.skips import vit_skip_ratios
+from vitcnn_utils.architectures import build_vit
+from vitcnn_utils.measure import probe_layers
+from vitcnn_utils.measure import vit_skip_ratios
 
 
 def _data():
@@ -59,7 +59,7 @@ def _worker(rank, world, store, out):
         cka.update([x[sl] for x in a], [y[sl] for y in b])
     result = cka.compute()                                   # all-reduced sums
     shards = [(images[sl], None) for sl in _batches(12, 3)[rank::world]]
-    dist_result, count = model_attention_distances(_model(), shards)
+    dist_result, count = attention_distances(_model(), shards)
     ratios, _ = vit_skip_ratios(_model(), shards)
     probes = _probe([batches[rank::world] for batches in _probe_sets()])
     if rank == 0:
@@ -75,7 +75,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     single = MinibatchCKA()
     for sl in _batches(48, 8):
         single.update([x[sl] for x in a], [y[sl] for y in b])
-    expected_dist, _ = model_attention_distances(_model(), [(images[sl], None) for sl in _batches(12, 3)])
+    expected_dist, _ = attention_distances(_model(), [(images[sl], None) for sl in _batches(12, 3)])
     expected_ratios, _ = vit_skip_ratios(_model(), [(images[sl], None) for sl in _batches(12, 3)])
     expected_probes = _probe(_probe_sets())
 

@@ -1,4 +1,4 @@
-"""Issue 12: no silent wrong answers from models.preprocessor / data, and errors that say what to do.
+"""Issue 12: no silent wrong answers from data.preprocessor / data, and errors that say what to do.
 
 Float images (what torchvision transforms produce) and uint8 images give the same model output; float images
 outside [0, 1] are refused. An explicit data location is used or refused, never replaced. Fashion-MNIST is
@@ -19,7 +19,9 @@ from safetensors.torch import save_file
 
 from vitcnn_utils import data, zoo
 from vitcnn_utils.data import DataNotFoundError, load_fashion_mnist, normalize
-from vitcnn_utils.models import build_resnet, build_vit, load_model, preprocessor
+from vitcnn_utils.architectures import build_resnet, build_vit
+from vitcnn_utils.data import preprocessor
+from vitcnn_utils.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

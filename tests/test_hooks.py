@@ -142,7 +142,7 @@ def test_two_captures_on_one_model_each_record_their_own_pass(tiny_vit, images):
 
 def test_model_heatmaps_of_one_model_under_two_names(tiny_vit):
     """``model_heatmaps({"a": m, "b": m})``: one capture per model object, its results shared by both names."""
-    from vitcnn_utils.cka import model_heatmaps
+    from vitcnn_utils.measure import model_heatmaps
 
     images = (torch.rand(24, 1, 28, 28, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)
     batches = [(images[i:i + 8], None) for i in range(0, 24, 8)]

@@ -1,12 +1,13 @@
 """Token–patch CKA, patches, effective receptive fields, head-subset CKA: against brute force."""
 import torch
 
-from vitcnn_utils.attention import head_subset_cka, model_attention_distances
+from vitcnn_utils.measure import attention_distances, head_subset_cka
 from vitcnn_utils.cka import linear_cka
 from vitcnn_utils.data import normalize
 from vitcnn_utils.hooks import capture
-from vitcnn_utils.localisation import (effective_receptive_field, image_patches, localisation_summary,
-                                       token_patch_cka)
+from vitcnn_utils.chapters.spatial import localisation_summary
+from vitcnn_utils.localisation import image_patches
+from vitcnn_utils.measure import effective_receptive_field, token_patch_cka
 
 
 def _patch_embedder():
@@ -58,7 +59,7 @@ def test_vit_erf_and_head_subsets(tiny_vit, tiny_resnet):
     assert erf.shape == (28, 28) and (erf > 0).float().mean() > 0.9      # attention mixes all patches
     batches = [(images[:16], None), (images[16:], None)]
     result = head_subset_cka(tiny_vit, tiny_resnet, batches, ["layer1.0", "layer2.0"], block=0, subset_size=2)
-    distances, _ = model_attention_distances(tiny_vit, batches)
+    distances, _ = attention_distances(tiny_vit, batches)
     order = torch.argsort(distances[0]).tolist()
     assert result["heads"] == [order[0:2], order[1:3], order[2:4]]
     assert torch.all(result["distance"][1:] >= result["distance"][:-1])

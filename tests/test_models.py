@@ -4,8 +4,10 @@ import torch
 from safetensors.torch import save_file
 
 from vitcnn_utils.cka import MinibatchCKA
-from vitcnn_utils.hooks import default_layers, iter_features
-from vitcnn_utils.models import build_vit, load_model
+from vitcnn_utils.hooks import default_layers
+from vitcnn_utils.runner import features
+from vitcnn_utils.architectures import build_vit
+from vitcnn_utils.models import load_model
 
 
 def test_unknown_name_is_a_clear_error():
@@ -51,7 +53,7 @@ def test_paper_architectures_run_through_hooks_and_cka():
     batches = [(images[:4], None), (images[4:], None)]
     cka = MinibatchCKA()
     layers_vit, layers_resnet = ["blocks.0", "blocks.11"], ["layer1.0", "layer4.2"]
-    for (fa, _), (fb, _) in zip(iter_features(vit, batches, layers_vit), iter_features(resnet, batches, layers_resnet)):
+    for (fa, _), (fb, _) in zip(features(vit, batches, layers_vit), features(resnet, batches, layers_resnet)):
         assert fa["blocks.0"].shape == (4, 197, 768) and fb["layer4.2"].shape == (4, 2048, 7, 7)
         cka.update(fa, fb)
     out = cka.compute()

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vitcnn_utils.hooks import block_outputs
-from vitcnn_utils.probes import (RELATIVE_LAMBDAS, RidgeProbes, aggregate, probe_layers, ridge_solutions,
-                                 signed_one_hot)
+from vitcnn_utils.measure import probe_layers
+from vitcnn_utils.probes import RELATIVE_LAMBDAS, RidgeProbes, aggregate, ridge_solutions, signed_one_hot
 
 
 def _structured(n, d, classes, seed, noise=1.0, offset=0.0, scale=1.0):

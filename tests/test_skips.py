@@ -2,7 +2,7 @@
 import torch
 
 from vitcnn_utils.data import normalize
-from vitcnn_utils.skips import resnet_skip_ratios, vit_skip_ratios
+from vitcnn_utils.measure import resnet_skip_ratios, vit_skip_ratios
 
 
 def test_vit_ratios_by_hand(tiny_vit):

@@ -8,9 +8,10 @@ import torch
 from vitcnn_utils.cka import Heatmaps
 from vitcnn_utils.data import normalize
 from vitcnn_utils.hooks import default_layers, normalised_depth
-from vitcnn_utils.models import build_vit
-from vitcnn_utils.skips import (no_skip_comparison, ratio_profile, removed_blocks, skip_ratio_summary, split_contrast,
-                                split_layers, split_summary)
+from vitcnn_utils.architectures import build_vit
+from vitcnn_utils.architectures import removed_blocks
+from vitcnn_utils.chapters.skip_connections import no_skip_comparison, skip_ratio_summary
+from vitcnn_utils.skips import ratio_profile, split_contrast, split_layers, split_summary
 from vitcnn_utils.train import model_accuracies
 from vitcnn_utils.zoo import optimisation_steps
 

@@ -4,9 +4,12 @@ import torch
 
 from vitcnn_utils.data import normalize
 from vitcnn_utils.hooks import block_outputs, capture, normalised_depth
-from vitcnn_utils.localisation import localisation_summary, position_maps, token_geometry, token_patch_cka
-from vitcnn_utils.probes import (ProbeResult, chosen_lambda_range, count_classes, probe_aggregations, probe_curves,
-                                 probe_layers, spatial_probes, token_accuracy_spread)
+from vitcnn_utils.chapters.spatial import localisation_summary
+from vitcnn_utils.localisation import position_maps
+from vitcnn_utils.measure import token_geometry, token_patch_cka
+from vitcnn_utils.chapters.spatial import chosen_lambda_range, probe_curves, token_accuracy_spread
+from vitcnn_utils.measure import count_classes, probe_aggregations, probe_layers, spatial_probes
+from vitcnn_utils.probes import ProbeResult
 
 
 def _batches(n=32, batch=16, classes=4, seed=0):

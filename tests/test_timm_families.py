@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from vitcnn_utils.attention import model_attention_distances, uniform_distance
+from vitcnn_utils.measure import attention_distances, uniform_distance
 from vitcnn_utils.cka import MinibatchCKA
 from vitcnn_utils.hooks import (Capture, attention_modules, block_layers, block_outputs, default_layers,
                                 global_attention_issue, input_layer, resolve_layers)
@@ -82,9 +82,9 @@ def test_attention_measurements_need_global_attention(models):
         resolve_layers(convnext, "*.probs")
     batches = [(torch.rand(4, 3, 56, 56), None)]
     with pytest.raises(ValueError, match="attention distance is not defined.*local windows"):
-        model_attention_distances(swin, batches)
+        attention_distances(swin, batches)
     with pytest.raises(ValueError, match="attention distance is not defined.*no attention layers"):
-        model_attention_distances(convnext, batches)
+        attention_distances(convnext, batches)
     with pytest.raises(ValueError, match="no attention layers"):
         uniform_distance(models["efficientnet_b0"])
 
@@ -108,6 +108,6 @@ def test_eva_attention_probabilities_and_distance(models):
     for p in probs.values():
         assert p.shape == (4, heads, tokens, tokens)
         assert torch.allclose(p.sum(-1), torch.ones(()), atol=1e-5) and (p >= 0).all()
-    dist, n = model_attention_distances(eva, [(torch.rand(4, 3, 56, 56), None)])
+    dist, n = attention_distances(eva, [(torch.rand(4, 3, 56, 56), None)])
     assert n == 4 and dist.shape == (len(eva.blocks), heads) and torch.isfinite(dist).all()
     assert (dist >= 0).all() and (dist <= 14 * math.hypot(3, 3)).all()

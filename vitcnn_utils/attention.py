@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
-
 import torch
 
-from .hooks import Capture, global_attention_issue, mean_over_images, resolve_layers
-from .models import preprocessor
 
 
 def _grid(grid) -> tuple[int, int]:
@@ -127,80 +123,6 @@ def mean_attention_distance(attn: torch.Tensor, patch_size: float, grid: int | t
             ``num_prefix_tokens``, a non-positive ``patch_size``, or rows that are not probabilities.
     """
     return attention_distance_per_image(attn, patch_size, grid, num_prefix_tokens, renormalize).mean(0)
-
-
-def model_attention_distances(model: torch.nn.Module, batches: Iterable, renormalize: bool = True,
-                              device: str | torch.device | None = None) -> tuple[torch.Tensor, int]:
-    """Mean attention distance of every head of every block of a timm ViT, over all images of ``batches``
-    (raw ``(images, labels)`` minibatches; the model's :func:`~vitcnn_utils.models.preprocessor` is applied).
-
-    Returns:
-        ``(distances, n_images)`` with distances float64 ``(blocks, heads)`` in pixels. The per-image values
-        are summed and divided once at the end, so batches of any sizes average correctly; under
-        ``torch.distributed`` the sums are all-reduced.
-    """
-    _require_global_attention(model)
-    layers = resolve_layers(model, "blocks.*.attn.probs")
-    patch_size = model.patch_embed.patch_size[0]
-    grid = model.patch_embed.grid_size
-
-    def per_image(feats):                                                   # (B, blocks, heads)
-        return torch.stack([attention_distance_per_image(feats[name], patch_size, grid, model.num_prefix_tokens,
-                                                         renormalize) for name in layers], dim=1)
-    return mean_over_images(model, batches, layers, per_image, device=device)
-
-
-def head_subset_cka(vit: torch.nn.Module, other: torch.nn.Module, batches, other_layers, block: int = 0,
-                    subset_size: int = 1, device: str | torch.device = "cpu") -> dict:
-    """CKA between subsets of one ViT block's attention heads and layers of another model (paper Fig 5).
-
-    The heads of ``block`` are sorted by mean attention distance (over the same ``batches``); each subset is
-    a window of ``subset_size`` consecutive heads in that order, from the most local to the most global. A
-    subset's representation is the concatenation of its heads' outputs (the input of ``attn.proj``) at the
-    patch tokens (prefix tokens dropped), compared by minibatch CKA with each of ``other_layers``.
-
-    Returns:
-        ``{"heads": [[head indices], ...], "distance": float64 (subsets,) mean distance of each subset in
-        pixels, "cka": float64 (subsets, len(other_layers)), "layers": other_layers}``.
-    """
-    from .cka import MinibatchCKA
-
-    distances, _ = model_attention_distances(vit, batches, device=device)
-    per_head = distances[block]
-    heads = len(per_head)
-    if not 1 <= subset_size <= heads:
-        raise ValueError(f"subset_size must be in [1, {heads}], got {subset_size}")
-    order = torch.argsort(per_head).tolist()
-    subsets = [order[i:i + subset_size] for i in range(heads - subset_size + 1)]
-    tap = f"blocks.{block}.attn.proj:in"
-    other_layers = resolve_layers(other, other_layers)
-    prep_vit, prep_other = preprocessor(vit), preprocessor(other)
-    cka = MinibatchCKA(device=device)
-    vit.eval().to(device)
-    other.eval().to(device)
-    with Capture(vit, tap) as cap_v, Capture(other, other_layers) as cap_o, torch.inference_mode():
-        for images, _ in batches:
-            images = images.to(device)
-            out = cap_v(prep_vit(images))[tap][:, vit.num_prefix_tokens:]          # (B, P, heads·head_dim)
-            out = out.unflatten(-1, (heads, -1))                                    # (B, P, heads, head_dim)
-            feats_o = cap_o(prep_other(images))
-            cka.update([out[:, :, s] for s in subsets], [feats_o[name] for name in other_layers])
-    return {"heads": subsets, "distance": torch.stack([per_head[s].mean() for s in subsets]),
-            "cka": cka.compute(), "layers": other_layers}
-
-
-def _require_global_attention(model: torch.nn.Module) -> None:
-    """Attention distance needs global attention over a patch grid (a timm ViT, DeiT or EVA): a clear error
-    for Swin (window attention), ConvNeXt, ResNets and other models (see hooks.global_attention_issue)."""
-    problem = global_attention_issue(model)
-    if problem:
-        raise ValueError(f"attention distance is not defined for this model: {problem}")
-
-
-def uniform_distance(model: torch.nn.Module) -> float:
-    """Mean attention distance (pixels) of a head attending uniformly to all patches of ``model``'s grid."""
-    _require_global_attention(model)
-    return patch_distances(tuple(model.patch_embed.grid_size), model.patch_embed.patch_size[0]).mean().item()
 
 
 def distance_summary(distances: torch.Tensor) -> dict[str, float]:

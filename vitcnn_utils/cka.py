@@ -438,66 +438,6 @@ class Heatmaps:
         return self.matrix[self._offsets[a], self._offsets[b]]
 
 
-def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mapping[str, object] | None = None,
-                   device: str | torch.device = "cpu", gram_dtype: torch.dtype = torch.float64,
-                   amp_dtype: torch.dtype | None = None, progress: bool = True) -> Heatmaps:
-    """CKA between every captured layer of every model (within and across), over all ``batches``.
-
-    Args:
-        models: ``{name: model}``; every model sees the same images.
-        batches: iterable of ``(raw images, labels)`` minibatches (at least 4 images each), e.g.
-            :func:`vitcnn_utils.data.analysis_batches`; each model applies its own
-            :func:`~vitcnn_utils.models.preprocessor`.
-        layers: ``{name: layers}`` for :class:`~vitcnn_utils.hooks.Capture` (default: ``"default"``).
-            One model object under several names (a within-model heatmap, ``{"a": m, "b": m}``) runs once
-            per minibatch, with one capture of all its names' layers shared by them.
-        amp_dtype: optional autocast dtype for the forward passes (Grams stay in ``gram_dtype``).
-
-    Returns:
-        :class:`Heatmaps`; each layer's Gram matrix is computed once per minibatch for all heatmaps.
-    """
-    from contextlib import ExitStack
-
-    from tqdm import tqdm
-
-    from .hooks import Capture, resolve_layers
-    from .models import preprocessor
-
-    layers = layers or {}
-    device = torch.device(device)
-    cka = MinibatchCKA(gram_dtype=gram_dtype, device=device)
-    names: dict[str, list[str]] = {}
-    wanted = {name: resolve_layers(model, layers.get(name, "default")) for name, model in models.items()}
-    first = {}                                               # model object -> the first name it goes by
-    for name, model in models.items():
-        first.setdefault(id(model), name)
-    with ExitStack() as stack, torch.inference_mode():
-        caps = {}
-        for name, model in models.items():
-            if first[id(model)] != name:
-                continue
-            model.eval().to(device)
-            union = [layer for other, m in models.items() if m is model for layer in wanted[other]]
-            # each layer is reduced to its (n, n) Gram inside the hook: memory ~ L n², not the features
-            caps[name] = stack.enter_context(Capture(model, union, transform=cka.gram))
-        prep = {name: preprocessor(model) for name, model in models.items() if name in caps}
-        # progress=False silences the bar; otherwise tqdm's defaults apply (so TQDM_DISABLE=1 is honoured)
-        for images, _ in tqdm(batches, desc="CKA", leave=False, **({} if progress else {"disable": True})):
-            images = images.to(device)
-            joint, captured = {}, {}
-            for name, cap in caps.items():
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    captured[name] = cap(prep[name](images))
-            for name, model in models.items():                # in the order given; shared captures reused
-                feats = captured[first[id(model)]]
-                keep = set(wanted[name])
-                names.setdefault(name, [layer for layer in feats if layer in keep])   # execution order
-                joint.update({f"{name}/{layer}": feats[layer] for layer in names[name]})
-            cka.update(joint)
-    matrix = cka.compute()
-    return Heatmaps(names, matrix, cka.total_examples)
-
-
 def band_mean(matrix: torch.Tensor, rows: tuple[float, float], cols: tuple[float, float]) -> float:
     """Mean CKA over a block of a heatmap given as fractions of depth, e.g. ``rows=(0, 0.25)`` = the lowest
     quarter of the row model's layers (NaNs ignored)."""
@@ -521,40 +461,3 @@ def nanmax(matrix: torch.Tensor, dim: int | None = None):
 def _nan_to_minus_inf(matrix: torch.Tensor) -> torch.Tensor:
     """float64 copy in which undefined (NaN) CKA values can never win a maximum."""
     return torch.nan_to_num(matrix.double(), nan=-torch.inf)
-
-
-# -- scale of data (paper section 6, Figs 12-13) ------------------------------------------------------------
-def matched_layer_cka(heatmaps: Heatmaps, reference: str) -> dict[str, torch.Tensor]:
-    """CKA of each layer of every model in ``heatmaps`` with the *same* layer of ``reference`` (the diagonal
-    of ``heatmaps[model, reference]``), for models of one architecture.
-
-    Returns:
-        ``{model: (L,) float64}`` for every model except ``reference``, in ``heatmaps.names`` order.
-
-    Raises:
-        ValueError: if a model's captured layers differ from the reference's (different architectures).
-    """
-    if reference not in heatmaps.names:
-        raise ValueError(f"no model {reference!r} in the heatmaps; models: {', '.join(heatmaps.names)}")
-    ref_layers = heatmaps.names[reference]
-    out = {}
-    for model, layers in heatmaps.names.items():
-        if model == reference:
-            continue
-        if layers != ref_layers:
-            raise ValueError(f"model {model!r} has layers {layers[:3]}... ({len(layers)}), the reference "
-                             f"{reference!r} {ref_layers[:3]}... ({len(ref_layers)}): matched-layer CKA needs "
-                             "the same architecture")
-        out[model] = heatmaps[model, reference].diagonal().clone()
-    return out
-
-
-def block_heatmaps(models: Mapping[str, torch.nn.Module], batches, with_input: bool = True,
-                   device: str | torch.device = "cpu", progress: bool = True) -> Heatmaps:
-    """:func:`model_heatmaps` restricted to each model's :func:`~vitcnn_utils.hooks.block_layers` (layer 0 =
-    embedding / stem when ``with_input``, then the block outputs): ``heatmaps[a, b]`` is ``(blocks of a, blocks
-    of b)``."""
-    from .hooks import block_layers
-
-    layers = {label: block_layers(model, with_input) for label, model in models.items()}
-    return model_heatmaps(models, batches, layers, device=device, progress=progress)

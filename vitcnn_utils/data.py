@@ -264,7 +264,7 @@ def _check_sizes(n: int, batch_size: int) -> None:
 
 def batches(data: ImageSet, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Raw ``(uint8 images (b, C, H, W), labels (b,))`` minibatches of all of ``data``, in order; each model
-    applies its own preprocessing (:func:`vitcnn_utils.models.preprocessor`). Every minibatch has at least 4
+    applies its own preprocessing (:func:`vitcnn_utils.data.preprocessor`). Every minibatch has at least 4
     images (unbiased HSIC), else a ValueError says how to choose the sizes."""
     _check_sizes(len(data), batch_size)
     return [(data.images[i:i + batch_size], data.labels[i:i + batch_size])
@@ -395,3 +395,26 @@ class _FolderBatches:
 
     def __len__(self):
         return len(self.loader)
+
+
+def preprocessor(model: torch.nn.Module):
+    """The function mapping raw images ``(n, C, H, W)`` to ``model``'s float32 input of the same shape.
+
+    Raw images are ``uint8`` (or other integer) pixel values 0..255, or float images in [0, 1] such as
+    torchvision's ``ToTensor()`` gives: both give the same output, for every model. Float images outside
+    [0, 1] (0..255 floats, images already normalised) or with NaN are a ValueError: nothing is guessed or
+    clamped (see :func:`vitcnn_utils.data.to_unit_float`).
+
+    Zoo models (28×28 grey) get the Fashion-MNIST standardisation (:func:`vitcnn_utils.data.normalize`);
+    timm models the mean/std normalisation of their pretrained config (images already resized).
+    """
+    if getattr(model, "vitcnn_input", None) == "fashion-mnist":
+        return normalize
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, -1, 1, 1)
+
+    def preprocess(images: torch.Tensor) -> torch.Tensor:
+        images = to_unit_float(images)
+        return (images - mean.to(images.device)) / std.to(images.device)
+    return preprocess

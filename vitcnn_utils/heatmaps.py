@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from . import cka, data
+from . import data, measure
 from .models import load_named
 
 DEFAULTS = {"vit": "zoo:vit-cls", "resnet": "zoo:resnet", "weights": {}, "pretrained": False,
@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
         batches = data.analysis_batches(params["data"], params["n_images"], params["batch_size"], params["seed"],
                                         params["data_dir"], params["image_size"], shard=(rank, world))
         start = time.perf_counter()
-        heatmaps = cka.model_heatmaps(models, batches, device=device, gram_dtype=GRAM[args.gram_dtype],
+        heatmaps = measure.model_heatmaps(models, batches, device=device, gram_dtype=GRAM[args.gram_dtype],
                                       amp_dtype=AMP[args.amp], progress=rank == 0)
         seconds = time.perf_counter() - start
         if torch.distributed.is_initialized():   # one collective on every backend (NCCL too, at any world size)

@@ -3,7 +3,8 @@
 A *layer* (tap) is named after a module path of ``model.named_modules()``:
 
 * ``"blocks.3.norm1"`` — the module's output;
-* ``"blocks.3:in"`` — the module's first positional input (e.g. a residual block's identity path);
+* ``"blocks.3:in"`` — the module's first positional input (e.g. a residual block's identity path); ``":in"``
+  alone is the model's own input (the preprocessed images);
 * ``"blocks.3.attn.probs"`` — for a timm ``Attention`` module: the attention probabilities
   ``(B, heads, N, N)`` (rows sum to 1). Fused attention never materialises them, so it is switched off on
   that module while any capture of its probabilities is open and restored when the last one exits (in any
@@ -24,7 +25,7 @@ from __future__ import annotations
 import fnmatch
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from timm.layers import Attention
@@ -48,9 +49,9 @@ def attention_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def available_layers(model: torch.nn.Module) -> list[str]:
-    """Every layer name :class:`Capture` accepts for ``model`` (module outputs, ``:in`` inputs, and
+    """Every layer name :class:`Capture` accepts for ``model`` (``:in``, the model's input; module outputs, ``:in`` inputs, and
     ``.probs`` attention probabilities), in module-registration order."""
-    names = []
+    names = [INPUT]                                          # the model's own input
     attn = attention_modules(model)
     for name, _ in model.named_modules():
         if name:
@@ -211,7 +212,7 @@ def block_layers(model: torch.nn.Module, with_input: bool = True) -> list[str]:
 
 
 ATTENTION_MEASUREMENTS = ("attention probabilities (`.probs` layers) and mean attention distance "
-                          "(attention.model_attention_distances, head_subset_cka, uniform_distance)")
+                          "(measure.attention_distances, head_subset_cka, uniform_distance)")
 
 
 def global_attention_issue(model: torch.nn.Module, need_grid: bool = True) -> str | None:
@@ -404,41 +405,3 @@ def capture(model: torch.nn.Module, x: torch.Tensor, layers: str | Sequence[str]
     """One forward pass of ``model`` on ``x``, returning the chosen layers (see :class:`Capture`)."""
     with Capture(model, layers, detach=detach) as cap:
         return cap(x)
-
-
-def iter_features(model: torch.nn.Module, batches: Iterable, layers: str | Sequence[str] = "default",
-                  device: str | torch.device | None = None, amp_dtype: torch.dtype | None = None):
-    """Yield ``(features, labels)`` for each raw ``(images, labels)`` batch of ``batches``: the model's
-    :func:`~vitcnn_utils.models.preprocessor` is applied, ``model`` is put in eval mode (and on ``device``
-    when given) and run under ``torch.inference_mode()``; ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
-    forward pass under autocast."""
-    from .models import preprocessor
-
-    if device is not None:
-        model.to(device)
-    device = next(model.parameters()).device
-    prep = preprocessor(model)
-    model.eval()
-    with Capture(model, layers) as cap, torch.inference_mode():
-        for images, labels in batches:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                feats = cap(prep(images.to(device, non_blocking=True)))
-            yield feats, labels
-
-
-def mean_over_images(model: torch.nn.Module, batches: Iterable, layers: str | Sequence[str], per_image,
-                     device: str | torch.device | None = None) -> tuple[torch.Tensor, int]:
-    """Average of ``per_image(features)`` (a ``(B, ...)`` tensor for each batch) over all images of
-    ``batches``. Values are summed and divided once at the end, so batches of any size average correctly;
-    under ``torch.distributed`` the sums are all-reduced. Returns ``(mean on the CPU, number of images)``."""
-    from .distributed import all_reduce_sum
-
-    total, count = None, 0
-    for feats, _ in iter_features(model, batches, layers, device=device):
-        values = per_image(feats)
-        total = values.sum(0) if total is None else total + values.sum(0)
-        count += values.shape[0]
-    if total is None:
-        raise ValueError("no batches were given")
-    total, count = all_reduce_sum([total, torch.tensor(float(count), device=total.device)])
-    return (total / count).cpu(), int(count.item())

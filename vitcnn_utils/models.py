@@ -1,16 +1,8 @@
-"""Model construction: the zoo's small architectures and :func:`load_model` for any timm name.
+"""Loading models by name: :func:`load_model` for the zoo (``zoo:<name>``), its untrained architectures
+(``arch:<name>``) and any timm name; :func:`load_named` as the chapters call it. The zoo's architectures
+themselves are built in :mod:`vitcnn_utils.architectures`.
 
-Zoo architectures are described by plain dicts (stored in ``zoo/manifest.json``) so that a manifest entry
-alone rebuilds the network:
-
-* ``{"kind": "vit", "patch_size": 4, "embed_dim": 128, "depth": 6, "num_heads": 4, "mlp_ratio": 2.0,
-  "pool": "cls" | "gap", "no_skip_blocks": [i, ...]}`` — a timm ``VisionTransformer`` on 28×28 grey
-  images: 4×4 patches → a 7×7 grid of 49 tokens (+1 CLS token when ``pool == "cls"``).
-* ``{"kind": "resnet", "layers": [1, 2, 2, 1], "channels": [16, 32, 64, 128], "stem_width": 64}`` —
-  a timm bottleneck ``ResNet`` with a 3×3 stride-1 stem and no max-pool, run at output stride 16, so its
-  four stages see 28, 14, 7 and 7 (dilated) pixels: the last stage's 7×7 map matches the ViT grid.
-
-Images go in raw, through :func:`preprocessor`: ``uint8`` pixel values 0..255 or float images in [0, 1]
+Images go in raw, through :func:`vitcnn_utils.data.preprocessor`: ``uint8`` pixel values 0..255 or float images in [0, 1]
 (torchvision's ``ToTensor()``), the same output either way, for zoo and timm models alike; other floats are
 refused (see :func:`vitcnn_utils.data.to_unit_float`).
 
@@ -28,61 +20,9 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.models.resnet import Bottleneck, ResNet
-from timm.models.vision_transformer import Block, VisionTransformer
 
-
-class NoSkipBlock(Block):
-    """A ViT block with both residual connections removed (paper Fig. 8):
-    ``x ↦ mlp(norm2(attn(norm1(x))))``. Same parameters and submodule names as :class:`Block`."""
-
-    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-        x = self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
-        return self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-
-
-def build_vit(patch_size: int = 4, embed_dim: int = 128, depth: int = 6, num_heads: int = 4,
-              mlp_ratio: float = 2.0, pool: str = "cls", no_skip_blocks=(), img_size: int = 28,
-              in_chans: int = 1, num_classes: int = 10) -> VisionTransformer:
-    """A small timm ViT; ``pool="cls"`` classifies from a CLS token, ``pool="gap"`` has no CLS token and
-    classifies from the mean of the patch tokens."""
-    if pool not in ("cls", "gap"):
-        raise ValueError(f"pool must be 'cls' or 'gap', got {pool!r}")
-    model = VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                              num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                              mlp_ratio=mlp_ratio, class_token=pool == "cls",
-                              global_pool="token" if pool == "cls" else "avg", qkv_bias=True)
-    model.vitcnn_input = "fashion-mnist"
-    for i in no_skip_blocks:
-        if not 0 <= i < depth:
-            raise ValueError(f"no_skip_blocks entry {i} is not a block index of a depth-{depth} ViT")
-        model.blocks[i].__class__ = NoSkipBlock  # same parameters, forward without the two skips
-    return model
-
-
-def build_resnet(layers=(1, 2, 2, 1), channels=(16, 32, 64, 128), stem_width: int = 64, in_chans: int = 1,
-                 num_classes: int = 10) -> ResNet:
-    """A small timm bottleneck ResNet for 28×28 inputs (see the module docstring)."""
-    if len(layers) != 4 or len(channels) != 4:
-        raise ValueError("timm's ResNet has exactly four stages: give four entries in layers and channels")
-    model = ResNet(block=Bottleneck, layers=tuple(layers), channels=tuple(channels), in_chans=in_chans,
-                   num_classes=num_classes, output_stride=16)
-    if stem_width != model.conv1.out_channels:
-        raise ValueError(f"stem_width must be {model.conv1.out_channels} (timm's first stage expects it)")
-    model.conv1 = torch.nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = torch.nn.Identity()
-    model.vitcnn_input = "fashion-mnist"
-    return model
-
-
-def build_architecture(arch: dict) -> torch.nn.Module:
-    """Build an (untrained) network from a zoo architecture dict."""
-    spec = dict(arch)
-    kind = spec.pop("kind", None)
-    builders = {"vit": build_vit, "resnet": build_resnet}
-    if kind not in builders:
-        raise ValueError(f"architecture kind must be one of {sorted(builders)}, got {kind!r}")
-    return builders[kind](**spec)
+from . import zoo
+from .architectures import build_architecture
 
 
 _TRUE, _FALSE = ("1", "ON", "YES", "TRUE"), ("0", "OFF", "NO", "FALSE")  # huggingface_hub's spellings
@@ -146,7 +86,7 @@ def _weights_file(weights: str | os.PathLike) -> Path:
 
 def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike | None = None,
                device: str | torch.device = "cpu", **timm_kwargs) -> torch.nn.Module:
-    """Load a model in eval mode. Its input: raw images through :func:`preprocessor` (``uint8`` 0..255 or
+    """Load a model in eval mode. Its input: raw images through :func:`vitcnn_utils.data.preprocessor` (``uint8`` 0..255 or
     float in [0, 1]).
 
     Args:
@@ -162,7 +102,6 @@ def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike |
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``num_classes``, ``img_size``).
     """
     if name.startswith("arch:"):  # an untrained zoo architecture (seed 0): for smoke tests and timing
-        from . import zoo
         if name[len("arch:"):] not in zoo.SPECS:
             raise ValueError(f"no zoo architecture {name[5:]!r}; known: {', '.join(sorted(zoo.SPECS))}")
         torch.manual_seed(0)
@@ -170,7 +109,6 @@ def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike |
     if name.startswith("zoo:"):
         if pretrained or weights is not None or timm_kwargs:
             raise ValueError("zoo models take no pretrained/weights/timm arguments: they ship their weights")
-        from . import zoo
         return zoo.load(name[len("zoo:"):], device=device)
     if weights is not None:
         if pretrained:
@@ -234,27 +172,3 @@ def load_named(name: str, weights: Mapping[str, str] | None = None, pretrained: 
         warnings.warn(f"{name!r} has random weights: give it a weights file (weights: {{{name}: FILE}}) or set "
                       f"pretrained: true", stacklevel=2)
     return load_model(name, pretrained=pretrained, device=device)
-
-
-def preprocessor(model: torch.nn.Module):
-    """The function mapping raw images ``(n, C, H, W)`` to ``model``'s float32 input of the same shape.
-
-    Raw images are ``uint8`` (or other integer) pixel values 0..255, or float images in [0, 1] such as
-    torchvision's ``ToTensor()`` gives: both give the same output, for every model. Float images outside
-    [0, 1] (0..255 floats, images already normalised) or with NaN are a ValueError: nothing is guessed or
-    clamped (see :func:`vitcnn_utils.data.to_unit_float`).
-
-    Zoo models (28×28 grey) get the Fashion-MNIST standardisation (:func:`vitcnn_utils.data.normalize`);
-    timm models the mean/std normalisation of their pretrained config (images already resized).
-    """
-    from .data import normalize, to_unit_float
-    if getattr(model, "vitcnn_input", None) == "fashion-mnist":
-        return normalize
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, -1, 1, 1)
-
-    def preprocess(images: torch.Tensor) -> torch.Tensor:
-        images = to_unit_float(images)
-        return (images - mean.to(images.device)) / std.to(images.device)
-    return preprocess

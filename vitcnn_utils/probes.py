@@ -18,15 +18,13 @@ probes of dimension ``d`` each (``P = 1`` for an aggregate, ``P = tokens`` for p
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .distributed import all_reduce_sum
-from .hooks import block_outputs, iter_features, middle_index, normalised_depth
 
 RELATIVE_LAMBDAS = tuple(10.0 ** k for k in range(-6, 4))
 AGGREGATIONS = ("first", "gap", "gap_spatial", "tokens")
@@ -311,182 +309,5 @@ class ProbeResult:
     n_test: int
 
 
-def probe_layers(model: torch.nn.Module, layers: Sequence[str], fit: Iterable, val: Iterable, test: Iterable,
-                 num_classes: int, aggregations: Sequence[str] = AGGREGATIONS, pool_grid=None,
-                 device: str | torch.device = "cpu", progress: bool = True) -> ProbeResult:
-    """Fit and score probes on ``layers`` of ``model`` for every aggregation.
-
-    Args:
-        fit, val, test: raw ``(images, labels)`` minibatches (the model's preprocessing is applied): the
-            probes' training images, the held-out training images that choose λ, and the test images.
-        num_classes: number of classes ``C``.
-        pool_grid: CNN maps are average-pooled to this ``(h, w)`` (default: the smallest map among
-            ``layers``, i.e. the last stage's size).
-        aggregations: see :func:`aggregate`; ``"first"`` is skipped for CNN maps.
-
-    Memory: per-token probes keep ``2 · tokens · (d+1)²`` float64 sums per layer (ViT-B/16: ~1.9 GB a
-    layer); probe aggregates only for large models.
-    """
-    num_prefix = getattr(model, "num_prefix_tokens", 0)
-    probes = RidgeProbes(num_classes, device=device)
-    counts = {}
-
-    def sites(feats):
-        nonlocal pool_grid
-        if pool_grid is None:
-            maps = [f.shape[-2:] for f in feats.values() if f.ndim == 4]
-            pool_grid = tuple(min(maps)) if maps else None
-        out = OrderedDict()
-        for layer in layers:
-            f = feats[layer]
-            aggs = [a for a in aggregations if not (a == "first" and f.ndim == 4)]
-            for agg, x in aggregate(f, num_prefix, pool_grid, aggs).items():
-                out[f"{layer}/{agg}"] = x
-        return out
-
-    for split, batches in (("fit", fit), ("val", val), ("test", test)):
-        if split == "test":
-            probes.solve()
-        n = 0
-        for feats, labels in tqdm(iter_features(model, batches, list(layers), device=device),
-                                  desc=f"probes: {split}", disable=not progress, leave=False,
-                                  total=len(batches) if hasattr(batches, "__len__") else None):
-            x = sites(feats)
-            probes.score(x, labels) if split == "test" else probes.update(split, x, labels)
-            n += labels.shape[0]
-        counts[split] = int(all_reduce_sum([torch.tensor(float(n))])[0].item())
-    accs = probes.accuracy()
-    accuracy, lambdas = {}, {}
-    for agg in aggregations:
-        keys = [f"{layer}/{agg}" for layer in layers if f"{layer}/{agg}" in accs]
-        if keys:
-            accuracy[agg] = torch.stack([accs[k] for k in keys])
-            lambdas[agg] = torch.stack([probes.chosen[k] for k in keys])
-    return ProbeResult(list(layers), accuracy, lambdas, counts["fit"], counts["val"], counts["test"])
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Probes of the chapters: per-model block probes (paper Figs 11 and 13) and their summaries.
-
-def probe_aggregations(model: torch.nn.Module) -> tuple[str, ...]:
-    """The probe inputs of paper Fig 11 for ``model``: for a model with prefix tokens (a CLS ViT), the CLS
-    token (``"first"``), the mean of the spatial tokens (``"gap_spatial"``) and one probe per token
-    (``"tokens"``); for a GAP ViT or a CNN, the global average (``"gap"``) and one probe per token."""
-    if getattr(model, "num_prefix_tokens", 0) > 0:
-        return ("first", "gap_spatial", "tokens")
-    return ("gap", "tokens")
-
-
-def count_classes(batches: Iterable) -> int:
-    """``1 +`` the largest label in raw ``(images, labels)`` batches (the probes' fit set, which holds
-    every class)."""
-    labels = [int(y.max()) for _, y in batches if len(y)]
-    if not labels:
-        raise ValueError("no labelled batches to count classes from")
-    return 1 + max(labels)
-
-
-def spatial_probes(model: torch.nn.Module, fit: Iterable, val: Iterable, test: Iterable,
-                   layers: list[str] | None = None, num_classes: int | None = None,
-                   device: str | torch.device = "cpu", progress: bool = False,
-                   aggregations: Sequence[str] | None = None) -> ProbeResult:
-    """Linear probes of paper Fig 11 at every block output of ``model`` (:func:`~vitcnn_utils.hooks.block_outputs`
-    unless ``layers`` is given), with the aggregations of :func:`probe_aggregations`; CNN maps are pooled to
-    the last stage's grid. ``num_classes`` defaults to ``1 + the largest label in fit`` (every class has
-    training shots). Returns a :class:`~vitcnn_utils.probes.ProbeResult`.
-
-    ``aggregations`` overrides :func:`probe_aggregations` (e.g. ``("first",)`` for the CLS token alone, as
-    :func:`block_probes` does)."""
-    if num_classes is None:
-        num_classes = count_classes(fit)
-    return probe_layers(model, layers or block_outputs(model), fit, val, test, num_classes,
-                        aggregations=aggregations or probe_aggregations(model), device=device, progress=progress)
-
-
-def block_probes(models: Mapping[str, torch.nn.Module], fit, val, test, num_classes: int, aggregation: str,
-                 device: str | torch.device = "cpu", progress: bool = False) -> dict[str, torch.Tensor]:
-    """Linear-probe test accuracy at every block output of every model
-    (:func:`~vitcnn_utils.probes.probe_layers` with one aggregation: ``"first"`` = the CLS token of a CLS
-    ViT, ``"gap"`` = the mean over tokens / positions of a ResNet).
-
-    Returns:
-        ``{label: (blocks,) float64}`` accuracies in [0, 1], block order as
-        :func:`~vitcnn_utils.hooks.block_layers` without the input layer.
-    """
-    out = {}
-    for label, model in models.items():
-        result = spatial_probes(model, fit, val, test, num_classes=num_classes, device=device, progress=progress,
-                                aggregations=(aggregation,))
-        out[label] = result.accuracy[aggregation][:, 0].clone()
-    return out
-
-
-def probe_curves(result, num_prefix_tokens: int = 0) -> dict[str, torch.Tensor]:
-    """Accuracy per probed layer (float64 ``(layers,)``) for each probe kind of a
-    :class:`~vitcnn_utils.probes.ProbeResult`: ``"cls"`` (token 0 of a model with prefix tokens; ``"first"``
-    otherwise), ``"gap"`` (mean of all tokens), ``"spatial_gap"`` (mean of the spatial tokens), and
-    ``"tokens"``: the per-token probes' accuracies averaged over the *spatial* tokens (prefix tokens left out).
-    Only kinds present in ``result`` are returned."""
-    names = {"first": "cls" if num_prefix_tokens > 0 else "first", "gap": "gap", "gap_spatial": "spatial_gap"}
-    curves = {}
-    for agg, acc in result.accuracy.items():
-        acc = acc.double()
-        if agg == "tokens":
-            if not 0 <= num_prefix_tokens < acc.shape[1]:
-                raise ValueError(f"num_prefix_tokens={num_prefix_tokens} for {acc.shape[1]} token probes")
-            curves["tokens"] = acc[:, num_prefix_tokens:].mean(1)
-        else:
-            curves[names[agg]] = acc[:, 0]
-    return curves
-
-
-def token_accuracy_spread(result, num_prefix_tokens: int = 0) -> dict[str, torch.Tensor]:
-    """Per-layer ``{"min", "max"}`` (float64 ``(layers,)``) of the per-token probe accuracies over the
-    spatial tokens of a :class:`~vitcnn_utils.probes.ProbeResult` that has ``"tokens"`` probes."""
-    acc = result.accuracy["tokens"].double()
-    if not 0 <= num_prefix_tokens < acc.shape[1]:
-        raise ValueError(f"num_prefix_tokens={num_prefix_tokens} for {acc.shape[1]} token probes")
-    spatial = acc[:, num_prefix_tokens:]
-    return {"min": spatial.min(1).values, "max": spatial.max(1).values}
-
-
-def chosen_lambda_range(result) -> tuple[float, float]:
-    """Smallest and largest regularisation (relative ``λ / (tr Σ / d)``) chosen by any probe of a
-    :class:`~vitcnn_utils.probes.ProbeResult` (each probe chooses its own)."""
-    values = torch.cat([v.double().flatten() for v in result.relative_lambda.values()])
-    if not len(values):
-        raise ValueError("the result holds no probes")
-    return values.min().item(), values.max().item()
-
-
-def data_scale_numbers(matched: Mapping[str, torch.Tensor], accuracy: Mapping[str, torch.Tensor],
-                       with_input: bool = True) -> dict:
-    """The numbers of the data-scale comparison for one architecture.
-
-    Args:
-        matched: ``{label: (L,)}`` matched-layer CKA with the reference model
-            (:func:`~vitcnn_utils.cka.matched_layer_cka`), the first entry being the input layer when
-            ``with_input``.
-        accuracy: ``{label: (blocks,)}`` probe accuracies in [0, 1] (:func:`block_probes`), reference included.
-
-    Returns:
-        A dict of plain floats / lists: ``cka_input`` (layer 0, or None), ``cka_per_block``,
-        ``cka_first_block``, ``cka_last_block`` (``{label: ...}`` for every non-reference model),
-        ``probe_per_block`` and ``probe_mid`` (``{label: ...}`` for every model), ``mid_index`` (the block
-        nearest normalised depth 0.5, :func:`~vitcnn_utils.hooks.middle_index`) and ``mid_depth`` (its
-        normalised depth).
-    """
-    start = 1 if with_input else 0
-    blocks = {label: values[start:].tolist() for label, values in matched.items()}
-    n_blocks = {len(v) for v in accuracy.values()}
-    if len(n_blocks) != 1:
-        raise ValueError(f"models have different numbers of probed blocks: {sorted(n_blocks)}")
-    n = n_blocks.pop()
-    mid = middle_index(n)
-    return {"cka_input": {label: values[0].item() if with_input else None for label, values in matched.items()},
-            "cka_per_block": blocks,
-            "cka_first_block": {label: v[0] for label, v in blocks.items()},
-            "cka_last_block": {label: v[-1] for label, v in blocks.items()},
-            "probe_per_block": {label: v.tolist() for label, v in accuracy.items()},
-            "probe_mid": {label: v[mid].item() for label, v in accuracy.items()},
-            "mid_index": mid, "mid_depth": normalised_depth(n)[mid].item()}

@@ -9,55 +9,23 @@ are all-reduced.
 
 Fig 8 (ViTs retrained with both skips of one block removed): :func:`split_contrast` measures how far a
 within-model CKA heatmap splits at that block (mean CKA between the layers before and after it), and
-:func:`no_skip_comparison` sets each no-skip ViT against the intact one (split CKA, accuracy, training budget).
+the skip-connections chapter (:mod:`vitcnn_utils.chapters.skip_connections`) sets each no-skip ViT against the
+intact one. The model runs are in :mod:`vitcnn_utils.measure` (:func:`~vitcnn_utils.measure.vit_skip_ratios`).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
-from timm.models.resnet import Bottleneck, ResNet
-from timm.models.vision_transformer import VisionTransformer
 
-from .hooks import mean_over_images, normalised_depth
-from .zoo import optimisation_steps
+from .hooks import normalised_depth
 
 
-def vit_skip_ratios(model: VisionTransformer, batches: Iterable, device="cpu") -> tuple[torch.Tensor, list[str]]:
-    """Ratios ``(2·blocks, tokens)`` float64 and their row names (``"blocks.i attn"``, ``"blocks.i mlp"``)."""
-    taps, names = [], []
-    for i in range(len(model.blocks)):
-        taps += [(f"blocks.{i}:in", f"blocks.{i}.ls1"), (f"blocks.{i}.norm2:in", f"blocks.{i}.ls2")]
-        names += [f"blocks.{i} attn", f"blocks.{i} mlp"]
-    return _ratios(model, batches, taps, per_token=True, device=device), names
-
-
-def resnet_skip_ratios(model: ResNet, batches: Iterable, device="cpu") -> tuple[torch.Tensor, list[str]]:
-    """Ratios ``(units,)`` float64 for the bottleneck units of a timm ResNet, and the unit names."""
-    units = [name for name, m in model.named_modules() if isinstance(m, Bottleneck)]
-    if not units:
-        raise ValueError("no bottleneck units found: skip ratios are defined for timm bottleneck ResNets")
-    taps = []
-    for name in units:
-        unit = dict(model.named_modules())[name]
-        identity = f"{name}.downsample" if unit.downsample is not None else f"{name}:in"
-        taps.append((identity, f"{name}.bn3"))
-    return _ratios(model, batches, taps, per_token=False, device=device), units
-
-
-def _ratios(model, batches, taps, per_token: bool, device) -> torch.Tensor:
-    layers = list(dict.fromkeys(name for pair in taps for name in pair))
-
-    def per_image(feats):                                         # (B, sublayers[, tokens])
-        rows = []
-        for identity, branch in taps:
-            z, f = feats[identity].double(), feats[branch].double()
-            if per_token:                                         # (B, N, D): norms over channels
-                rows.append(z.norm(dim=-1) / f.norm(dim=-1))
-            else:                                                 # (B, C, H, W): norms over the tensor
-                rows.append(z.flatten(1).norm(dim=1) / f.flatten(1).norm(dim=1))
-        return torch.stack(rows, dim=1)
-    return mean_over_images(model, batches, layers, per_image, device=device)[0]
+def norm_ratio(identity: torch.Tensor, branch: torch.Tensor, per_token: bool) -> torch.Tensor:
+    """``‖z‖ / ‖f(z)‖`` per image, float64: ``per_token`` for ViT tokens ``(B, N, D)`` (norms over channels,
+    result ``(B, N)``), else over the whole unit tensor ``(B, C, H, W)`` of a CNN (result ``(B,)``)."""
+    z, f = identity.double(), branch.double()
+    if per_token:
+        return z.norm(dim=-1) / f.norm(dim=-1)
+    return z.flatten(1).norm(dim=1) / f.flatten(1).norm(dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,46 +51,6 @@ def ratio_profile(ratios: torch.Tensor, num_prefix_tokens: int = 1) -> dict:
     return {"depth": normalised_depth(ratios.shape[0]),
             "cls": ratios[:, 0].clone() if num_prefix_tokens > 0 else None,
             "spatial": ratios[:, num_prefix_tokens:].mean(1)}
-
-
-def skip_ratio_summary(vit_ratios: torch.Tensor, resnet_ratios: torch.Tensor | None = None,
-                       num_prefix_tokens: int = 1) -> dict[str, float]:
-    """The numbers the chapter reports about Fig 7 (plain floats).
-
-    The first half of the ViT is its first ``sublayers // 2`` rows of ``vit_ratios`` (``(2·blocks, tokens)``,
-    attention and MLP sublayers of the lower half of the blocks), the second half the remaining rows.
-
-    Returns:
-        ``cls_ratio_first_half``, ``cls_ratio_second_half``: arithmetic mean over the half's sublayers of the
-        CLS token's ratio (NaN without a CLS token); ``spatial_ratio_first_half``, ``spatial_ratio_second_half``:
-        the same for the per-sublayer mean over patch tokens; ``vit_median_ratio``, ``vit_max_ratio``,
-        ``vit_min_ratio``: median, max and min over all ``(sublayer, token)`` entries; with ``resnet_ratios``
-        ``(units,)``: ``resnet_median_ratio``, ``resnet_max_ratio``, ``resnet_min_ratio``.
-    """
-    vit_ratios = torch.as_tensor(vit_ratios, dtype=torch.float64)
-    profile = ratio_profile(vit_ratios, num_prefix_tokens)
-    half = vit_ratios.shape[0] // 2
-    if half < 1:
-        raise ValueError("need at least two sublayers to split the network into halves")
-    nan = float("nan")
-    out = {}
-    for part, rows in (("first_half", slice(0, half)), ("second_half", slice(half, None))):
-        out[f"cls_ratio_{part}"] = profile["cls"][rows].mean().item() if profile["cls"] is not None else nan
-        out[f"spatial_ratio_{part}"] = profile["spatial"][rows].mean().item()
-    out |= {"vit_median_ratio": vit_ratios.flatten().median().item(), "vit_max_ratio": vit_ratios.max().item(),
-            "vit_min_ratio": vit_ratios.min().item()}
-    if resnet_ratios is not None:
-        resnet_ratios = torch.as_tensor(resnet_ratios, dtype=torch.float64).flatten()
-        out |= {"resnet_median_ratio": resnet_ratios.median().item(), "resnet_max_ratio": resnet_ratios.max().item(),
-                "resnet_min_ratio": resnet_ratios.min().item()}
-    return out
-
-
-def removed_blocks(model: torch.nn.Module) -> list[int]:
-    """Indices of the ViT blocks whose two skip connections were removed (instances of
-    :class:`vitcnn_utils.models.NoSkipBlock`); ``[]`` for an intact ViT."""
-    from .models import NoSkipBlock
-    return [i for i, block in enumerate(getattr(model, "blocks", [])) if isinstance(block, NoSkipBlock)]
 
 
 def _block_index(name: str) -> int | None:
@@ -198,53 +126,3 @@ def split_contrast(matrix: torch.Tensor, names: list[str], block: int) -> float:
     across that block; layer sets defined in :func:`split_layers`, NaNs ignored). A heatmap that splits at
     ``block`` has a low value; compare it with the same layers of a model whose block is intact."""
     return split_summary(matrix, names, block)["across"]
-
-
-
-
-def no_skip_comparison(heatmaps, intact: str, no_skip: dict[str, torch.nn.Module],
-                       accuracies: dict[str, float], intact_model: torch.nn.Module | None = None) -> list[dict]:
-    """One record per no-skip ViT against the intact ViT (paper Fig 8).
-
-    Args:
-        heatmaps: :class:`vitcnn_utils.cka.Heatmaps` holding the intact model (label ``intact``) and every
-            model of ``no_skip``; the within-model heatmaps must share layer names.
-        no_skip: ``{label: model}``; each model has exactly one block without skips (:func:`removed_blocks`).
-        accuracies: ``{label: top-1 fraction}`` on the analysis images, for ``intact`` and every no-skip label.
-        intact_model: the intact model, for its manifest entry (optional).
-
-    Returns:
-        per no-skip model, ``{"label", "block", "depth_fraction"`` (block / (blocks − 1)), ``"split_cka_intact", "split_cka_no_skip"`` (:func:`split_contrast`
-        of the intact and the no-skip heatmap at the removed block), ``"within_before_no_skip",
-        "within_after_no_skip"`` (:func:`split_summary`), ``"accuracy_intact", "accuracy_no_skip",
-        "accuracy_drop"`` (intact minus no-skip, fractions), ``"test_accuracy_intact", "test_accuracy_no_skip",
-        "epochs_intact", "epochs_no_skip", "steps_fraction"`` (no-skip optimisation steps / intact ones) from
-        the zoo manifests (``None`` for models without a manifest entry)}``.
-    """
-    intact_entry = getattr(intact_model, "zoo_entry", None)
-    rows = []
-    for label, model in no_skip.items():
-        blocks = removed_blocks(model)
-        if len(blocks) != 1:
-            raise ValueError(f"{label}: expected exactly one block without skips, found {blocks}")
-        block = blocks[0]
-        names = heatmaps.names[label]
-        if heatmaps.names[intact] != names:
-            raise ValueError(f"{label} and {intact} were captured at different layers")
-        split = split_summary(heatmaps[label, label], names, block)
-        entry = getattr(model, "zoo_entry", None)
-        rows.append({
-            "label": label, "block": block, "depth_fraction": normalised_depth(len(model.blocks))[block].item(),
-            "split_cka_intact": split_contrast(heatmaps[intact, intact], names, block),
-            "split_cka_no_skip": split["across"],
-            "within_before_no_skip": split["before"], "within_after_no_skip": split["after"],
-            "accuracy_intact": accuracies[intact], "accuracy_no_skip": accuracies[label],
-            "accuracy_drop": accuracies[intact] - accuracies[label],
-            "test_accuracy_intact": intact_entry["test_accuracy"] if intact_entry else None,
-            "test_accuracy_no_skip": entry["test_accuracy"] if entry else None,
-            "epochs_intact": intact_entry["epochs"] if intact_entry else None,
-            "epochs_no_skip": entry["epochs"] if entry else None,
-            "steps_fraction": (optimisation_steps(entry) / optimisation_steps(intact_entry)
-                               if entry and intact_entry else None),
-        })
-    return rows

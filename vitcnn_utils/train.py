@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import ImageSet, normalize
+from .data import ImageSet, normalize, preprocessor
+from .distributed import all_reduce_sum
 
 
 @dataclass(frozen=True)
@@ -128,10 +129,8 @@ def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, cutmix: float, mixup
 @torch.inference_mode()
 def accuracy(model: torch.nn.Module, batches, device: str | torch.device | None = None) -> tuple[float, int]:
     """Top-1 accuracy (fraction in [0, 1]) of ``model`` on raw ``(images, labels)`` minibatches, with the
-    model's own preprocessing (:func:`vitcnn_utils.models.preprocessor`), and the number of images; counts
+    model's own preprocessing (:func:`vitcnn_utils.data.preprocessor`), and the number of images; counts
     are all-reduced under ``torch.distributed``."""
-    from .distributed import all_reduce_sum
-    from .models import preprocessor
 
     if device is not None:
         model.to(device)

@@ -5,11 +5,11 @@ and for its probe shots, validation and test images):
 
 * **Block-wise CKA with the 100% model** (Fig 12): minibatch CKA between each block output of a model trained on
   a fraction of the data and the same block of a model trained on all of it
-  (:func:`~vitcnn_utils.cka.block_heatmaps`, :func:`~vitcnn_utils.cka.matched_layer_cka`). The ViT has two
+  (:func:`~vitcnn_utils.measure.block_heatmaps`, :func:`~vitcnn_utils.chapters.matched_layer_cka`). The ViT has two
   100% references: the long-schedule model (``vit``, more optimisation steps than the small-data models) and a
   *matched-compute* model (``vit_matched``, trained for as many steps as the small-data models), so that a
   difference between 3% and 100% can be told apart from a difference in training length.
-* **Linear probes on every block** (Fig 13): closed-form ridge probes (:func:`~vitcnn_utils.probes.spatial_probes`)
+* **Linear probes on every block** (Fig 13): closed-form ridge probes (:func:`~vitcnn_utils.measure.spatial_probes`)
   read through the same kind of readout for both architectures: the mean of the spatial tokens for the ViT and
   the global average pool for the ResNet; the ViT's CLS token is probed beside it.
 
@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import cache, cka, probes, zoo
+from .. import cache, measure, zoo
+from ..cka import Heatmaps
 from .. import data as vdata
 from ..findings import fmt, pct
-from ..hooks import block_layers, middle_index, normalised_depth
+from ..hooks import middle_index, normalised_depth
 from ..models import load_named
 
 ARCHS = ("ViT", "ResNet")
@@ -348,24 +349,24 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet",
         batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
         fit, val, test = vdata.probe_batches(data, shots, val_per_class, n_test, batch_size, seed=s,
                                              data_dir=data_dir, image_size=image_size)
-        num_classes = num_classes or probes.count_classes(fit)
+        num_classes = num_classes or measure.count_classes(fit)
         base = {"data": data, "seed": s, "image_size": image_size, "batch": batch_size}
         for arch, group in models.items():
             h = cache.cached("data-scale-cka", {**base, "n": n_images, "models": list(prints[arch].values())},
-                             lambda group=group: cka.block_heatmaps(group, batches, device=device, progress=False),
+                             lambda group=group: measure.block_heatmaps(group, batches, device=device, progress=False),
                              use_cache)
             layers[arch] = h.names[FULL]
             refs = ({"vit_long": FULL, **({"vit_matched": MATCHED} if MATCHED in group else {})} if arch == "ViT"
                     else {"resnet": FULL})
             for ref, label in refs.items():
-                for other, values in cka.matched_layer_cka(h, label).items():
+                for other, values in matched_layer_cka(h, label).items():
                     heat[ref].setdefault(other, []).append(values.double())
             aggs = tuple(readouts[arch].values())
             for label, model in group.items():
                 result = cache.cached(
                     "data-scale-block-probes", {**base, "shots": shots, "val": val_per_class, "n_test": n_test,
                                                 "aggregations": list(aggs), "model": prints[arch][label]},
-                    lambda model=model, aggs=aggs: probes.spatial_probes(model, fit, val, test, num_classes=num_classes,
+                    lambda model=model, aggs=aggs: measure.spatial_probes(model, fit, val, test, num_classes=num_classes,
                                                                          device=device, aggregations=aggs),
                     use_cache)
                 for ro, agg in readouts[arch].items():
@@ -386,3 +387,62 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet",
                for arch, r in acc.items()},
         mid_index=mid, mid_depth={arch: normalised_depth(n_blocks[arch])[mid[arch]].item() for arch in ARCHS},
         readout_names={"ViT": {ro: words[ro] for ro in readouts["ViT"]}, "ResNet": {SPATIAL: "global average pool"}})
+
+
+def data_scale_numbers(matched: Mapping[str, torch.Tensor], accuracy: Mapping[str, torch.Tensor],
+                       with_input: bool = True) -> dict:
+    """The numbers of the data-scale comparison for one architecture.
+
+    Args:
+        matched: ``{label: (L,)}`` matched-layer CKA with the reference model
+            (:func:`~vitcnn_utils.chapters.matched_layer_cka`), the first entry being the input layer when
+            ``with_input``.
+        accuracy: ``{label: (blocks,)}`` probe accuracies in [0, 1] (:func:`block_probes`), reference included.
+
+    Returns:
+        A dict of plain floats / lists: ``cka_input`` (layer 0, or None), ``cka_per_block``,
+        ``cka_first_block``, ``cka_last_block`` (``{label: ...}`` for every non-reference model),
+        ``probe_per_block`` and ``probe_mid`` (``{label: ...}`` for every model), ``mid_index`` (the block
+        nearest normalised depth 0.5, :func:`~vitcnn_utils.hooks.middle_index`) and ``mid_depth`` (its
+        normalised depth).
+    """
+    start = 1 if with_input else 0
+    blocks = {label: values[start:].tolist() for label, values in matched.items()}
+    n_blocks = {len(v) for v in accuracy.values()}
+    if len(n_blocks) != 1:
+        raise ValueError(f"models have different numbers of probed blocks: {sorted(n_blocks)}")
+    n = n_blocks.pop()
+    mid = middle_index(n)
+    return {"cka_input": {label: values[0].item() if with_input else None for label, values in matched.items()},
+            "cka_per_block": blocks,
+            "cka_first_block": {label: v[0] for label, v in blocks.items()},
+            "cka_last_block": {label: v[-1] for label, v in blocks.items()},
+            "probe_per_block": {label: v.tolist() for label, v in accuracy.items()},
+            "probe_mid": {label: v[mid].item() for label, v in accuracy.items()},
+            "mid_index": mid, "mid_depth": normalised_depth(n)[mid].item()}
+
+
+# -- scale of data (paper section 6, Figs 12-13) ------------------------------------------------------------
+def matched_layer_cka(heatmaps: Heatmaps, reference: str) -> dict[str, torch.Tensor]:
+    """CKA of each layer of every model in ``heatmaps`` with the *same* layer of ``reference`` (the diagonal
+    of ``heatmaps[model, reference]``), for models of one architecture.
+
+    Returns:
+        ``{model: (L,) float64}`` for every model except ``reference``, in ``heatmaps.names`` order.
+
+    Raises:
+        ValueError: if a model's captured layers differ from the reference's (different architectures).
+    """
+    if reference not in heatmaps.names:
+        raise ValueError(f"no model {reference!r} in the heatmaps; models: {', '.join(heatmaps.names)}")
+    ref_layers = heatmaps.names[reference]
+    out = {}
+    for model, layers in heatmaps.names.items():
+        if model == reference:
+            continue
+        if layers != ref_layers:
+            raise ValueError(f"model {model!r} has layers {layers[:3]}... ({len(layers)}), the reference "
+                             f"{reference!r} {ref_layers[:3]}... ({len(ref_layers)}): matched-layer CKA needs "
+                             "the same architecture")
+        out[model] = heatmaps[model, reference].diagonal().clone()
+    return out

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .. import attention, cache, localisation
+from .. import attention, cache, localisation, measure
 from .. import data as vdata
 from ..models import load_named
 
@@ -452,11 +452,11 @@ def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet"
         key = {"data": data, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
         for label, m in vits.items():
             d = cache.cached("attention-distance", {**key, "model": fp[label]},
-                             lambda m=m: attention.model_attention_distances(m, batches(s), device=device)[0],
+                             lambda m=m: measure.attention_distances(m, batches(s), device=device)[0],
                              use_cache)
             distances[label].append(_nested(d))
         subsets = cache.cached("head-subsets", {**key, "vit": fp_vit, "resnet": fp_res, "layers": resnet_low_layers},
-                               lambda: attention.head_subset_cka(vits["all data"], res, batches(s), resnet_low_layers,
+                               lambda: measure.head_subset_cka(vits["all data"], res, batches(s), resnet_low_layers,
                                                                  device=device), use_cache)
         rho.append(attention.rank_correlation(subsets["distance"], subsets["cka"].mean(1)))
         by_head = {heads[0]: i for i, heads in enumerate(subsets["heads"])}          # subsets of one head each
@@ -474,7 +474,7 @@ def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet"
                 if images is None:
                     images = next(iter(vdata.analysis_batches(data, n_erf_images, n_erf_images, seed=s,
                                                               data_dir=data_dir, image_size=image_size)))[0]
-                return localisation.effective_receptive_field(model, images, layer, device=device)
+                return measure.effective_receptive_field(model, images, layer, device=device)
             fp_model = fp_vit if kind == "ViT" else fp_res
             erf_draws[f"{kind} {layer}"].append(cache.cached(
                 "erf", {"data": data, "n": n_erf_images, "seed": s, "image_size": image_size, "model": fp_model,
@@ -496,7 +496,7 @@ def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet"
         test_accuracy={k: e.get("test_accuracy") for k, e in entries.items()},
         epochs={k: e.get("epochs") for k, e in entries.items()},
         patch_px=int(m.patch_embed.patch_size[0]), image_px=int(m.patch_embed.patch_size[0] * m.patch_embed.grid_size[0]),
-        uniform_distance=attention.uniform_distance(m),
+        uniform_distance=measure.uniform_distance(m),
         distances_all_data=distances["all data"], distances_less_data=distances["less data"],
         resnet_low_layers=resnet_low_layers, head_distance=head_distance, head_cka=head_cka,
         head_subset_rank_correlation=rho, vit_erf_layers=vit_erf_layers, resnet_erf_layers=resnet_erf_layers,

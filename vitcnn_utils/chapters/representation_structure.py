@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import cache, cka
+from .. import cache, cka, measure
 from .. import data as vdata
 from ..hooks import block_outputs
 from ..models import load_named
@@ -238,7 +238,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
     """Compute the chapter: the notebook's parameters in, a :class:`RepresentationStructureResult` out.
 
     ``vit`` and ``resnet`` are :func:`~vitcnn_utils.models.load_named` names or model objects. Draw ``d`` runs
-    :func:`~vitcnn_utils.cka.model_heatmaps` on :func:`~vitcnn_utils.data.analysis_batches` with ``seed + d``.
+    :func:`~vitcnn_utils.measure.model_heatmaps` on :func:`~vitcnn_utils.data.analysis_batches` with ``seed + d``.
     """
     if n_draws < 1:
         raise ValueError(f"n_draws must be at least 1, got {n_draws}")
@@ -254,7 +254,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
         batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
         key = {"models": fingerprints, "data": data, "n": n_images, "batch": batch_size, "seed": s,
                "image_size": image_size}
-        heatmaps = cache.cached("heatmaps", key, lambda: cka.model_heatmaps(models, batches, device=device),
+        heatmaps = cache.cached("heatmaps", key, lambda: measure.model_heatmaps(models, batches, device=device),
                                 use_cache)
         if draws and heatmaps.names != draws[0].names:
             raise RuntimeError("the captured layers differ between draws")

@@ -3,14 +3,14 @@
 :func:`run` computes, for ``n_draws`` independent draws of analysis images (draw ``d`` uses ``seed + d``):
 
 * **Skip ratios** (Fig 7, F7) of the trained ViT ``vit`` (the long-schedule CLS model) and the ResNet: the ratio
-  ‖z‖/‖f(z)‖ per residual sublayer and token (:func:`~vitcnn_utils.skips.vit_skip_ratios`) and per bottleneck
-  unit (:func:`~vitcnn_utils.skips.resnet_skip_ratios`), summarised per draw by
-  :func:`~vitcnn_utils.skips.skip_ratio_summary` (means over each half of the sublayers, medians).
+  ‖z‖/‖f(z)‖ per residual sublayer and token (:func:`~vitcnn_utils.measure.vit_skip_ratios`) and per bottleneck
+  unit (:func:`~vitcnn_utils.measure.resnet_skip_ratios`), summarised per draw by
+  :func:`~vitcnn_utils.chapters.skip_ratio_summary` (means over each half of the sublayers, medians).
 * **ViTs without the skips of one block** (Fig 8, F8): the within-model CKA heatmaps of the matched control
   ``vit_control`` (the intact ViT trained with exactly the no-skip models' recipe), of the long ViT ``vit`` and
-  of every ``vit_no_skip`` model (one joint :func:`~vitcnn_utils.cka.model_heatmaps` accumulation), their top-1
+  of every ``vit_no_skip`` model (one joint :func:`~vitcnn_utils.measure.model_heatmaps` accumulation), their top-1
   accuracies on the draw's images (:func:`~vitcnn_utils.train.model_accuracies`), and per no-skip model
-  (:func:`~vitcnn_utils.skips.no_skip_comparison`) the mean CKA across the removed block and the accuracy drop,
+  (:func:`~vitcnn_utils.chapters.no_skip_comparison`) the mean CKA across the removed block and the accuracy drop,
   both against the control. The long ViT's split CKA and accuracy are reported beside (not used by F8 unless
   there is no control, ``vit_control=None``).
 
@@ -25,9 +25,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import cache, cka, skips
+from .. import cache, measure
 from .. import data as vdata
+from ..architectures import removed_blocks
 from ..hooks import normalised_depth
+from ..skips import ratio_profile, split_contrast, split_summary
 from ..models import load_named
 from ..train import model_accuracies
 from ..zoo import optimisation_steps
@@ -84,7 +86,7 @@ class NoSkipRow:
     Attributes:
         model: the no-skip model and its training (``steps`` from the zoo manifest).
         block, depth_fraction: the block without skips and its normalised depth (block / (blocks − 1)).
-        split_cka_intact: mean CKA across the block (:func:`~vitcnn_utils.skips.split_contrast`) in the control.
+        split_cka_intact: mean CKA across the block (:func:`~vitcnn_utils.split_contrast`) in the control.
         split_cka_long: the same in the long ViT (reference).
         split_cka_no_skip: the same in the no-skip model; within_before_no_skip / within_after_no_skip: mean CKA
             within the layers below / above the block in the no-skip model (NaN for a side of one layer).
@@ -130,7 +132,7 @@ class SkipConnectionsResult:
         num_prefix_tokens: leading non-patch tokens of ``vit`` (1: token 0 is the CLS token).
         sublayers: the ViT's residual sublayers (rows of ``vit_ratios``); units: the ResNet's bottleneck units.
         vit_ratios: float64 ``(draws, sublayers, tokens)``; resnet_ratios: float64 ``(draws, units)``.
-        ratio_summary: :data:`RATIO_FIELDS` -> ``[per draw]`` (:func:`~vitcnn_utils.skips.skip_ratio_summary`).
+        ratio_summary: :data:`RATIO_FIELDS` -> ``[per draw]`` (:func:`~vitcnn_utils.chapters.skip_ratio_summary`).
         heatmap_labels: the models of the Fig 8 heatmaps, in panel order (control, long ViT, no-skip models).
         heatmap_names: their (shared) heatmap layers; within: label -> float64 ``(draws, layers, layers)``.
         accuracy: label -> ``[per draw]`` top-1 on the draw's images.
@@ -163,13 +165,13 @@ class SkipConnectionsResult:
 
     @property
     def half(self) -> int:
-        """Number of sublayers in the first half of the ViT (:func:`~vitcnn_utils.skips.skip_ratio_summary`)."""
+        """Number of sublayers in the first half of the ViT (:func:`~vitcnn_utils.chapters.skip_ratio_summary`)."""
         return len(self.sublayers) // 2
 
     def profile(self) -> dict[str, torch.Tensor | None]:
         """Per-draw ratio curves: ``{"depth": (sublayers,), "cls": (draws, sublayers) or None, "spatial": (draws,
         sublayers), "resnet_depth": (units,), "resnet": (draws, units)}`` (float64)."""
-        curves = [skips.ratio_profile(r, self.num_prefix_tokens) for r in self.vit_ratios]
+        curves = [ratio_profile(r, self.num_prefix_tokens) for r in self.vit_ratios]
         return {"depth": curves[0]["depth"],
                 "cls": torch.stack([c["cls"] for c in curves]) if self.num_prefix_tokens else None,
                 "spatial": torch.stack([c["spatial"] for c in curves]),
@@ -341,23 +343,23 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
         batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
         base = {"data": data, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
         vr, sublayers = cache.cached("skip-ratios", {**base, "model": fp[vit_name]},
-                                     lambda: skips.vit_skip_ratios(vit_model, batches, device), use_cache)
+                                     lambda: measure.vit_skip_ratios(vit_model, batches, device), use_cache)
         rr, units = cache.cached("skip-ratios", {**base, "model": fp[res_name]},
-                                 lambda: skips.resnet_skip_ratios(res_model, batches, device), use_cache)
+                                 lambda: measure.resnet_skip_ratios(res_model, batches, device), use_cache)
         vit_ratios.append(vr.double())
         res_ratios.append(rr.double())
-        summaries.append(skips.skip_ratio_summary(vr, rr, vit_model.num_prefix_tokens))
+        summaries.append(skip_ratio_summary(vr, rr, vit_model.num_prefix_tokens))
 
         key = {**base, "models": [fp[label] for label in vits]}
-        heatmaps = cache.cached("no-skip-heatmaps", key, lambda: cka.model_heatmaps(vits, batches, device=device),
+        heatmaps = cache.cached("no-skip-heatmaps", key, lambda: measure.model_heatmaps(vits, batches, device=device),
                                 use_cache)
         acc = cache.cached("accuracy", key, lambda: model_accuracies(vits, batches, device), use_cache)
         names = heatmaps.names[intact_name] if names is None else names
         n_seen = heatmaps.n_images
         within.append({label: heatmaps[label, label].double() for label in vits})
         accuracy.append(acc)
-        comparisons.append(skips.no_skip_comparison(heatmaps, intact_name, no_skip, acc, intact_model))
-        long_split.append([skips.split_contrast(heatmaps[vit_name, vit_name], names, row["block"])
+        comparisons.append(no_skip_comparison(heatmaps, intact_name, no_skip, acc, intact_model))
+        long_split.append([split_contrast(heatmaps[vit_name, vit_name], names, row["block"])
                            for row in comparisons[-1]])
 
     rows = []
@@ -383,3 +385,84 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
         heatmap_labels=list(vits), heatmap_names=list(names),
         within={label: torch.stack([w[label] for w in within]) for label in vits},
         accuracy={label: [a[label] for a in accuracy] for label in vits}, no_skip=rows)
+
+
+def skip_ratio_summary(vit_ratios: torch.Tensor, resnet_ratios: torch.Tensor | None = None,
+                       num_prefix_tokens: int = 1) -> dict[str, float]:
+    """The numbers the chapter reports about Fig 7 (plain floats).
+
+    The first half of the ViT is its first ``sublayers // 2`` rows of ``vit_ratios`` (``(2·blocks, tokens)``,
+    attention and MLP sublayers of the lower half of the blocks), the second half the remaining rows.
+
+    Returns:
+        ``cls_ratio_first_half``, ``cls_ratio_second_half``: arithmetic mean over the half's sublayers of the
+        CLS token's ratio (NaN without a CLS token); ``spatial_ratio_first_half``, ``spatial_ratio_second_half``:
+        the same for the per-sublayer mean over patch tokens; ``vit_median_ratio``, ``vit_max_ratio``,
+        ``vit_min_ratio``: median, max and min over all ``(sublayer, token)`` entries; with ``resnet_ratios``
+        ``(units,)``: ``resnet_median_ratio``, ``resnet_max_ratio``, ``resnet_min_ratio``.
+    """
+    vit_ratios = torch.as_tensor(vit_ratios, dtype=torch.float64)
+    profile = ratio_profile(vit_ratios, num_prefix_tokens)
+    half = vit_ratios.shape[0] // 2
+    if half < 1:
+        raise ValueError("need at least two sublayers to split the network into halves")
+    nan = float("nan")
+    out = {}
+    for part, rows in (("first_half", slice(0, half)), ("second_half", slice(half, None))):
+        out[f"cls_ratio_{part}"] = profile["cls"][rows].mean().item() if profile["cls"] is not None else nan
+        out[f"spatial_ratio_{part}"] = profile["spatial"][rows].mean().item()
+    out |= {"vit_median_ratio": vit_ratios.flatten().median().item(), "vit_max_ratio": vit_ratios.max().item(),
+            "vit_min_ratio": vit_ratios.min().item()}
+    if resnet_ratios is not None:
+        resnet_ratios = torch.as_tensor(resnet_ratios, dtype=torch.float64).flatten()
+        out |= {"resnet_median_ratio": resnet_ratios.median().item(), "resnet_max_ratio": resnet_ratios.max().item(),
+                "resnet_min_ratio": resnet_ratios.min().item()}
+    return out
+
+
+def no_skip_comparison(heatmaps, intact: str, no_skip: dict[str, torch.nn.Module],
+                       accuracies: dict[str, float], intact_model: torch.nn.Module | None = None) -> list[dict]:
+    """One record per no-skip ViT against the intact ViT (paper Fig 8).
+
+    Args:
+        heatmaps: :class:`vitcnn_utils.cka.Heatmaps` holding the intact model (label ``intact``) and every
+            model of ``no_skip``; the within-model heatmaps must share layer names.
+        no_skip: ``{label: model}``; each model has exactly one block without skips (:func:`removed_blocks`).
+        accuracies: ``{label: top-1 fraction}`` on the analysis images, for ``intact`` and every no-skip label.
+        intact_model: the intact model, for its manifest entry (optional).
+
+    Returns:
+        per no-skip model, ``{"label", "block", "depth_fraction"`` (block / (blocks − 1)), ``"split_cka_intact", "split_cka_no_skip"`` (:func:`split_contrast`
+        of the intact and the no-skip heatmap at the removed block), ``"within_before_no_skip",
+        "within_after_no_skip"`` (:func:`split_summary`), ``"accuracy_intact", "accuracy_no_skip",
+        "accuracy_drop"`` (intact minus no-skip, fractions), ``"test_accuracy_intact", "test_accuracy_no_skip",
+        "epochs_intact", "epochs_no_skip", "steps_fraction"`` (no-skip optimisation steps / intact ones) from
+        the zoo manifests (``None`` for models without a manifest entry)}``.
+    """
+    intact_entry = getattr(intact_model, "zoo_entry", None)
+    rows = []
+    for label, model in no_skip.items():
+        blocks = removed_blocks(model)
+        if len(blocks) != 1:
+            raise ValueError(f"{label}: expected exactly one block without skips, found {blocks}")
+        block = blocks[0]
+        names = heatmaps.names[label]
+        if heatmaps.names[intact] != names:
+            raise ValueError(f"{label} and {intact} were captured at different layers")
+        split = split_summary(heatmaps[label, label], names, block)
+        entry = getattr(model, "zoo_entry", None)
+        rows.append({
+            "label": label, "block": block, "depth_fraction": normalised_depth(len(model.blocks))[block].item(),
+            "split_cka_intact": split_contrast(heatmaps[intact, intact], names, block),
+            "split_cka_no_skip": split["across"],
+            "within_before_no_skip": split["before"], "within_after_no_skip": split["after"],
+            "accuracy_intact": accuracies[intact], "accuracy_no_skip": accuracies[label],
+            "accuracy_drop": accuracies[intact] - accuracies[label],
+            "test_accuracy_intact": intact_entry["test_accuracy"] if intact_entry else None,
+            "test_accuracy_no_skip": entry["test_accuracy"] if entry else None,
+            "epochs_intact": intact_entry["epochs"] if intact_entry else None,
+            "epochs_no_skip": entry["epochs"] if entry else None,
+            "steps_fraction": (optimisation_steps(entry) / optimisation_steps(intact_entry)
+                               if entry and intact_entry else None),
+        })
+    return rows

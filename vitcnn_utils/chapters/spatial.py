@@ -5,10 +5,10 @@ and for its probe shots, validation and test images):
 
 * **Token ↔ patch CKA** (Figs 9–10): for the final layer of a CLS-token ViT, a GAP ViT and the ResNet's final
   stage, the minibatch CKA between every grid token and every input patch
-  (:func:`~vitcnn_utils.localisation.token_patch_cka`), and from it the *integer* number of interior tokens
+  (:func:`~vitcnn_utils.measure.token_patch_cka`), and from it the *integer* number of interior tokens
   whose most similar patch is their own (:func:`~vitcnn_utils.localisation.own_patch_counts`).
 * **Linear probes** (Fig 11): closed-form ridge probes on every block output
-  (:func:`~vitcnn_utils.probes.spatial_probes`): the CLS token, the mean of the (spatial) tokens, and one probe
+  (:func:`~vitcnn_utils.measure.spatial_probes`): the CLS token, the mean of the (spatial) tokens, and one probe
   per single spatial token (accuracy averaged over tokens).
 
 Each draw of each model is cached (:func:`vitcnn_utils.cache.cached`, the draw's seed in the key), so draw 0 is
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import cache, localisation, probes
+from .. import cache, localisation, measure
 from ..findings import fmt, pct
 from .. import data as vdata
 from ..hooks import normalised_depth
@@ -45,7 +45,7 @@ class SpatialResult:
         token_patch_cka: label -> float64 ``(draws, tokens, positions)``.
         counts: label -> :func:`~vitcnn_utils.localisation.own_patch_counts` field -> ``[per draw]`` (ints).
         mean_own, mean_other, undefined_fraction: label -> ``[per draw]`` (from
-            :func:`~vitcnn_utils.localisation.localisation_summary`).
+            :func:`~vitcnn_utils.chapters.localisation_summary`).
         probe_layers, probe_depth: label -> probed block outputs and their normalised depth.
         probe_curves: label -> kind (``cls``, ``gap``, ``spatial_gap``, ``tokens``) -> float64 ``(draws, layers)``.
         token_accuracy_min, token_accuracy_max: label -> ``(draws, layers)``: the worst / best single token.
@@ -244,7 +244,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
     for s in seeds:
         batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
         if geometry is None:         # the layers' grids do not depend on the images
-            geometry = {label: localisation.token_geometry(m, layers[label], batches, device=device)
+            geometry = {label: measure.token_geometry(m, layers[label], batches, device=device)
                         for label, m in models.items()}
         key = {"data": data, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
         fit, val, test = vdata.probe_batches(data, shots, val_per_class, n_test, batch_size, seed=s,
@@ -255,29 +255,29 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
             g = geometry[label]
             matrix = cache.cached(
                 "token-patch-cka", {**key, "model": fingerprints[label], "layer": layers[label], **g},
-                lambda model=model, label=label, g=g: localisation.token_patch_cka(
+                lambda model=model, label=label, g=g: measure.token_patch_cka(
                     model, batches, layers[label], g["patch_size"], g["grid"], g["num_prefix_tokens"], device=device),
                 use_cache)
             cka[label].append(matrix.double())
             for field, value in localisation.own_patch_counts(matrix, g["grid"]).items():
                 counts[label].setdefault(field, []).append(value)
-            summary = localisation.localisation_summary(matrix, g["grid"])
+            summary = localisation_summary(matrix, g["grid"])
             mean_own[label].append(summary["mean_own"])
             mean_other[label].append(summary["mean_other"])
             undefined[label].append(summary["undefined_fraction"])
 
             result = cache.cached("spatial-probes", {**probe_key, "model": fingerprints[label]},
-                                  lambda model=model: probes.spatial_probes(model, fit, val, test, device=device),
+                                  lambda model=model: measure.spatial_probes(model, fit, val, test, device=device),
                                   use_cache)
             prefix = g["num_prefix_tokens"]
-            for kind, values in probes.probe_curves(result, prefix).items():
+            for kind, values in probe_curves(result, prefix).items():
                 curves[label].setdefault(kind, []).append(values.double())
-            spread = probes.token_accuracy_spread(result, prefix)
+            spread = token_accuracy_spread(result, prefix)
             tok_min[label].append(spread["min"].double())
             tok_max[label].append(spread["max"].double())
-            lambdas.append(probes.chosen_lambda_range(result))
+            lambdas.append(chosen_lambda_range(result))
             probe_layers[label] = list(result.layers)
-            sizes = (probes.count_classes(fit), result.n_fit, result.n_val, result.n_test)
+            sizes = (measure.count_classes(fit), result.n_fit, result.n_val, result.n_test)
 
     n_classes, n_fit, n_val, n_test_seen = sizes
     return SpatialResult(
@@ -292,3 +292,70 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
         token_accuracy_max={label: torch.stack(v) for label, v in tok_max.items()},
         lambda_range=(min(lo for lo, _ in lambdas), max(hi for _, hi in lambdas)),
         n_classes=n_classes, shots=shots, val_per_class=val_per_class, n_fit=n_fit, n_val=n_val, n_test=n_test_seen)
+
+
+def localisation_summary(matrix: torch.Tensor, grid: tuple[int, int]) -> dict:
+    """How well tokens localise: the fraction of tokens whose most similar patch is their own, the mean
+    CKA with the own patch and with the other patches, and the same fraction for interior tokens only.
+
+    Undefined (NaN) entries, from a token or a patch that is constant over the images (e.g. an always-blank
+    image corner), are ignored: a token's best patch is the argmax over its defined entries, the fractions
+    count only tokens whose own-patch CKA is defined, and the means run over defined entries.
+    ``undefined_fraction`` is the fraction of NaN entries of ``matrix``.
+    """
+    gh, gw = grid
+    matrix = matrix.double()
+    n = len(matrix)
+    own = matrix.diagonal()
+    off = matrix[~torch.eye(n, dtype=torch.bool)]
+    hits = torch.nan_to_num(matrix, nan=-torch.inf).argmax(1) == torch.arange(n)
+    defined = ~torch.isnan(own)
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    interior = ((rows > 0) & (rows < gh - 1) & (cols > 0) & (cols < gw - 1)).flatten()
+
+    def fraction(mask):
+        mask = mask & defined
+        return hits[mask].double().mean().item() if mask.any() else float("nan")
+
+    return {"own_patch_is_best": fraction(torch.ones(n, dtype=torch.bool)),
+            "interior_own_patch_is_best": fraction(interior),
+            "mean_own": own.nanmean().item(), "mean_other": off.nanmean().item(),
+            "undefined_fraction": torch.isnan(matrix).double().mean().item()}
+
+
+def probe_curves(result, num_prefix_tokens: int = 0) -> dict[str, torch.Tensor]:
+    """Accuracy per probed layer (float64 ``(layers,)``) for each probe kind of a
+    :class:`~vitcnn_utils.probes.ProbeResult`: ``"cls"`` (token 0 of a model with prefix tokens; ``"first"``
+    otherwise), ``"gap"`` (mean of all tokens), ``"spatial_gap"`` (mean of the spatial tokens), and
+    ``"tokens"``: the per-token probes' accuracies averaged over the *spatial* tokens (prefix tokens left out).
+    Only kinds present in ``result`` are returned."""
+    names = {"first": "cls" if num_prefix_tokens > 0 else "first", "gap": "gap", "gap_spatial": "spatial_gap"}
+    curves = {}
+    for agg, acc in result.accuracy.items():
+        acc = acc.double()
+        if agg == "tokens":
+            if not 0 <= num_prefix_tokens < acc.shape[1]:
+                raise ValueError(f"num_prefix_tokens={num_prefix_tokens} for {acc.shape[1]} token probes")
+            curves["tokens"] = acc[:, num_prefix_tokens:].mean(1)
+        else:
+            curves[names[agg]] = acc[:, 0]
+    return curves
+
+
+def token_accuracy_spread(result, num_prefix_tokens: int = 0) -> dict[str, torch.Tensor]:
+    """Per-layer ``{"min", "max"}`` (float64 ``(layers,)``) of the per-token probe accuracies over the
+    spatial tokens of a :class:`~vitcnn_utils.probes.ProbeResult` that has ``"tokens"`` probes."""
+    acc = result.accuracy["tokens"].double()
+    if not 0 <= num_prefix_tokens < acc.shape[1]:
+        raise ValueError(f"num_prefix_tokens={num_prefix_tokens} for {acc.shape[1]} token probes")
+    spatial = acc[:, num_prefix_tokens:]
+    return {"min": spatial.min(1).values, "max": spatial.max(1).values}
+
+
+def chosen_lambda_range(result) -> tuple[float, float]:
+    """Smallest and largest regularisation (relative ``λ / (tr Σ / d)``) chosen by any probe of a
+    :class:`~vitcnn_utils.probes.ProbeResult` (each probe chooses its own)."""
+    values = torch.cat([v.double().flatten() for v in result.relative_lambda.values()])
+    if not len(values):
+        raise ValueError("the result holds no probes")
+    return values.min().item(), values.max().item()

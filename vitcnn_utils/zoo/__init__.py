@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..models import build_architecture
+from ..architectures import build_architecture
 from ..train import Recipe
 
 ZOO_DIR = Path(__file__).resolve().parent
@@ -120,7 +120,7 @@ REQUIRED_KEYS = ("arch", "file", "sha256")  # what load() needs of a manifest en
 
 def load(name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
     """A trained zoo model, in eval mode, with its manifest entry as ``model.zoo_entry``. Its input: raw
-    ``uint8`` or float [0, 1] images ``(n, 1, 28, 28)`` through :func:`vitcnn_utils.models.preprocessor`."""
+    ``uint8`` or float [0, 1] images ``(n, 1, 28, 28)`` through :func:`vitcnn_utils.data.preprocessor`."""
     if not MANIFEST.is_file():
         train = f"python -m vitcnn_utils.zoo{f' --only {name}' if name in SPECS else ''}"
         raise FileNotFoundError(f"the zoo manifest {MANIFEST} is missing, so no zoo model can be loaded: restore "

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from . import MANIFEST, SPECS, ZOO_DIR, is_current, manifest, sha256
 from ..data import fraction_subset, load_fashion_mnist
-from ..models import build_architecture
+from ..architectures import build_architecture
 from ..train import train
 
 

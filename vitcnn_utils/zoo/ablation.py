@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from pathlib import Path
 
 import torch
 
 from . import VIT, ZOO_DIR
-from ..attention import model_attention_distances, uniform_distance
+from ..measure import attention_distances, uniform_distance
 from ..data import analysis_batches, load_fashion_mnist
-from ..models import build_architecture
+from ..architectures import build_architecture
 from ..train import Recipe, train
 
 RESULTS = ZOO_DIR / "recipe_ablation.json"
@@ -45,7 +44,7 @@ def measure(model: torch.nn.Module, device: str = "cpu") -> dict:
     [head], "uniform_distance_px", "local_heads": [draw][block]}`` (a local head is below
     :data:`LOCAL_FRACTION` × the uniform-attention distance)."""
     uniform = uniform_distance(model)
-    draws = [model_attention_distances(model, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=seed),
+    draws = [attention_distances(model, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=seed),
                                        device=device)[0] for seed in range(DRAWS)]
     return {"distances_px": [d.tolist() for d in draws], "uniform_distance_px": uniform,
             "local_heads": [(d < LOCAL_FRACTION * uniform).sum(-1).tolist() for d in draws]}
