@@ -27,7 +27,7 @@ test: $(VENV)/.installed data
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 book: $(VENV)/.installed data
-	$(PY) -m vitcnn_utils.book
+	$(PY) -m vitcnn_utils.tools.book
 
 zoo: $(VENV)/.installed data
 	$(PY) -m vitcnn_utils.zoo

@@ -27,7 +27,8 @@ import warnings
 import torch
 
 from vitcnn_utils.measure import model_heatmaps
-from vitcnn_utils.heatmaps import AMP, GRAM
+from vitcnn_utils.cka import GRAM_DTYPES as GRAM
+from vitcnn_utils.runner import AMP_DTYPES as AMP
 from vitcnn_utils.hooks import default_layers
 from vitcnn_utils.data import preprocessor
 from vitcnn_utils.models import load_model

@@ -17,7 +17,7 @@ directory). Steps, each timed and recorded, a failure in one not stopping the ot
    CKA overhead as a fraction of the forward time (goal ≤ 10%).
 4. ``peak_vit_l16_resnet50_b1024``: the peak GPU memory of ViT-L/16 × ResNet-50 all-layer heatmaps at batch
    1,024 (same settings; goal ≤ 80 GB).
-5. ``torchrun_heatmaps``: ``python -m vitcnn_utils.heatmaps`` under ``torchrun --standalone
+5. ``torchrun_heatmaps``: ``python -m vitcnn_utils.tools.cka_heatmaps`` under ``torchrun --standalone
    --nproc_per_node=1`` (NCCL on the GPU) on the generated folder; checks the ``.npz`` it writes.
 
 It prints one summary and writes it as JSON to ``--out``. Exit status 0 when every step passed (the goals
@@ -191,7 +191,7 @@ def step_torchrun(cfg: dict, dry: bool, work: Path) -> dict:
     data = make_image_folder(work / "imagenet", spec["classes"], spec["per_class"])
     out = work / "torchrun_heatmaps.npz"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-           "-m", "vitcnn_utils.heatmaps", "--vit", spec["vit"], "--resnet", spec["resnet"], "--data", str(data),
+           "-m", "vitcnn_utils.tools.cka_heatmaps", "--vit", spec["vit"], "--resnet", spec["resnet"], "--data", str(data),
            "--n-images", str(spec["n_images"]), "--batch-size", str(spec["batch"]),
            "--image-size", str(spec["image_size"]), "--device", cfg["device"], "--amp", cfg["amp"],
            "--gram-dtype", "float32", "--out", str(out)]

@@ -4,13 +4,13 @@ import shutil
 import nbformat
 import pytest
 
-from vitcnn_utils import book
+from vitcnn_utils.tools import book
 
 TINY = {"vit": "arch:vit-cls", "vit_small_data": "arch:vit-cls-f03", "vit_gap": "arch:vit-gap", "resnet": "arch:resnet",
         "vit_no_skip": ["arch:vit-cls-noskip1", "arch:vit-cls-noskip3", "arch:vit-cls-noskip5"],
         "vit_fractions": {"3%": "arch:vit-cls-f03", "10%": "arch:vit-cls-f10", "30%": "arch:vit-cls-f30"},
         "resnet_fractions": {"3%": "arch:resnet-f03", "10%": "arch:resnet-f10", "30%": "arch:resnet-f30"},
-        "vit_control": "arch:vit-cls-e3", "vit_matched": "arch:vit-cls-e3",
+        "vit_control": "arch:vit-cls-e3", "vit_matched": "arch:vit-cls-e3", "vit_seed": "arch:vit-cls-s1",
         "n_images": 48, "batch_size": 24, "n_erf_images": 4, "shots": 2, "val_per_class": 2, "n_test": 48,
         "n_draws": 2, "use_cache": False}
 FIGURES = {"representation_within", "representation_across", "attention_distance", "head_subset_cka",
@@ -88,7 +88,7 @@ def test_conclusion_judges_every_finding_from_recorded_numbers(built_book):
     from vitcnn_utils import findings
 
     root, outputs, html = built_book
-    results = findings.load(root / "book" / "chapters" / "results")
+    results = findings.load_results(root / "book" / "chapters" / "results")
     assert set(results) == set(book.CHAPTERS) - WITHOUT_FIGURES
     rows = findings.table(results)
     assert len(rows) >= 12
@@ -163,7 +163,7 @@ def test_a_bad_parameter_file_exits_non_zero_without_a_traceback(tmp_path):
     (tmp_path / "none.yaml").unlink(missing_ok=True)
     for name, says in (("bad.yaml", "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2"),
                        ("none.yaml", "no such parameter file")):
-        run = subprocess.run([sys.executable, "-m", "vitcnn_utils.book", "-c", "spatial", "-f",
+        run = subprocess.run([sys.executable, "-m", "vitcnn_utils.tools.book", "-c", "spatial", "-f",
                               str(tmp_path / name), "--no-build"], capture_output=True, text=True, cwd=book.ROOT)
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
         assert run.stderr.strip().splitlines() == [run.stderr.strip()] and says in run.stderr, run.stderr

@@ -10,7 +10,7 @@ import torch
 from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
 from vitcnn_utils.chapters import data_scale
-from vitcnn_utils.chapters.data_scale import FULL, MATCHED
+from vitcnn_utils.chapters.data_scale import FULL, MATCHED, SEED
 
 SIZES = dict(n_images=16, batch_size=8, shots=2, val_per_class=2, n_test=16)
 
@@ -33,7 +33,8 @@ def _perturbed(model, scale, seed, steps=None):
 @pytest.fixture(scope="module")
 def groups(tiny_vit, tiny_resnet):
     vit = {"3%": _perturbed(tiny_vit, 1.0, 1, (100, 1800)), "30%": _perturbed(tiny_vit, 0.3, 2, (10, 18000)),
-           FULL: _perturbed(tiny_vit, 0.0, 3, (20, 60000)), MATCHED: _perturbed(tiny_vit, 0.1, 4, (3, 60000))}
+           FULL: _perturbed(tiny_vit, 0.0, 3, (20, 60000)), MATCHED: _perturbed(tiny_vit, 0.1, 4, (3, 60000)),
+           SEED: _perturbed(tiny_vit, 0.05, 7, (20, 60000))}
     resnet = {"3%": _perturbed(tiny_resnet, 1.0, 5), "30%": _perturbed(tiny_resnet, 0.3, 6), FULL: tiny_resnet}
     return vit, resnet
 
@@ -41,7 +42,7 @@ def groups(tiny_vit, tiny_resnet):
 @pytest.fixture(scope="module")
 def result(groups):
     vit, resnet = groups
-    return data_scale.run(vit=vit[FULL], vit_matched=vit[MATCHED], resnet=resnet[FULL],
+    return data_scale.run(vit=vit[FULL], vit_matched=vit[MATCHED], resnet=resnet[FULL], vit_seed=vit[SEED],
                           vit_fractions={"3%": vit["3%"], "30%": vit["30%"]},
                           resnet_fractions={"3%": resnet["3%"], "30%": resnet["30%"]},
                           n_draws=2, use_cache=False, **SIZES)
@@ -58,7 +59,9 @@ def test_record_has_every_schema_field_over_draws(result):
         for which in ("cka_first_block", "cka_last_block"):
             values = rec[reference][which]
             assert set(values) == {"3%", "30%"} and all(len(v) == 2 for v in values.values())
-    assert rec["seed_baseline"] is None
+    seed = rec["seed_baseline"]
+    assert all(len(seed[k]) == 2 for k in ("cka_first_block", "cka_last_block", "probe_mid_seed0_minus_seed1_points"))
+    assert len(seed["cka_per_block"][0]) == len(rec["layers"]["ViT"]) - 1 and seed["model"] != seed["reference"]
     for key in ("probe_mid_gain_points_long", "probe_mid_gain_points_matched"):
         assert len(rec[key]["vit"]) == 2
     for key in ("probe_mid_vit_minus_resnet_points", "probe_mid_vit_minus_resnet_points_cls"):
@@ -72,13 +75,17 @@ def test_draw_0_is_the_plain_library_call(result, groups):
     batches = vdata.analysis_batches("fashion-mnist", SIZES["n_images"], SIZES["batch_size"], seed=0)
     fit, val, test = vdata.probe_batches("fashion-mnist", SIZES["shots"], SIZES["val_per_class"], SIZES["n_test"],
                                          SIZES["batch_size"], seed=0)
-    heat = measure.block_heatmaps(vit, batches, progress=False)
+    heat = measure.block_heatmaps({k: m for k, m in vit.items() if k != SEED}, batches, progress=False)
     for reference, label in (("vit_long", FULL), ("vit_matched", MATCHED)):
         matched = data_scale.matched_layer_cka(heat, label)
         for small in ("3%", "30%"):
             assert rec[reference]["cka_first_block"][small][0] == matched[small][1].item()
             assert rec[reference]["cka_last_block"][small][0] == matched[small][-1].item()
             assert torch.equal(result.cka[reference][small][0], matched[small])
+    seed = data_scale.matched_layer_cka(measure.block_heatmaps({FULL: vit[FULL], SEED: vit[SEED]}, batches,
+                                                                progress=False), FULL)[SEED]
+    assert rec["seed_baseline"]["cka_first_block"][0] == seed[1].item()
+    assert rec["seed_baseline"]["cka_last_block"][0] == seed[-1].item()
     res_heat = data_scale.matched_layer_cka(measure.block_heatmaps(resnet, batches, progress=False), FULL)
     assert rec["resnet"]["cka_last_block"]["3%"][0] == res_heat["3%"][-1].item()
 
@@ -94,15 +101,18 @@ def test_draw_0_is_the_plain_library_call(result, groups):
     assert rec["probe_mid_gain_points_matched"]["vit"][0] == 100 * (spatial[MATCHED][0].item() - spatial["3%"][0].item())
     assert rec["probe_mid_vit_minus_resnet_points"][0] == 100 * (spatial[FULL][0].item() - gap[FULL][1].item())
     assert rec["probe_mid_vit_minus_resnet_points_cls"][0] == 100 * (cls[FULL][0].item() - gap[FULL][1].item())
+    assert rec["seed_baseline"]["probe_mid_seed0_minus_seed1_points"][0] == \
+        100 * (spatial[FULL][0].item() - spatial[SEED][0].item())
 
 
 def test_without_a_matched_model(groups):
     vit, resnet = groups
-    r = data_scale.run(vit=vit[FULL], vit_matched=None, resnet=resnet[FULL], vit_fractions={"3%": vit["3%"]},
+    r = data_scale.run(vit=vit[FULL], vit_matched=None, vit_seed=None, resnet=resnet[FULL], vit_fractions={"3%": vit["3%"]},
                        resnet_fractions={"3%": resnet["3%"]}, n_draws=1, use_cache=False, **SIZES)
     rec = r.to_record()
     assert rec["vit_matched"] is None and rec["probe_mid_gain_points_matched"] is None
     assert rec["reference"]["matched"] is None and rec["reference"]["matched_steps"] is None
     assert len(rec["vit_long"]["cka_first_block"]["3%"]) == 1
     with pytest.raises(ValueError, match="fractions"):
-        data_scale.run(vit=vit[FULL], vit_matched=None, resnet=resnet[FULL], vit_fractions={FULL: vit["3%"]}, **SIZES)
+        data_scale.run(vit=vit[FULL], vit_matched=None, vit_seed=None, resnet=resnet[FULL], vit_fractions={FULL: vit["3%"]},
+                       **SIZES)

@@ -105,7 +105,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
 
 def test_torchrun_heatmaps_equal_one_process(tmp_path):
-    """``torchrun --nproc_per_node=2 -m vitcnn_utils.heatmaps`` (gloo, sharded minibatches, all-reduced sums)
+    """``torchrun --nproc_per_node=2 -m vitcnn_utils.tools.cka_heatmaps`` (gloo, sharded minibatches, all-reduced sums)
     writes the same heatmaps as one process on the same images and minibatches."""
     import subprocess
     import sys
@@ -121,11 +121,11 @@ def test_torchrun_heatmaps_equal_one_process(tmp_path):
         assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-4000:]}"
 
     # --standalone: torchrun picks a free rendezvous port itself (no port chosen here and then raced for)
-    run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "vitcnn_utils.heatmaps", *args,
+    run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "vitcnn_utils.tools.cka_heatmaps", *args,
          "--out", str(tmp_path / "two.npz")])
     # the reference runs in a process with the same thread count: float32 forward passes differ at ~1e-7
     # between thread counts (reduction order), which would show as ~1e-9 in the CKA
-    run([sys.executable, "-m", "vitcnn_utils.heatmaps", *args, "--out", str(tmp_path / "one.npz")])
+    run([sys.executable, "-m", "vitcnn_utils.tools.cka_heatmaps", *args, "--out", str(tmp_path / "one.npz")])
     two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
     assert int(two["n_images"]) == int(one["n_images"]) == 40
     assert list(two["vit_layers"]) == list(one["vit_layers"]) and len(one["resnet_layers"]) > 10

@@ -196,7 +196,7 @@ def test_meaning_names_each_finding_of_the_chapter_with_its_verdict_and_labels_h
 def test_record_and_load_round_trip(tmp_path):
     findings.record("chapter", {"t": torch.tensor([[1.0, 2.0]]), "x": 0.5, "nan": float("nan"),
                                 "nested": {"a": torch.tensor(3)}}, tmp_path)
-    loaded = findings.load(tmp_path)
+    loaded = findings.load_results(tmp_path)
     assert loaded == {"chapter": {"t": [[1.0, 2.0]], "x": 0.5, "nan": None, "nested": {"a": 3}}}
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -221,3 +221,32 @@ def test_untrained_models_without_step_counts_leave_the_controls_unmatched():
     results["data_scale"]["reference"]["small_steps"]["3%"] = None
     rows = rows_of(results)
     assert rows[8]["verdict"] == rows[11]["verdict"] == rows[12]["verdict"] == findings.CONFOUNDED
+
+
+def test_intro_outcome_table_lists_every_finding_with_its_verdict_and_the_tally(tmp_path):
+    results = paper_like()
+    results["local_global"]["distances_all_data"] = copy.deepcopy(results["local_global"]["distances_less_data"])
+    rows = findings.table(results)
+    path = findings.write_outcomes(rows, tmp_path)
+    text = path.read_text()
+    assert path.name == findings.OUTCOMES_FILE and findings.tally_text(rows) in text
+    body = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    assert [int(line.split("|")[1]) for line in body] == list(range(1, 13))
+    assert [line.rstrip(" |").rsplit("**", 2)[1] for line in body] == [r["verdict"] for r in rows]
+    assert "| Local and global information |" in body[2]
+
+
+def test_seed_baseline_adds_a_secondary_check_to_f11_and_f12():
+    results = paper_like()
+    dsc = results["data_scale"]
+    dsc["seed_baseline"] = {"model": "zoo:vit-cls-s1", "reference": "zoo:vit-cls",
+                            "cka_first_block": d(0.97), "cka_last_block": d(0.9), "cka_per_block": [[0.97, 0.9]] * 5,
+                            "probe_mid_seed0_minus_seed1_points": d(-1.0),
+                            "probe_mid_seed0_minus_seed1_points_cls": d(0.5)}
+    rows = rows_of(results)
+    assert rows[11]["verdict"] == rows[12]["verdict"] == findings.REPRODUCED
+    assert sum("second seed" in rule for _, rule, _, _ in rows[11]["checks"]) == 1
+    dsc["seed_baseline"]["cka_last_block"] = copy.deepcopy(dsc["vit_long"]["cka_last_block"]["3%"])  # no data effect
+    dsc["seed_baseline"]["probe_mid_seed0_minus_seed1_points"] = d(-40.0)                             # seeds differ more
+    rows = rows_of(results)
+    assert rows[11]["verdict"] == rows[12]["verdict"] == findings.PARTLY

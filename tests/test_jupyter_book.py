@@ -1,4 +1,4 @@
-"""`jupyter-book build .` is a front door: the _config.yml extension vitcnn_utils.sphinx_chapters executes the
+"""`jupyter-book build .` is a front door: the _config.yml extension vitcnn_utils.tools.sphinx_chapters executes the
 toc's chapters on the embedded default (through the book runner) before Sphinx reads them; a failing chapter
 fails the build; `make book`, which has executed its chapters already, does not run them again."""
 import os
@@ -13,7 +13,8 @@ import pytest
 import yaml
 from sphinx_external_toc.parsing import parse_toc_yaml
 
-from vitcnn_utils import book, sphinx_chapters
+
+from vitcnn_utils.tools import book, sphinx_chapters
 
 
 def _app(srcdir, toc: Path):
@@ -38,7 +39,7 @@ def _toc(tmp_path, files, root="book/intro"):
 
 def test_config_lists_the_extension():
     config = yaml.safe_load((book.ROOT / "_config.yml").read_text())
-    assert "vitcnn_utils.sphinx_chapters" in config["sphinx"]["extra_extensions"]
+    assert "vitcnn_utils.tools.sphinx_chapters" in config["sphinx"]["extra_extensions"]
 
 
 def test_handler_runs_exactly_the_toc_chapters_with_their_defaults(tmp_path, calls):

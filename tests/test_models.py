@@ -16,7 +16,7 @@ def test_unknown_name_is_a_clear_error():
 
 
 def test_pretrained_offline_says_how_to_use_a_local_file(monkeypatch):
-    """Offline fails at once (no network attempt: tests/test_errors_models_data.py) and says what to do."""
+    """Offline fails at once (no network attempt: tests/test_models_data_errors.py) and says what to do."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match=r"weights='/path/to/model.safetensors'"):
         load_model("resnet18", pretrained=True)

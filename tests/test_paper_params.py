@@ -1,14 +1,14 @@
 """The shipped paper-scale parameter files (params/paper/*.yaml) name real timm models with public weights,
 layers those architectures have, and only parameters their chapter takes. They cannot run here (no weights, no
 ImageNet, no GPU); the architectures are built with random weights on the meta device."""
-from pathlib import Path
+
 
 import pytest
 import timm
 import torch
 import yaml
 
-from vitcnn_utils import book
+from vitcnn_utils.tools import book
 from vitcnn_utils.models import load_named
 
 PAPER = book.ROOT / "params" / "paper"

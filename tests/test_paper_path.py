@@ -1,6 +1,6 @@
 """The paper's parameter files (params/paper/*.yaml), executed end to end on the CPU as a user runs them:
 
-    python -m vitcnn_utils.book -c <chapter> -f <file> --no-build
+    python -m vitcnn_utils.tools.book -c <chapter> -f <file> --no-build
 
 with only what cannot exist here overridden: ``device: cpu``, tiny image counts and batches (and probe shots),
 ``data`` an ImageNet-style folder generated here (real JPEG files of varied sizes, aspect ratios and colour
@@ -24,7 +24,8 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from vitcnn_utils import book, findings
+from vitcnn_utils import findings
+from vitcnn_utils.tools import book
 
 PAPER = book.ROOT / "params" / "paper"
 CLASSES = ["n01440764", "n01443537", "n01484850", "n01491361"]      # 4 classes: 1 shot each = one batch of 4
@@ -183,7 +184,7 @@ def test_paper_path_conclusion(paper_book, imagenet_folder, paper_weights):
     out = book.run_chapter("conclusion", {"results_dir": str(results_dir)}, paper_book["chapters"])
     nb = nbformat.read(out, as_version=4)
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    rows = findings.table(findings.load(results_dir))
+    rows = findings.table(findings.load_results(results_dir))
     assert not [r for r in rows if r["measured"].startswith("(no ")]
     html = book.build_html(paper_book["root"])
     page = (html / "book" / "chapters" / "conclusion.html").read_text()

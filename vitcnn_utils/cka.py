@@ -56,6 +56,8 @@ from .distributed import all_reduce_sum
 Features = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
 
 
+GRAM_DTYPES = {"float64": torch.float64, "float32": torch.float32}  # command-line names of MinibatchCKA(gram_dtype=)
+
 def u_centre_(grams: torch.Tensor) -> torch.Tensor:
     """U-centre a stack of symmetric Gram matrices ``(..., n, n)`` in place (Székely & Rizzo 2014) and
     return it. Requires ``n >= 4``."""

@@ -51,34 +51,6 @@ def cka_heatmap(ax, matrix, row_names, col_names, title: str, row_label: str, co
     return ax
 
 
-def head_distances(ax, distances, title: str, image_px: float):
-    """Mean attention distance of each head (dots) per block (x)."""
-    distances = np.asarray(distances, dtype=float)
-    blocks, heads = distances.shape
-    for h in range(heads):
-        ax.scatter(np.arange(blocks), distances[:, h], s=28, alpha=0.85, label=f"head {h}")
-    ax.set_xticks(range(blocks))
-    ax.set_xlabel("block")
-    ax.set_ylabel("mean attention distance (px)")
-    ax.set_ylim(0, image_px * 0.75)
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncols=2, loc="lower right")
-    return ax
-
-
-def head_subset_cka(ax, result: dict, n_images: int):
-    """CKA of first-block head subsets with other-model layers against the subsets' mean distance."""
-    distance = np.asarray(result["distance"], dtype=float)
-    cka = np.asarray(result["cka"], dtype=float)
-    for j, layer in enumerate(result["layers"]):
-        ax.plot(distance, cka[:, j], marker="o", label=layer)
-    ax.set_xlabel("mean attention distance of the head(s) (px)")
-    ax.set_ylabel("CKA with ResNet layer")
-    ax.set_title(f"First-block heads vs ResNet lower layers ({n_images} test images)")
-    ax.legend(fontsize=8, title="ResNet layer", title_fontsize=8)
-    return ax
-
-
 def receptive_fields(erfs: dict, ncols: int = 3, gamma: float = 0.3):
     """A grid of effective receptive fields (each normalised to max 1), on a power colour scale
     (``gamma`` < 1) so that gradients far below the centre's peak stay visible."""
@@ -100,49 +72,13 @@ def receptive_fields(erfs: dict, ncols: int = 3, gamma: float = 0.3):
 def data_fraction_colours(labels) -> dict:
     """One colour per amount of training data, in the order given (least data first): light orange through
     magenta and purple to dark blue (matplotlib's reversed ``plasma``), distinct hues that also darken with
-    the data. Pass as ``colours=`` to :func:`matched_layer_cka` and :func:`probe_by_depth`."""
+    the data. Pass as ``colours=`` to :func:`matched_layer_curves_over_draws` and :func:`probe_by_depth_over_draws`."""
     labels = list(labels)
     cmap = plt.get_cmap("plasma_r")
     return {label: cmap(x) for label, x in zip(labels, np.linspace(0.22, 0.95, max(len(labels), 2)))}
 
 
 _FRACTION_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
-
-
-def matched_layer_cka(ax, layer_names, curves: dict, title: str, reference_label: str, colours: dict | None = None):
-    """CKA of each layer with the same layer of a reference model (one line per model), layers on the x axis
-    labelled by name, first layer (the embedding / stem) on the left."""
-    colours = colours or data_fraction_colours(curves)
-    x = np.arange(len(layer_names))
-    low = 0.0
-    for i, (label, values) in enumerate(curves.items()):
-        values = np.asarray(values, dtype=float)
-        ax.plot(x, values, marker=_FRACTION_MARKERS[i % len(_FRACTION_MARKERS)], color=colours[label],
-                lw=1.8, label=label)
-        low = min(low, np.nanmin(values))
-    ax.axhline(1.0, color="0.6", lw=0.8, ls=":")
-    ax.set_xticks(x)
-    ax.set_xticklabels(layer_names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylim(low - 0.03, 1.03)
-    ax.set_xlabel("layer (block outputs; leftmost = embedding / stem)")
-    ax.set_ylabel(f"CKA with the {reference_label} model")
-    ax.set_title(title)
-    ax.legend(title="training data", fontsize=8, title_fontsize=8, loc="lower left")
-    return ax
-
-
-def probe_by_depth(ax, curves: dict, title: str, chance: float | None = None, colours: dict | None = None):
-    """Linear-probe test accuracy (in %) of each block output against normalised depth (0 = first block,
-    1 = last), one line per model; ``curves`` maps a label to per-block accuracies in [0, 1]."""
-    colours = colours or data_fraction_colours(curves)
-    for i, (label, values) in enumerate(curves.items()):
-        values = 100 * np.asarray(values, dtype=float)
-        depth = np.arange(len(values)) / max(len(values) - 1, 1)
-        ax.plot(depth, values, marker=_FRACTION_MARKERS[i % len(_FRACTION_MARKERS)], color=colours[label],
-                lw=1.8, label=label)
-    _probe_axes(ax, title, chance, "--")
-    ax.legend(title="training data", fontsize=8, title_fontsize=8, loc="lower right")
-    return ax
 
 
 # -- skip connections (paper Figs 7-8) ------------------------------------------------------------------------
@@ -181,28 +117,6 @@ def skip_ratio_heatmap(ax, ratios, row_names, title: str, num_prefix_tokens: int
     ax.set_xlabel("token (0 = CLS, then patches row by row)" if num_prefix_tokens else "token (patches row by row)")
     ax.set_ylabel("sublayer (input at the bottom)")
     ax.set_title(title)
-    return ax
-
-
-def skip_ratio_profile(ax, vit_profile: dict, resnet_depth, resnet_ratios, title: str):
-    """Skip ratio against normalised depth on a log y axis: the ViT's CLS token and mean over patch tokens
-    (``vit_profile`` from :func:`vitcnn_utils.skips.ratio_profile`) and the ResNet's per-unit ratio; a dotted
-    line marks ratio 1 (identity path and branch equally large)."""
-    depth = np.asarray(vit_profile["depth"], dtype=float)
-    if vit_profile.get("cls") is not None:
-        ax.plot(depth, np.asarray(vit_profile["cls"], dtype=float), marker="o", ms=4, color=MODEL_COLOURS["vit"],
-                label="ViT, CLS token")
-    ax.plot(depth, np.asarray(vit_profile["spatial"], dtype=float), marker="s", ms=4, ls="--",
-            color=MODEL_COLOURS["vit"], alpha=0.75, label="ViT, mean of patch tokens")
-    ax.plot(np.asarray(resnet_depth, dtype=float), np.asarray(resnet_ratios, dtype=float), marker="^", ms=5,
-            color=MODEL_COLOURS["resnet"], label="ResNet, per unit")
-    ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
-    ax.set_yscale("log")
-    _plain_log_labels(ax.yaxis)
-    ax.set_xlabel("normalised depth (0 = first sublayer / unit, 1 = last)")
-    ax.set_ylabel("skip ratio ‖z‖ / ‖f(z)‖ (log scale)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
     return ax
 
 
@@ -635,10 +549,10 @@ def spatial_probe_curves_over_draws(ax, depth: dict, curves: dict, title: str, c
     return ax
 
 
-def matched_layer_cka_over_draws(ax, layer_names, curves: dict, title: str, ylabel: str, colours: dict | None = None,
-                                 legend: dict | None = None, threshold: tuple[float, str] | None = None,
-                                 low: float | None = None):
-    """:func:`matched_layer_cka` over draws: ``curves`` maps a label to ``(draws, layers)`` CKA with the reference
+def matched_layer_curves_over_draws(ax, layer_names, curves: dict, title: str, ylabel: str, colours: dict | None = None,
+                                    legend: dict | None = None, threshold: tuple[float, str] | None = None,
+                                    low: float | None = None):
+    """Matched-layer CKA curves over draws: ``curves`` maps a label to ``(draws, layers)`` CKA with the reference
     model's same layer; mean over draws (line) and the draws' range (band). ``legend`` maps a label to its legend
     text; ``threshold=(y, text)`` draws a criterion's level over the first block (x = 1) as a dashed segment;
     ``low`` fixes the bottom of the y axis (so that panels share one)."""
@@ -665,7 +579,7 @@ def matched_layer_cka_over_draws(ax, layer_names, curves: dict, title: str, ylab
 
 def probe_by_depth_over_draws(ax, curves: dict, title: str, chance: float | None = None, colours: dict | None = None,
                               legend: dict | None = None, mid_depth: float | None = None):
-    """:func:`probe_by_depth` over draws: ``curves`` maps a label to ``(draws, blocks)`` accuracies in [0, 1];
+    """Probe accuracy against normalised depth over draws: ``curves`` maps a label to ``(draws, blocks)`` accuracies in [0, 1];
     mean over draws (line) and range (band); ``mid_depth`` marks the mid-network block the text compares."""
     colours = colours or data_fraction_colours(curves)
     for i, (label, values) in enumerate(curves.items()):

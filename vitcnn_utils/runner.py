@@ -27,6 +27,8 @@ from .data import preprocessor
 from .distributed import all_reduce_sum
 from .hooks import Capture, resolve_layers
 
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # command-line names of amp_dtype
+
 
 
 def forward_passes(models: Mapping[str, torch.nn.Module], batches: Iterable,

@@ -130,8 +130,8 @@ def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, cutmix: float, mixup
 def accuracy(model: torch.nn.Module, batches, device: str | torch.device | None = None) -> tuple[float, int]:
     """Top-1 accuracy (fraction in [0, 1]) of ``model`` on raw ``(images, labels)`` minibatches, with the
     model's own preprocessing (:func:`vitcnn_utils.data.preprocessor`), and the number of images; counts
-    are all-reduced under ``torch.distributed``."""
-
+    are all-reduced under ``torch.distributed``. (The trainer's evaluation: a forward pass of the logits, so it
+    runs the model directly rather than through :func:`vitcnn_utils.runner.forward_passes`, which captures layers.)"""
     if device is not None:
         model.to(device)
     device = next(model.parameters()).device
@@ -139,7 +139,8 @@ def accuracy(model: torch.nn.Module, batches, device: str | torch.device | None 
     model.eval()
     correct = seen = 0
     for images, labels in batches:
-        pred = model(prep(images.to(device))).argmax(-1).cpu()
+        with torch.no_grad():
+            pred = model(prep(images.to(device))).argmax(-1).cpu()
         correct += (pred == labels).sum().item()
         seen += labels.shape[0]
     model.train(was_training)

@@ -8,10 +8,13 @@ and for its probe shots, validation and test images):
   (:func:`~vitcnn_utils.measure.block_heatmaps`, :func:`~vitcnn_utils.chapters.matched_layer_cka`). The ViT has two
   100% references: the long-schedule model (``vit``, more optimisation steps than the small-data models) and a
   *matched-compute* model (``vit_matched``, trained for as many steps as the small-data models), so that a
-  difference between 3% and 100% can be told apart from a difference in training length.
+  difference between 3% and 100% can be told apart from a difference in training length. A second training seed
+  of the long-schedule ViT (``vit_seed``, same spec, seed 1) gives the **seed-to-seed baseline**: the same CKA
+  between two models that differ only in their initialisation and batch order.
 * **Linear probes on every block** (Fig 13): closed-form ridge probes (:func:`~vitcnn_utils.measure.spatial_probes`)
   read through the same kind of readout for both architectures: the mean of the spatial tokens for the ViT and
-  the global average pool for the ResNet; the ViT's CLS token is probed beside it.
+  the global average pool for the ResNet; the ViT's CLS token is probed beside it. The second seed is probed
+  too: the difference between the two 100% ViTs is the probes' seed-to-seed baseline.
 
 Each draw is cached (:func:`vitcnn_utils.cache.cached`, the draw's seed in the key): CKA per draw and
 architecture, probes per draw and model.
@@ -26,14 +29,14 @@ import torch
 from .. import cache, measure, zoo
 from ..cka import Heatmaps
 from .. import data as vdata
-from ..findings import fmt, pct
+from ..findings import F11_FIRST_BLOCK, fmt, pct
 from ..hooks import middle_index, normalised_depth
 from ..models import load_named
 
 ARCHS = ("ViT", "ResNet")
 FULL, MATCHED = "100%", "100%, matched steps"      # labels of the long-schedule and matched-compute references
+SEED = "100%, seed 1"                               # the long-schedule ViT's second training seed (seed baseline)
 SPATIAL, CLS = "spatial", "cls"                     # probe readouts: mean of spatial tokens / GAP, and CLS token
-F11_FIRST_BLOCK = 0.8    # F11's central criterion (vitcnn_utils.findings): first-block CKA of the least-data ViT
 
 
 @dataclass
@@ -44,7 +47,7 @@ class DataScaleResult:
         n_draws, seeds: the draws and the seed of each (``seed + d``).
         n_images: test images per draw for the CKA; shots, val_per_class, n_test, num_classes: the probes'.
         model_names: arch -> label -> the model's name (labels: the fractions, least data first, then
-            :data:`FULL`, and for the ViT :data:`MATCHED` when a matched model is given).
+            :data:`FULL`, and for the ViT :data:`MATCHED` and :data:`SEED` when those models are given).
         fractions: arch -> the small-data labels, least data first.
         layers: arch -> the CKA layers (layer 0 = embedding / stem, then the block outputs).
         training: arch -> label -> :func:`vitcnn_utils.zoo.training_summary` entry.
@@ -86,6 +89,14 @@ class DataScaleResult:
         return "vit_matched" in self.cka
 
     @property
+    def has_seed(self) -> bool:
+        return SEED in self.model_names["ViT"]
+
+    def seed_points(self, readout: str = SPATIAL) -> list[float]:
+        """Per draw: mid-network probe of the 100% ViT minus its second seed's, in points."""
+        return [100 * (a - b) for a, b in zip(self.mid("ViT", readout, FULL), self.mid("ViT", readout, SEED))]
+
+    @property
     def chance(self) -> float:
         return 1 / self.num_classes
 
@@ -117,12 +128,12 @@ class DataScaleResult:
         """Words for a model in legends and titles: "3% of the data (1,500 steps)", "100% of the data, 20 epochs
         (9,380 steps)", "100% of the data, 3 epochs (1,407 steps: matched)"."""
         steps, epochs = self.steps[arch].get(label), self.training[arch][label]["epochs"]
-        fraction = FULL if label == MATCHED else label
+        fraction = FULL if label in (MATCHED, SEED) else label
         text = f"{fraction} of the data" if fraction.endswith("%") else fraction
-        if label in (FULL, MATCHED) and epochs is not None:
+        if label in (FULL, MATCHED, SEED) and epochs is not None:
             text += f", {epochs} epochs"
         if steps is not None:
-            text += f" ({steps:,} steps{': matched' if label == MATCHED else ''})"
+            text += f" ({steps:,} steps{': matched' if label == MATCHED else ''}{', seed 1' if label == SEED else ''})"
         elif label == MATCHED:
             text += " (matched steps)"
         return text
@@ -138,7 +149,7 @@ class DataScaleResult:
         for arch, names in self.model_names.items():
             for label, name in names.items():
                 t, steps = self.training[arch][label], self.steps[arch][label]
-                what = "100%, matched steps" if label == MATCHED else label
+                what = label
                 if t["test_accuracy"] is None:
                     lines.append(f"| {arch} | {what} | `{name}` | – | – | – | not in the zoo |")
                 else:
@@ -201,11 +212,17 @@ class DataScaleResult:
         lines.append(f"ResNet against its model trained on {self.describe('ResNet', FULL)}: trained on {rsmall}, "
                      f"{fmt(self.cka_block('resnet', rsmall, 'first'))} at {rb[0]} and "
                      f"{fmt(self.cka_block('resnet', rsmall, 'last'))} at {rb[-1]}.")
-        lines.append("\nA seed-to-seed baseline — the same CKA between two 100% ViTs that differ only in their "
-                     "training seed — is **not measured yet** (second seeds were not trained), so how much of a "
-                     "last-block gap would also appear between two identically trained models is unknown. The paper: "
-                     "the lower blocks are already similar to the full-data model with 3–10% of the data while the "
-                     "higher blocks need much more data.")
+        if self.has_seed:
+            lines.append(f"\n**Seed-to-seed baseline.** Two 100% ViTs that differ only in their training seed "
+                         f"(`{self.model_names['ViT'][FULL]}` and `{self.model_names['ViT'][SEED]}`): CKA "
+                         f"**{fmt(self.cka_block('vit_long', SEED, 'first'))}** at the first block and "
+                         f"**{fmt(self.cka_block('vit_long', SEED, 'last'))}** at the last. A gap between the "
+                         f"{small} model and the 100% model is a data effect only where it is larger than this.")
+        else:
+            lines.append("\nA seed-to-seed baseline (the same CKA between two 100% ViTs that differ only in their "
+                         "training seed) is not measured in this run (no `vit_seed` model was given).")
+        lines.append("The paper: the lower blocks are already similar to the full-data model with 3–10% of the data "
+                     "while the higher blocks need much more data.")
         return "\n".join(lines)
 
     def measured_probes(self) -> str:
@@ -220,7 +237,7 @@ class DataScaleResult:
                  f"{self.mid_depth['ResNet']:.2f}); test accuracy:", "", head, "|---|" + "---:|" * len(cols)]
         for label in dict.fromkeys([*self.model_names["ViT"], *self.model_names["ResNet"]]):
             cells = [pct(self.mid(arch, ro, label)) if label in self.probe[arch][ro] else "–" for arch, ro in cols]
-            lines.append(f"| {label}{' (ViT only)' if label == MATCHED else ''} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label}{' (ViT only)' if label in (MATCHED, SEED) else ''} | " + " | ".join(cells) + " |")
         steps = {arch: ", ".join(f"{lb} {s:,}" for lb, s in self.steps[arch].items() if s is not None)
                  for arch in ARCHS}
         if all(steps.values()):
@@ -245,6 +262,12 @@ class DataScaleResult:
                   + (f"; through the ViT's CLS token {fmt(self.vit_minus_resnet_points(CLS), **pts)}" if has_cls else "")
                   + (f"; the matched-steps ViT {fmt(self.vit_minus_resnet_points(SPATIAL, MATCHED), **pts)}"
                      if self.has_matched else "") + ".",
+                  (f"\n**Seed-to-seed baseline.** The two 100% ViTs (seeds 0 and 1), mid-network: seed 0 minus seed 1 "
+                   f"**{fmt(self.seed_points(SPATIAL), **pts)}** ({self.readout_names['ViT'][SPATIAL]})"
+                   + (f", {fmt(self.seed_points(CLS), **pts)} (CLS token)" if has_cls else "")
+                   + ": differences of this size appear between two identically trained models."
+                   if self.has_seed else "\nNo second training seed was given, so the probes' seed-to-seed spread is "
+                   "not measured in this run."),
                   "\nThe paper: more pretraining data makes the intermediate layers much stronger (about 30 points "
                   "mid-network), and large ViTs have stronger intermediate representations than ResNets."]
         return "\n".join(lines)
@@ -273,7 +296,13 @@ class DataScaleResult:
             "cka_long_vs_matched": ({"cka_first_block": self.cka_block("vit_long", MATCHED, "first"),
                                      "cka_last_block": self.cka_block("vit_long", MATCHED, "last")}
                                     if self.has_matched else None),
-            "seed_baseline": None,
+            "seed_baseline": ({"model": self.model_names["ViT"][SEED], "reference": self.model_names["ViT"][FULL],
+                               "cka_first_block": self.cka_block("vit_long", SEED, "first"),
+                               "cka_last_block": self.cka_block("vit_long", SEED, "last"),
+                               "cka_per_block": self.cka["vit_long"][SEED][:, 1:].tolist(),
+                               "probe_mid_seed0_minus_seed1_points": self.seed_points(SPATIAL),
+                               "probe_mid_seed0_minus_seed1_points_cls": self.seed_points(CLS) if has_cls else None}
+                              if self.has_seed else None),
             "layers": self.layers, "mid_index": self.mid_index, "mid_depth": self.mid_depth,
             "probe_readout": {"vit": "mean of spatial tokens", "vit_cls": "CLS token" if has_cls else None,
                               "resnet": "global average pool"},
@@ -307,7 +336,7 @@ def _steps(model) -> int | None:
     return zoo.optimisation_steps(entry) if entry else None
 
 
-def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet",
+def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet", vit_seed="zoo:vit-cls-s1",
         vit_fractions: Mapping | None = None, resnet_fractions: Mapping | None = None,
         weights: Mapping[str, str] | None = None, pretrained: bool = False, data: str = "fashion-mnist",
         data_dir: str | None = None, image_size: int | None = None, n_images: int = 1000, batch_size: int = 250,
@@ -317,17 +346,19 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet",
 
     Models are :func:`~vitcnn_utils.models.load_named` names or models: ``vit`` and ``resnet`` trained on all the
     data (the long-schedule references), ``vit_matched`` the ViT trained on all the data for the small-data
-    models' number of steps (``None``: no matched reference), and ``{label: model}`` fractions, least data first
-    (default: the zoo's 3%, 10% and 30% models).
+    models' number of steps (``None``: no matched reference), ``vit_seed`` the long-schedule ViT's second training
+    seed (``None``: no seed baseline), and ``{label: model}`` fractions, least data first (default: the zoo's 3%,
+    10% and 30% models).
     """
     if n_draws < 1:
         raise ValueError(f"n_draws must be at least 1, got {n_draws}")
     vit_fractions = dict(vit_fractions or {"3%": "zoo:vit-cls-f03", "10%": "zoo:vit-cls-f10", "30%": "zoo:vit-cls-f30"})
     resnet_fractions = dict(resnet_fractions or {"3%": "zoo:resnet-f03", "10%": "zoo:resnet-f10",
                                                  "30%": "zoo:resnet-f30"})
-    if not vit_fractions or not resnet_fractions or {FULL, MATCHED} & (set(vit_fractions) | set(resnet_fractions)):
-        raise ValueError(f"fractions need at least one label each, none of them {FULL!r} or {MATCHED!r}")
-    specs = {"ViT": {**vit_fractions, FULL: vit, **({MATCHED: vit_matched} if vit_matched is not None else {})},
+    if not vit_fractions or not resnet_fractions or {FULL, MATCHED, SEED} & (set(vit_fractions) | set(resnet_fractions)):
+        raise ValueError(f"fractions need at least one label each, none of them {FULL!r}, {MATCHED!r} or {SEED!r}")
+    specs = {"ViT": {**vit_fractions, FULL: vit, **({MATCHED: vit_matched} if vit_matched is not None else {}),
+                     **({SEED: vit_seed} if vit_seed is not None else {})},
              "ResNet": {**resnet_fractions, FULL: resnet}}
     models, names, prints = {}, {}, {}
     for arch, group in specs.items():
@@ -352,15 +383,19 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet",
         num_classes = num_classes or measure.count_classes(fit)
         base = {"data": data, "seed": s, "image_size": image_size, "batch": batch_size}
         for arch, group in models.items():
-            h = cache.cached("data-scale-cka", {**base, "n": n_images, "models": list(prints[arch].values())},
-                             lambda group=group: measure.block_heatmaps(group, batches, device=device, progress=False),
-                             use_cache)
-            layers[arch] = h.names[FULL]
-            refs = ({"vit_long": FULL, **({"vit_matched": MATCHED} if MATCHED in group else {})} if arch == "ViT"
-                    else {"resnet": FULL})
-            for ref, label in refs.items():
-                for other, values in matched_layer_cka(h, label).items():
-                    heat[ref].setdefault(other, []).append(values.double())
+            # the seed baseline is a separate pair (FULL, SEED), so that the other models' heatmaps stay as they were
+            cka_groups = [{k: m for k, m in group.items() if k != SEED}] + ([{FULL: group[FULL], SEED: group[SEED]}]
+                                                                            if SEED in group else [])
+            for g in cka_groups:
+                h = cache.cached("data-scale-cka", {**base, "n": n_images, "models": [prints[arch][k] for k in g]},
+                                 lambda g=g: measure.block_heatmaps(g, batches, device=device, progress=False),
+                                 use_cache)
+                layers[arch] = h.names[FULL]
+                refs = ({"vit_long": FULL, **({"vit_matched": MATCHED} if MATCHED in g else {})} if arch == "ViT"
+                        else {"resnet": FULL})
+                for ref, label in refs.items():
+                    for other, values in matched_layer_cka(h, label).items():
+                        heat[ref].setdefault(other, []).append(values.double())
             aggs = tuple(readouts[arch].values())
             for label, model in group.items():
                 result = cache.cached(
@@ -389,40 +424,7 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet",
         readout_names={"ViT": {ro: words[ro] for ro in readouts["ViT"]}, "ResNet": {SPATIAL: "global average pool"}})
 
 
-def data_scale_numbers(matched: Mapping[str, torch.Tensor], accuracy: Mapping[str, torch.Tensor],
-                       with_input: bool = True) -> dict:
-    """The numbers of the data-scale comparison for one architecture.
-
-    Args:
-        matched: ``{label: (L,)}`` matched-layer CKA with the reference model
-            (:func:`~vitcnn_utils.chapters.matched_layer_cka`), the first entry being the input layer when
-            ``with_input``.
-        accuracy: ``{label: (blocks,)}`` probe accuracies in [0, 1] (:func:`block_probes`), reference included.
-
-    Returns:
-        A dict of plain floats / lists: ``cka_input`` (layer 0, or None), ``cka_per_block``,
-        ``cka_first_block``, ``cka_last_block`` (``{label: ...}`` for every non-reference model),
-        ``probe_per_block`` and ``probe_mid`` (``{label: ...}`` for every model), ``mid_index`` (the block
-        nearest normalised depth 0.5, :func:`~vitcnn_utils.hooks.middle_index`) and ``mid_depth`` (its
-        normalised depth).
-    """
-    start = 1 if with_input else 0
-    blocks = {label: values[start:].tolist() for label, values in matched.items()}
-    n_blocks = {len(v) for v in accuracy.values()}
-    if len(n_blocks) != 1:
-        raise ValueError(f"models have different numbers of probed blocks: {sorted(n_blocks)}")
-    n = n_blocks.pop()
-    mid = middle_index(n)
-    return {"cka_input": {label: values[0].item() if with_input else None for label, values in matched.items()},
-            "cka_per_block": blocks,
-            "cka_first_block": {label: v[0] for label, v in blocks.items()},
-            "cka_last_block": {label: v[-1] for label, v in blocks.items()},
-            "probe_per_block": {label: v.tolist() for label, v in accuracy.items()},
-            "probe_mid": {label: v[mid].item() for label, v in accuracy.items()},
-            "mid_index": mid, "mid_depth": normalised_depth(n)[mid].item()}
-
-
-# -- scale of data (paper section 6, Figs 12-13) ------------------------------------------------------------
+# -- matched-layer CKA (Fig 12) ----------------------------------------------------------------------------------
 def matched_layer_cka(heatmaps: Heatmaps, reference: str) -> dict[str, torch.Tensor]:
     """CKA of each layer of every model in ``heatmaps`` with the *same* layer of ``reference`` (the diagonal
     of ``heatmaps[model, reference]``), for models of one architecture.

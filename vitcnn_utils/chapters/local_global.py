@@ -28,21 +28,14 @@ import torch
 
 from .. import attention, cache, localisation, measure
 from .. import data as vdata
+from ..findings import GLOBAL_HEAD, LOCAL_HEAD
+from ..findings import fmt as _fmt
 from ..models import load_named
+from ..zoo import ablation
 
 ERF_SEED_OFFSET = 1000          # receptive-field images of draw d: seed + ERF_SEED_OFFSET + d
 ACCURACY_FLOOR = 0.88           # issue 14: a recipe is adopted only if it keeps this test accuracy
 ZOO_VIT = "vit-cls"             # the zoo model the ablation's variants are compared with
-
-
-def _thresholds() -> tuple[float, float]:
-    from .. import findings
-    return findings.LOCAL_HEAD, findings.GLOBAL_HEAD
-
-
-def _fmt(values, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
-    from .. import findings
-    return findings.fmt(values, digits, scale, unit)
 
 
 def _counts(values: Sequence[int]) -> str:
@@ -82,7 +75,7 @@ class AblationVariant:
     @property
     def local_heads_per_block(self) -> list[list[int]]:
         """``[draw][block]``: heads below ``findings.LOCAL_HEAD`` × the uniform distance."""
-        local, _ = _thresholds()
+        local = LOCAL_HEAD
         limit = local * self.uniform_distance_px
         return [[sum(h < limit for h in block) for block in draw] for draw in self.distances_px]
 
@@ -151,7 +144,6 @@ def read_ablation(path: str | Path | None = None) -> RecipeAblation:
     """The recipe ablation recorded in ``path`` (default ``vitcnn_utils/zoo/recipe_ablation.json``): every
     measured variant, in the order of :data:`vitcnn_utils.zoo.ablation.VARIANTS` (unknown names after them),
     and the variants not measured yet. A missing file means nothing is measured yet."""
-    from ..zoo import ablation
     path = Path(path) if path is not None else ablation.RESULTS
     entries = json.loads(path.read_text()) if path.is_file() else {}
     base_arch, base_recipe = ablation.VARIANTS["baseline"][0], ablation.VARIANTS["baseline"][1].to_dict()
@@ -206,12 +198,12 @@ class LocalGlobal:
 
     def local_heads(self, which: str = "all data") -> list[list[int]]:
         """``[d][block]``: heads below ``findings.LOCAL_HEAD`` × the uniform distance."""
-        local, _ = _thresholds()
+        local = LOCAL_HEAD
         return [[sum(h < local * self.uniform_distance for h in b) for b in draw] for draw in self.distances(which)]
 
     def global_heads(self, which: str = "all data") -> list[list[int]]:
         """``[d][block]``: heads above ``findings.GLOBAL_HEAD`` × the uniform distance."""
-        _, glob = _thresholds()
+        glob = GLOBAL_HEAD
         return [[sum(h > glob * self.uniform_distance for h in b) for b in draw] for draw in self.distances(which)]
 
     def block_extremes(self, which: str, block: int) -> tuple[list[float], list[float]]:
@@ -240,7 +232,7 @@ class LocalGlobal:
     # -- the chapter's "Measured" paragraphs ---------------------------------------------------------------
     def measured_distances(self) -> str:
         """Fig 3–4 text: head distances of both ViTs, local heads, and the reference distances."""
-        local, glob = _thresholds()
+        local, glob = LOCAL_HEAD, GLOBAL_HEAD
         u = self.uniform_distance
         lines = [f"**Measured** (pixels on the {self.image_px}-px input; each draw averages {self.n_images} test "
                  f"images, {self.n_draws} draws; a number reads mean ± SD over draws (min–max, n)). Uniform "
@@ -336,7 +328,7 @@ class LocalGlobal:
         """What the ablation shows, from its numbers: the variant that gives block 0 local heads at ≥ ``floor``
         accuracy, or, plainly, that none does and F3–F5 are untestable at this scale with these recipes."""
         ab = self.ablation
-        local, _ = _thresholds()
+        local = LOCAL_HEAD
         zoo_epochs = self.epochs.get("vit")
         pending = ", ".join(f"`{n}`" for n in ab.pending)
         if not ab.variants:
@@ -392,7 +384,7 @@ def _per_head(draws: list, block: int | None = None) -> list[list[float]]:
 
 
 def _pending_change(name: str) -> str:
-    from ..zoo import ablation
+    """The recipe change of a variant not measured yet (from its definition in the ablation)."""
     if name not in ablation.VARIANTS:
         return "?"
     arch, recipe = ablation.VARIANTS[name]

@@ -25,15 +25,11 @@ import torch
 from .. import cache, cka, measure
 from .. import data as vdata
 from ..hooks import block_outputs
+from ..findings import fmt as _fmt
 from ..models import load_named
 
 MODELS = ("ViT", "ResNet")
 LOW, HIGH = (0.0, 0.25), (0.75, 1.0)      # the quarters compared by F1 (fractions of a model's layers)
-
-
-def _fmt(values, digits: int = 2) -> str:
-    from .. import findings
-    return findings.fmt(values, digits)
 
 
 def _counts(values) -> str:

@@ -30,18 +30,17 @@ from .. import data as vdata
 from ..architectures import removed_blocks
 from ..hooks import normalised_depth
 from ..skips import ratio_profile, split_contrast, split_summary
+from .. import findings
 from ..models import load_named
 from ..train import model_accuracies
 from ..zoo import optimisation_steps
 
-F8_ACCURACY_DROP = 0.02    # the middle-block accuracy drop F8 asks for (fraction; the paper: about 4%)
 RATIO_FIELDS = ("cls_ratio_first_half", "spatial_ratio_first_half", "cls_ratio_second_half",
                 "spatial_ratio_second_half", "vit_median_ratio", "vit_max_ratio", "vit_min_ratio",
                 "resnet_median_ratio", "resnet_max_ratio", "resnet_min_ratio")
 
 
 def _fmt(values, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
-    from .. import findings
     try:
         return findings.fmt(values, digits, scale, unit)
     except findings.UndefinedValue:

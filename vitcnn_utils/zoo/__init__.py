@@ -2,8 +2,8 @@
 
 ``load("vit-cls")`` (or ``models.load_model("zoo:vit-cls")``) rebuilds the architecture recorded in
 ``manifest.json``, checks the weights file's sha256 against the manifest, and loads it. ``python -m
-vitcnn_utils.zoo`` trains the whole zoo (see :mod:`vitcnn_utils.zoo.__main__`). :func:`training_summary`,
-:func:`training_table` and :func:`optimisation_steps` report what a loaded model was trained on.
+vitcnn_utils.zoo`` trains the whole zoo (see :mod:`vitcnn_utils.zoo.__main__`). :func:`training_summary`
+and :func:`optimisation_steps` report what a loaded model was trained on.
 """
 from __future__ import annotations
 
@@ -168,21 +168,3 @@ def training_summary(models: Mapping[str, torch.nn.Module]) -> dict[str, dict]:
         entry = getattr(model, "zoo_entry", None) or {}
         out[label] = {k: entry.get(k) for k in keys}
     return out
-
-
-def training_table(models: Mapping[str, Mapping[str, torch.nn.Module]],
-                   names: Mapping[str, Mapping[str, str]] | None = None) -> str:
-    """A Markdown table of what each model was trained on (:func:`training_summary`), for
-    ``{architecture: {label: model}}``; ``names`` (same nesting) adds the :func:`load_model` names.
-    Models without a zoo entry read "untrained / not in the zoo"."""
-    head = "| architecture | training data | model | training images | epochs | test accuracy |"
-    lines = [head, "|---|---|---|---:|---:|---:|"]
-    for arch, group in models.items():
-        for label, s in training_summary(group).items():
-            name = f"`{names[arch][label]}`" if names else ""
-            if s["test_accuracy"] is None:
-                lines.append(f"| {arch} | {label} | {name} | – | – | untrained / not in the zoo |")
-            else:
-                lines.append(f"| {arch} | {label} | {name} | {s['train_images']:,} | {s['epochs']} | "
-                             f"{100 * s['test_accuracy']:.2f}% |")
-    return "\n".join(lines)

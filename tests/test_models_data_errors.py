@@ -174,8 +174,8 @@ def test_image_size_is_for_image_folders_not_fashion_mnist(default_search):
 
 def test_the_chapters_defaults_leave_image_size_to_the_data():
     """The book runs on Fashion-MNIST by default, so no chapter may default to an image size."""
-    from vitcnn_utils.book import CHAPTERS, chapter_parameters
-    from vitcnn_utils.heatmaps import DEFAULTS
+    from vitcnn_utils.tools.book import CHAPTERS, chapter_parameters
+    from vitcnn_utils.tools.cka_heatmaps import DEFAULTS
     for chapter in CHAPTERS:
         params = chapter_parameters(ROOT / "notebooks" / f"{chapter}.ipynb", {})
         if "image_size" in params and params.get("data") == "fashion-mnist":

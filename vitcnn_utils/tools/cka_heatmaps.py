@@ -1,7 +1,7 @@
 """All-layer CKA heatmaps of a ViT and a ResNet from the command line, on one process or many (``torchrun``).
 
-    python -m vitcnn_utils.heatmaps -f params/paper/representation_structure.yaml --out heatmaps.npz
-    torchrun --nproc_per_node=8 -m vitcnn_utils.heatmaps -f params/paper/representation_structure.yaml \\
+    python -m vitcnn_utils.tools.cka_heatmaps -f params/paper/representation_structure.yaml --out heatmaps.npz
+    torchrun --nproc_per_node=8 -m vitcnn_utils.tools.cka_heatmaps -f params/paper/representation_structure.yaml \\
         --amp bf16 --out heatmaps.npz
 
 The parameter file is a chapter's (``vit``, ``resnet``, ``weights``, ``pretrained``, ``data``, ``data_dir``,
@@ -23,14 +23,14 @@ import numpy as np
 import torch
 import yaml
 
-from . import data, measure
-from .models import load_named
+from .. import data, measure
+from ..cka import GRAM_DTYPES as GRAM
+from ..models import load_named
+from ..runner import AMP_DTYPES as AMP
 
 DEFAULTS = {"vit": "zoo:vit-cls", "resnet": "zoo:resnet", "weights": {}, "pretrained": False,
             "data": "fashion-mnist", "data_dir": None, "n_images": 2048, "batch_size": 256, "image_size": None,
             "seed": 0, "device": "cuda" if torch.cuda.is_available() else "cpu"}
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-GRAM = {"float64": torch.float64, "float32": torch.float32}
 
 
 def _arguments(argv=None) -> tuple[dict, argparse.Namespace]:

@@ -1,8 +1,8 @@
 """Build the book: run every chapter notebook with papermill, then ``jupyter-book build``.
 
-    python -m vitcnn_utils.book                       # all chapters with their defaults, then the HTML book
-    python -m vitcnn_utils.book -c representation_structure -f params/paper/representation_structure.yaml
-    python -m vitcnn_utils.book --no-build            # execute only
+    python -m vitcnn_utils.tools.book                       # all chapters with their defaults, then the HTML book
+    python -m vitcnn_utils.tools.book -c representation_structure -f params/paper/representation_structure.yaml
+    python -m vitcnn_utils.tools.book --no-build            # execute only
 
 Executed notebooks go to ``book/chapters/<chapter>.ipynb`` (where ``_toc.yml`` points). A chapter whose
 source notebook, parameters, library code and zoo manifest are unchanged since its last successful run is
@@ -33,7 +33,7 @@ import nbformat
 import yaml
 from jupyter_client.manager import AsyncKernelManager
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (book/, notebooks/, params/)
 CHAPTERS = ["representation_structure", "local_global", "skip_connections", "spatial", "data_scale", "conclusion"]
 READS_RESULTS = {"conclusion"}   # chapters that judge the numbers the others recorded (see vitcnn_utils.findings)
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
@@ -44,7 +44,7 @@ def _fingerprint(source: Path, params: dict) -> str:
     """Hash of what a chapter's output depends on (for the conclusion also the recorded results)."""
     digest = hashlib.sha256(source.read_bytes())
     if source.stem in READS_RESULTS:
-        from .findings import RESULTS_DIR
+        from ..findings import RESULTS_DIR
         for path in sorted((ROOT / params.get("results_dir", RESULTS_DIR)).glob("*.json")):
             digest.update(path.read_bytes())
     digest.update(json.dumps(params, sort_keys=True, default=str).encode())
@@ -128,7 +128,7 @@ def _zoo_names(values) -> list[str]:
 def unknown_zoo_models(values) -> list[str]:
     """``zoo:<name>`` models named in ``values`` that the zoo does not have at all: neither in its spec
     (:data:`vitcnn_utils.zoo.SPECS`, what ``python -m vitcnn_utils.zoo --only`` trains) nor installed."""
-    from .zoo import SPECS, available
+    from ..zoo import SPECS, available
 
     known = set(SPECS) | set(available())
     return sorted({n for n in _zoo_names(values) if n not in known})
@@ -136,7 +136,7 @@ def unknown_zoo_models(values) -> list[str]:
 
 def unknown_zoo_message(names: list[str]) -> str:
     """One line naming the models that are not in the zoo (with the nearest zoo name) and the zoo's names."""
-    from .zoo import SPECS, available
+    from ..zoo import SPECS, available
 
     known = sorted(set(SPECS) | set(available()))
     parts = []
@@ -149,7 +149,7 @@ def unknown_zoo_message(names: list[str]) -> str:
 def missing_zoo_models(values) -> list[str]:
     """``zoo:<name>`` models of the zoo's spec named in ``values`` that this installation has not trained
     (names not in the zoo at all are :func:`unknown_zoo_models`)."""
-    from .zoo import available
+    from ..zoo import available
 
     have = set(available())
     unknown = set(unknown_zoo_models(values))
@@ -341,7 +341,7 @@ def build_html(root: Path = ROOT) -> Path:
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe), "build", str(root), "--path-output", str(root / "book"), "-W", "-n", "--keep-going"]
     print(" ".join(cmd), flush=True)
-    # the chapters were executed above: the _config.yml extension (vitcnn_utils.sphinx_chapters) must not run them
+    # the chapters were executed above: the _config.yml extension (vitcnn_utils.tools.sphinx_chapters) must not run them
     subprocess.run(cmd, check=True, cwd=root, env={**os.environ, "VITCNN_CHAPTERS_EXECUTED": "1"})
     return root / "book" / "_build" / "html"
 

@@ -11,9 +11,8 @@ from vitcnn_utils.chapters.data_scale import matched_layer_cka
 from vitcnn_utils.cka import Heatmaps
 from vitcnn_utils.measure import model_heatmaps
 from vitcnn_utils.hooks import block_layers, capture, middle_index, normalised_depth
-from vitcnn_utils.chapters.data_scale import data_scale_numbers
 from vitcnn_utils.measure import block_probes
-from vitcnn_utils.zoo import training_summary, training_table
+from vitcnn_utils.zoo import training_summary
 
 from test_cka import hsic_unbiased_ref as _hsic1  # the one float64 reference of the formula
 
@@ -127,34 +126,3 @@ def test_block_probes_equal_probe_layers_per_model(tiny_vit, tiny_resnet):
             assert out[label].shape == (len(block_layers(m, with_input=False)),)
             assert torch.equal(out[label], ref.accuracy[agg][:, 0])
             assert ((out[label] * 30) - (out[label] * 30).round()).abs().max() < 1e-9   # k / 30 correct
-
-
-def test_data_scale_numbers():
-    matched = {"3%": torch.tensor([0.9, 0.8, 0.5, 0.2], dtype=torch.float64),
-               "30%": torch.tensor([0.95, 0.9, 0.8, 0.7], dtype=torch.float64)}
-    accuracy = {"3%": torch.tensor([0.3, 0.4, 0.5]), "30%": torch.tensor([0.4, 0.6, 0.7]),
-                "100%": torch.tensor([0.5, 0.8, 0.9])}
-    out = data_scale_numbers(matched, accuracy)
-    assert out["cka_input"] == pytest.approx({"3%": 0.9, "30%": 0.95})
-    assert out["cka_per_block"] == {"3%": pytest.approx([0.8, 0.5, 0.2]), "30%": pytest.approx([0.9, 0.8, 0.7])}
-    assert out["cka_first_block"] == pytest.approx({"3%": 0.8, "30%": 0.9})
-    assert out["cka_last_block"] == pytest.approx({"3%": 0.2, "30%": 0.7})
-    assert out["mid_index"] == 1 and out["mid_depth"] == 0.5
-    assert out["probe_mid"] == pytest.approx({"3%": 0.4, "30%": 0.6, "100%": 0.8})
-    assert out["probe_per_block"]["100%"] == pytest.approx([0.5, 0.8, 0.9])
-    no_input = data_scale_numbers(matched, accuracy, with_input=False)
-    assert no_input["cka_first_block"] == pytest.approx({"3%": 0.9, "30%": 0.95})
-    assert no_input["cka_input"] == {"3%": None, "30%": None}
-    with pytest.raises(ValueError, match="different numbers"):
-        data_scale_numbers(matched, {"a": torch.zeros(3), "b": torch.zeros(4)})
-
-
-def test_training_table(tiny_vit):
-    trained = torch.nn.Linear(2, 2)
-    trained.zoo_entry = {"fraction": 1.0, "train_images": 60000, "epochs": 10, "test_accuracy": 0.8721}
-    table = training_table({"ViT": {"3%": tiny_vit, "100%": trained}},
-                           {"ViT": {"3%": "arch:vit-cls-f03", "100%": "zoo:vit-cls"}})
-    lines = table.splitlines()
-    assert len(lines) == 4 and lines[0].count("|") == lines[1].count("|") == 7
-    assert "`arch:vit-cls-f03`" in lines[2] and "untrained" in lines[2]
-    assert lines[3] == "| ViT | 100% | `zoo:vit-cls` | 60,000 | 10 | 87.21% |"

@@ -2,17 +2,17 @@
 
 Listed in ``_config.yml`` (``sphinx: extra_extensions``). Before Sphinx reads any source, it executes every
 chapter the table of contents names (``book/chapters/<chapter>``) with the book runner's
-:func:`vitcnn_utils.book.run_chapter` on the embedded default (no parameters), in the toc's order with the
+:func:`vitcnn_utils.tools.book.run_chapter` on the embedded default (no parameters), in the toc's order with the
 conclusion last: the same runner, fingerprints and results cache as ``make book``, so chapters that are up to
 date are not re-executed and a cold build executes them all. A chapter that fails stops the build with a
 non-zero exit and one line naming it (papermill's error is printed above it).
 
 Two cases run nothing:
 
-* ``make book`` (``python -m vitcnn_utils.book``) has just executed the chapters it was asked for and calls
+* ``make book`` (``python -m vitcnn_utils.tools.book``) has just executed the chapters it was asked for and calls
   ``jupyter-book`` with ``VITCNN_CHAPTERS_EXECUTED=1`` in the environment;
 * a chapter last executed with explicit parameters (e.g. ``-f params/paper/spatial.yaml``) is kept as it is,
-  rather than silently replaced by a default run; ``python -m vitcnn_utils.book -c <chapter>`` returns it to
+  rather than silently replaced by a default run; ``python -m vitcnn_utils.tools.book -c <chapter>`` returns it to
   the default.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ CHAPTERS_DIR = PurePosixPath("book/chapters")      # where the toc expects execu
 
 
 def toc_chapters(site_map) -> list[str]:
-    """The chapters (names in :data:`vitcnn_utils.book.CHAPTERS`) that a sphinx-external-toc site map lists
+    """The chapters (names in :data:`vitcnn_utils.tools.book.CHAPTERS`) that a sphinx-external-toc site map lists
     under ``book/chapters/``, in toc order, with chapters that read the others' results moved last."""
     from . import book
 
@@ -78,7 +78,7 @@ def execute_chapters(app, config) -> None:
     for chapter in chapters:
         kept = _run_with_parameters(out_dir / f"{chapter}.ipynb")
         if kept is not None and chapter not in book.READS_RESULTS:
-            print(f"{chapter}: kept as executed with {kept} (python -m vitcnn_utils.book -c {chapter} runs its "
+            print(f"{chapter}: kept as executed with {kept} (python -m vitcnn_utils.tools.book -c {chapter} runs its "
                   f"default)", flush=True)
             continue
         try:
