@@ -11,6 +11,8 @@ to 1: the distance is the mean distance *of the attention that goes to patches*.
 keeps the raw weights, which amounts to counting attention to CLS as distance 0; this is what the public
 ViT code referred to in google-research/vision_transformer issue #162 does, and it gives smaller values for
 heads that attend to CLS a lot.
+
+The maths on attention tensors; the model run is :func:`vitcnn_utils.measure.attention_distances`.
 """
 from __future__ import annotations
 

@@ -5,6 +5,10 @@ Token–patch CKA: for a representation laid out on the patch grid (a ViT layer'
 each position), the CKA between token ``t`` (``m × D`` over ``m`` images) and the input pixels of patch ``p``
 (``m × P·P·C``), for every ``t`` and ``p``: one :class:`~vitcnn_utils.cka.MinibatchCKA` accumulation gives
 the whole ``(tokens, positions)`` matrix. A token that *localises* is most similar to its own patch.
+
+This module is the maths on tensors (patches, grid tokens, position maps, own-patch counts, receptive-field
+radii); the model runs are :func:`vitcnn_utils.measure.token_patch_cka` and
+:func:`vitcnn_utils.measure.effective_receptive_field`.
 """
 from __future__ import annotations
 
@@ -59,7 +63,7 @@ def erf_radius(erf: torch.Tensor, fraction: float = 0.5) -> float:
 # in :mod:`vitcnn_utils.probes`).
 
 def position_maps(matrix: torch.Tensor, grid: tuple[int, int], positions) -> torch.Tensor:
-    """The rows of a token–patch matrix ``(gh·gw, gh·gw)`` (from :func:`token_patch_cka`) for the tokens at
+    """The rows of a token–patch matrix ``(gh·gw, gh·gw)`` (from :func:`vitcnn_utils.measure.token_patch_cka`) for the tokens at
     ``positions`` (``(row, col)`` pairs), each laid out on the grid: float64 ``(len(positions), gh, gw)``;
     entry ``[k, r, c]`` is the CKA of token ``positions[k]`` with the input patch at ``(r, c)``."""
     gh, gw = grid
@@ -76,7 +80,7 @@ def position_maps(matrix: torch.Tensor, grid: tuple[int, int], positions) -> tor
 
 
 def own_patch_counts(matrix: torch.Tensor, grid: tuple[int, int]) -> dict[str, int]:
-    """The counts behind :func:`localisation_summary`'s fractions, as integers (so that a rule comparing
+    """The counts behind :func:`vitcnn_utils.chapters.spatial.localisation_summary`'s fractions, as integers (so that a rule comparing
     them never turns on float rounding): ``own_patch_count`` / ``interior_own_patch_count``, the tokens
     (all / off the border of the grid) whose most similar input patch is their own; ``tokens`` /
     ``interior_tokens``, how many tokens there are; ``defined`` / ``interior_defined``, how many of them

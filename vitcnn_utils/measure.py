@@ -232,7 +232,7 @@ def probe_layers(model: torch.nn.Module, layers: Sequence[str], fit: Iterable, v
         num_classes: number of classes ``C``.
         pool_grid: CNN maps are average-pooled to this ``(h, w)`` (default: the smallest map among
             ``layers``, i.e. the last stage's size).
-        aggregations: see :func:`aggregate`; ``"first"`` is skipped for CNN maps.
+        aggregations: see :func:`vitcnn_utils.probes.aggregate`; ``"first"`` is skipped for CNN maps.
 
     Memory: per-token probes keep ``2 · tokens · (d+1)²`` float64 sums per layer (ViT-B/16: ~1.9 GB a
     layer); probe aggregates only for large models.

@@ -14,6 +14,9 @@ minimises); the probe is then scored once on the test images. Sums are float64.
 
 Feature *sites* are named ``"<layer>/<aggregation>"`` and hold ``(B, P, d)`` tensors: ``P`` independent
 probes of dimension ``d`` each (``P = 1`` for an aggregate, ``P = tokens`` for per-token probes).
+
+The maths on feature tensors; the model runs are :func:`vitcnn_utils.measure.probe_layers` and
+:func:`vitcnn_utils.measure.spatial_probes`.
 """
 from __future__ import annotations
 

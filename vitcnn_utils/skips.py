@@ -33,7 +33,7 @@ def norm_ratio(identity: torch.Tensor, branch: torch.Tensor, per_token: bool) ->
 # ---------------------------------------------------------------------------------------------------------------
 
 def ratio_profile(ratios: torch.Tensor, num_prefix_tokens: int = 1) -> dict:
-    """Per-sublayer ratio curves of :func:`vit_skip_ratios` output ``ratios`` ``(sublayers, tokens)``.
+    """Per-sublayer ratio curves of :func:`vitcnn_utils.measure.vit_skip_ratios` output ``ratios`` ``(sublayers, tokens)``.
 
     Args:
         num_prefix_tokens: how many leading tokens are not image patches (timm's
