@@ -217,7 +217,9 @@ class DataScaleResult:
                          f"(`{self.model_names['ViT'][FULL]}` and `{self.model_names['ViT'][SEED]}`): CKA "
                          f"**{fmt(self.cka_block('vit_long', SEED, 'first'))}** at the first block and "
                          f"**{fmt(self.cka_block('vit_long', SEED, 'last'))}** at the last. A gap between the "
-                         f"{small} model and the 100% model is a data effect only where it is larger than this.")
+                         f"{small} model and the 100% model is a data effect only where it is larger than this. The small-data "
+                         f"models start from the same seeded initialisation as the seed-0 100% models, the seed-1 model "
+                         f"does not; how much of their similarity that shared start explains is not measured here.")
         else:
             lines.append("\nA seed-to-seed baseline (the same CKA between two 100% ViTs that differ only in their "
                          "training seed) is not measured in this run (no `vit_seed` model was given).")
