@@ -77,7 +77,7 @@ def block_heatmaps(models: Mapping[str, torch.nn.Module], batches, with_input: b
 
 
 def attention_distances(model: torch.nn.Module, batches: Iterable, renormalize: bool = True,
-                              device: str | torch.device | None = None) -> tuple[torch.Tensor, int]:
+                        device: str | torch.device | None = None) -> tuple[torch.Tensor, int]:
     """Mean attention distance of every head of every block of a timm ViT, over all images of ``batches``
     (raw ``(images, labels)`` minibatches; the model's :func:`~vitcnn_utils.data.preprocessor` is applied).
 
@@ -341,9 +341,9 @@ def resnet_skip_ratios(model: ResNet, batches: Iterable, device="cpu") -> tuple[
     units = [name for name, m in model.named_modules() if isinstance(m, Bottleneck)]
     if not units:
         raise ValueError("no bottleneck units found: skip ratios are defined for timm bottleneck ResNets")
-    taps = []
+    modules, taps = dict(model.named_modules()), []
     for name in units:
-        unit = dict(model.named_modules())[name]
+        unit = modules[name]
         identity = f"{name}.downsample" if unit.downsample is not None else f"{name}:in"
         taps.append((identity, f"{name}.bn3"))
     return _ratios(model, batches, taps, per_token=False, device=device), units
@@ -353,8 +353,5 @@ def _ratios(model, batches, taps, per_token: bool, device) -> torch.Tensor:
     layers = list(dict.fromkeys(name for pair in taps for name in pair))
 
     def per_image(feats):                                         # (B, sublayers[, tokens])
-        rows = []
-        for identity, branch in taps:
-            rows.append(norm_ratio(feats[identity], feats[branch], per_token))
-        return torch.stack(rows, dim=1)
+        return torch.stack([norm_ratio(feats[identity], feats[branch], per_token) for identity, branch in taps], dim=1)
     return mean_over_images(model, batches, layers, per_image, device=device)[0]

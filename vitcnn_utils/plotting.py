@@ -555,10 +555,11 @@ def matched_layer_curves_over_draws(ax, layer_names, curves: dict, title: str, y
     """Matched-layer CKA curves over draws: ``curves`` maps a label to ``(draws, layers)`` CKA with the reference
     model's same layer; mean over draws (line) and the draws' range (band). ``legend`` maps a label to its legend
     text; ``threshold=(y, text)`` draws a criterion's level over the first block (x = 1) as a dashed segment;
-    ``low`` fixes the bottom of the y axis (so that panels share one)."""
+    ``low`` fixes the bottom of the y axis (so that panels share one; default: 0.03 below the lowest
+    value). The legend goes below the axes."""
     colours = colours or data_fraction_colours(curves)
     x = np.arange(len(layer_names))
-    bottom = 0.0
+    bottom = np.inf
     for i, (label, values) in enumerate(curves.items()):
         values = np.asarray(values, dtype=float)
         _range_band(ax, x, values, colours[label], (legend or {}).get(label, label),
@@ -573,7 +574,8 @@ def matched_layer_curves_over_draws(ax, layer_names, curves: dict, title: str, y
     ax.set_xlabel("layer (block outputs; leftmost = embedding / stem)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7.5, loc="lower left")
+    # below the axes: inside, the legend would cover the threshold segment over the first block
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.24), frameon=False)
     return ax
 
 

@@ -1,5 +1,5 @@
-"""The one forward loop. Every measurement that runs a model (:mod:`vitcnn_utils.measure`, the probes'
-trainer-free statistics, the CKA heatmaps command) goes through :func:`forward_passes`, which owns:
+"""The one forward loop. Every measurement that runs a model without gradients (:mod:`vitcnn_utils.measure`, and
+through it the CKA heatmaps command) goes through :func:`forward_passes`, which owns:
 
 * the device: a model is moved to ``device`` when one is given, else it stays where it is; each minibatch
   goes to its model's device;
@@ -16,6 +16,7 @@ sums over images are all-reduced by the measurement that owns them (:func:`mean_
 """
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -28,7 +29,6 @@ from .distributed import all_reduce_sum
 from .hooks import Capture, resolve_layers
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # command-line names of amp_dtype
-
 
 
 def forward_passes(models: Mapping[str, torch.nn.Module], batches: Iterable,
@@ -109,6 +109,5 @@ def mean_over_images(model: torch.nn.Module, batches: Iterable, layers: str | Se
 
 def _device_of(model: torch.nn.Module) -> torch.device:
     """The device of a model's first parameter (or buffer); the CPU for a model with neither."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")

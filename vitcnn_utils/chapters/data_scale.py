@@ -149,11 +149,10 @@ class DataScaleResult:
         for arch, names in self.model_names.items():
             for label, name in names.items():
                 t, steps = self.training[arch][label], self.steps[arch][label]
-                what = label
                 if t["test_accuracy"] is None:
-                    lines.append(f"| {arch} | {what} | `{name}` | – | – | – | not in the zoo |")
+                    lines.append(f"| {arch} | {label} | `{name}` | – | – | – | not in the zoo |")
                 else:
-                    lines.append(f"| {arch} | {what} | `{name}` | {t['train_images']:,} | {t['epochs']} | "
+                    lines.append(f"| {arch} | {label} | `{name}` | {t['train_images']:,} | {t['epochs']} | "
                                  f"{steps:,} | {100 * t['test_accuracy']:.2f}% |")
         return "\n".join(lines)
 
