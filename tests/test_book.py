@@ -11,6 +11,7 @@ TINY = {"vit": "arch:vit-cls", "vit_small_data": "arch:vit-cls-f03", "vit_gap": 
         "vit_fractions": {"3%": "arch:vit-cls-f03", "10%": "arch:vit-cls-f10", "30%": "arch:vit-cls-f30"},
         "resnet_fractions": {"3%": "arch:resnet-f03", "10%": "arch:resnet-f10", "30%": "arch:resnet-f30"},
         "vit_control": "arch:vit-cls-e3", "vit_matched": "arch:vit-cls-e3", "vit_seed": "arch:vit-cls-s1",
+        "vit_gap_seed": "arch:vit-gap-s1",
         "n_images": 48, "batch_size": 24, "n_erf_images": 4, "shots": 2, "val_per_class": 2, "n_test": 48,
         "n_draws": 2, "use_cache": False}
 FIGURES = {"representation_within", "representation_across", "attention_distance", "head_subset_cka",

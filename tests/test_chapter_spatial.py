@@ -1,11 +1,13 @@
 """Chapter module vitcnn_utils.chapters.spatial: run() on tiny models records every schema field as a list over
-draws (counts as ints), and draw 0 is the plain library call on the same images."""
+draws (counts as ints), draw 0 is the plain library call on the same images, and second training seeds are
+measured like the models they replicate."""
 import pytest
 import torch
 
 from vitcnn_utils import cache, localisation
 from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
+from vitcnn_utils.architectures import build_vit
 from vitcnn_utils.chapters import spatial
 
 SIZES = dict(n_images=16, batch_size=8, shots=2, val_per_class=2, n_test=16)
@@ -13,10 +15,18 @@ LAYERS = {"ViT-CLS": "blocks.1", "ViT-GAP": "blocks.1", "ResNet": "layer4.0"}
 
 
 @pytest.fixture(scope="module")
-def result(tiny_vit, tiny_vit_gap, tiny_resnet):
-    return spatial.run(vit=tiny_vit, vit_gap=tiny_vit_gap, resnet=tiny_resnet, vit_layer="blocks.1",
-                       resnet_layer="layer4.0", token_positions=[(0, 0), (3, 3)], n_draws=2, use_cache=False,
-                       **SIZES)
+def tiny_vit_seed1():
+    """The tiny CLS ViT's architecture with another initialisation (a stand-in for a second training seed)."""
+    torch.manual_seed(10)
+    return build_vit(embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, pool="cls").eval()
+
+
+@pytest.fixture(scope="module")
+def result(tiny_vit, tiny_vit_gap, tiny_resnet, tiny_vit_seed1):
+    # the GAP model stands in as its own second seed: its seed-to-seed differences must be exactly zero
+    return spatial.run(vit=tiny_vit, vit_gap=tiny_vit_gap, resnet=tiny_resnet, vit_seed=tiny_vit_seed1,
+                       vit_gap_seed=tiny_vit_gap, vit_layer="blocks.1", resnet_layer="layer4.0",
+                       token_positions=[(0, 0), (3, 3)], n_draws=2, use_cache=False, **SIZES)
 
 
 def test_record_has_every_schema_field_over_draws(result):
@@ -53,6 +63,43 @@ def test_draw_0_is_the_plain_library_call(result, tiny_vit, tiny_vit_gap, tiny_r
     assert not torch.equal(result.token_patch_cka["ViT-CLS"][0], result.token_patch_cka["ViT-CLS"][1])
 
 
+def test_second_seeds_are_measured_like_their_models(result, tiny_vit_seed1):
+    rec = result.to_record()["seed_baseline"]
+    assert set(rec) == {"vit_cls", "vit_gap"} and result.has_seeds
+    assert rec["vit_gap"]["interior_own_patch_count"] == result.interior_count("ViT-GAP")
+    # the last block probed alone gives the last entry of the every-block probes (each probe chooses its own λ)
+    assert rec["vit_gap"]["tokens"] == result.last("ViT-GAP", "tokens")
+    assert rec["vit_gap"]["gap"] == result.last("ViT-GAP", "gap")
+    assert result.seed_differences("ViT-GAP", "count") == [0, 0]
+    assert result.seed_differences("ViT-GAP", "tokens") == [0.0, 0.0]
+    assert all(type(c) is int for c in rec["vit_cls"]["interior_own_patch_count"])
+    # the CLS seed: its own model, draw 0 on draw 0's images
+    batches = vdata.analysis_batches("fashion-mnist", SIZES["n_images"], SIZES["batch_size"], seed=0)
+    g = measure.token_geometry(tiny_vit_seed1, "blocks.1", batches)
+    matrix = measure.token_patch_cka(tiny_vit_seed1, batches, "blocks.1", g["patch_size"], g["grid"],
+                                     g["num_prefix_tokens"])
+    assert rec["vit_cls"]["interior_own_patch_count"][0] == \
+        localisation.own_patch_counts(matrix, g["grid"])["interior_own_patch_count"]
+    assert set(rec["vit_cls"]) == {"model", "interior_own_patch_count", *result.probe_curves["ViT-CLS"]}   # cls, spatial_gap, tokens
+    text = result.measured_probes() + result.measured_localisation()
+    assert "Seed-to-seed baseline" in text and "second training seed" in text
+    assert result.criterion_level() >= max(rec["vit_gap"]["interior_own_patch_count"])
+
+
+def test_without_seeds_the_baseline_is_recorded_as_absent(tiny_vit, tiny_vit_gap, tiny_resnet):
+    r = spatial.run(vit=tiny_vit, vit_gap=tiny_vit_gap, resnet=tiny_resnet, vit_seed=None, vit_gap_seed=None,
+                    vit_layer="blocks.1", n_draws=1, use_cache=False, **SIZES)
+    assert r.to_record()["seed_baseline"] is None and not r.has_seeds
+    assert "seed-to-seed spread is not measured" in r.measured_probes()
+
+
+def test_a_second_seed_of_another_architecture_is_refused(tiny_vit, tiny_vit_gap, tiny_resnet):
+    other = build_vit(patch_size=7, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, pool="cls").eval()   # 4x4 grid
+    with pytest.raises(ValueError, match="second seed of ViT-CLS .* another token geometry at blocks.1"):
+        spatial.run(vit=tiny_vit, vit_gap=tiny_vit_gap, resnet=tiny_resnet, vit_seed=other, vit_gap_seed=None,
+                    vit_layer="blocks.1", n_draws=1, use_cache=False, **SIZES)
+
+
 def test_own_patch_counts_agree_with_the_summary_fractions():
     gen = torch.Generator().manual_seed(0)
     matrix = torch.rand(16, 16, generator=gen, dtype=torch.float64)
@@ -69,7 +116,8 @@ def test_own_patch_counts_agree_with_the_summary_fractions():
 
 def test_draws_are_cached(tiny_vit, tiny_vit_gap, tiny_resnet, tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "CACHE_DIR", tmp_path)
-    kw = dict(vit=tiny_vit, vit_gap=tiny_vit_gap, resnet=tiny_resnet, vit_layer="blocks.1", n_draws=1, **SIZES)
+    kw = dict(vit=tiny_vit, vit_gap=tiny_vit_gap, resnet=tiny_resnet, vit_seed=None, vit_gap_seed=None,
+              vit_layer="blocks.1", n_draws=1, **SIZES)
     first = spatial.run(**kw)
     assert len(list(tmp_path.glob("token-patch-cka-*.pt"))) == 3 and len(list(tmp_path.glob("spatial-probes-*.pt"))) == 3
     assert spatial.run(**kw).to_record() == first.to_record()

@@ -49,7 +49,7 @@ def paper_like():
                     "vit_gap": {"interior_own_patch_count": d(8), "interior_tokens": 25},
                     "resnet": {"interior_own_patch_count": d(5), "interior_tokens": 25},
                     "vit_cls_tokens": d(0.1), "vit_gap_tokens": d(0.57), "resnet_tokens": d(0.5),
-                    "vit_cls_cls": d(0.6), "vit_gap_gap": d(0.61)},
+                    "vit_cls_cls": d(0.6), "vit_gap_gap": d(0.61), "seed_baseline": None},
         "data_scale": {"smallest_fraction": {"ViT": "3%"},
                        "reference": {"long": "zoo:vit-cls", "matched": "zoo:vit-cls-e3", "long_steps": 9380,
                                      "matched_steps": 1407, "small_steps": {"3%": 1500, "10%": 1410, "30%": 1410}},
@@ -250,3 +250,33 @@ def test_seed_baseline_adds_a_secondary_check_to_f11_and_f12():
     dsc["seed_baseline"]["probe_mid_seed0_minus_seed1_points"] = d(-40.0)                             # seeds differ more
     rows = rows_of(results)
     assert rows[11]["verdict"] == rows[12]["verdict"] == findings.PARTLY
+
+
+def test_spatial_criteria_hold_for_every_pairing_of_training_seeds():
+    results = paper_like()
+    sp = results["spatial"]
+    sp["seed_baseline"] = {"vit_cls": {"model": "zoo:vit-cls-s1", "interior_own_patch_count": d(22),
+                                       "tokens": d(0.12), "cls": d(0.6)},
+                           "vit_gap": {"model": "zoo:vit-gap-s1", "interior_own_patch_count": d(9),
+                                       "tokens": d(0.55), "gap": d(0.6)}}
+    rows = rows_of(results)
+    assert rows[9]["verdict"] == rows[10]["verdict"] == findings.REPRODUCED
+    central = [(rule, value) for kind, rule, _, value in rows[9]["checks"] if kind == "central"][0]
+    assert "2×2 training seeds" in central[0] and "over 20 draws × seed pairings" in central[1]   # 4 pairings x 5 draws
+    assert "second training seeds: ViT-CLS 22.0" in rows[9]["measured"]
+    # seed 1 of the GAP model localises as well as the CLS model's seed 0 in one draw: the central criterion fails
+    sp["seed_baseline"]["vit_gap"]["interior_own_patch_count"] = [9, 9, 9, 9, 23]
+    assert rows_of(results)[9]["verdict"] == findings.NOT_REPRODUCED
+    # the CLS model's second seed has good single tokens: F10's central criterion fails for that pairing
+    sp["seed_baseline"]["vit_cls"]["tokens"] = d(0.5)
+    assert rows_of(results)[10]["verdict"] == findings.NOT_REPRODUCED
+    sp["seed_baseline"]["vit_cls"]["tokens"] = d(0.12)
+    sp["seed_baseline"]["vit_gap"]["gap"] = d(0.7)          # CLS;CLS vs seed-1 GAP;GAP: 10 points apart
+    assert rows_of(results)[10]["verdict"] == findings.PARTLY
+
+
+def test_a_record_without_the_seed_field_is_an_error():
+    results = paper_like()
+    del results["spatial"]["seed_baseline"]
+    with pytest.raises(findings.MissingResult, match="no field 'seed_baseline'"):
+        findings.table(results)

@@ -162,14 +162,15 @@ def check(rule: str, values, predicate: Callable[[float], bool], digits: int = 2
     return Check(rule, every(values, predicate), fmt(values, digits, scale, unit))
 
 
-def count_check(rule: str, counts: Sequence[int], predicate: Callable[[int], bool]) -> Check:
-    """A criterion on per-draw integer counts (compared as integers)."""
+def count_check(rule: str, counts: Sequence[int], predicate: Callable[[int], bool], what: str = "draws") -> Check:
+    """A criterion on integer counts, one per draw (``what`` names them otherwise, e.g. one per draw and
+    pairing of training seeds), compared as integers."""
     counts = [int(c) for c in counts]
     if not counts:
         raise ValueError(f"{rule}: no draws")
     lo, hi = min(counts), max(counts)
     value = f"{lo}" if lo == hi else f"{lo}–{hi}"
-    return Check(rule, all(predicate(c) for c in counts), f"{value} over {len(counts)} draws")
+    return Check(rule, all(predicate(c) for c in counts), f"{value} over {len(counts)} {what}")
 
 
 @dataclass(frozen=True)
@@ -355,35 +356,77 @@ def _f8(v):
                          middle["accuracy_drop"], lambda x: x >= F8_ACCURACY_DROP, 1, 100, " points"),))
 
 
-def _own(v, model):
-    return [int(c) for c in v[model]["interior_own_patch_count"]], int(v[model]["interior_tokens"])
+_SEED_LABELS = {"vit_cls": "ViT-CLS", "vit_gap": "ViT-GAP"}   # the spatial chapter's models with a second seed
+
+
+def _with_seeds(v, model: str, main, field: str, cast=float) -> list[list]:
+    """Per-draw values for each training seed of ``model``: ``main`` (the seed-0 model's), then its second
+    seed's ``field`` where the spatial chapter recorded one (its ``seed_baseline``, ``None`` without seeds)."""
+    out = [[cast(x) for x in draws(main, f"{model} {field}")]]
+    seed = v["seed_baseline"]
+    if seed is not None and model in seed:
+        out.append([cast(x) for x in draws(seed[model][field], f"{model} seed 1 {field}")])
+    return out
+
+
+def _pairings(a: list[list], b: list[list], op) -> list:
+    """``op(x, y)`` per draw for every pairing of a training seed of ``a`` with one of ``b``, concatenated."""
+    return [op(x, y) for sa in a for sb in b for x, y in zip(sa, sb)]
+
+
+def _pairing_note(a: list[list], b: list[list]) -> str:
+    return f", every pairing of their {len(a)}×{len(b)} training seeds" if len(a) * len(b) > 1 else ""
+
+
+def _pairing_units(a: list[list], b: list[list]) -> str:
+    return "draws × seed pairings" if len(a) * len(b) > 1 else "draws"
+
+
+def _seed_note(v, field: str, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+    """The second training seeds' ``field`` (or that there are none), for the spatial findings' measured text."""
+    seed = v["seed_baseline"]
+    if seed is None:
+        return "; one training seed per model (seed-to-seed spread not measured)"
+    return "; second training seeds: " + ", ".join(f"{label} {fmt(seed[m][field], digits, scale, unit)}"
+                                                   for m, label in _SEED_LABELS.items() if m in seed)
 
 
 def _f9(v):
-    (cls, n), (gap, _), (res, _) = _own(v, "vit_cls"), _own(v, "vit_gap"), _own(v, "resnet")
+    field = "interior_own_patch_count"
+    cls, gap = (_with_seeds(v, m, v[m][field], field, int) for m in ("vit_cls", "vit_gap"))
+    res = [[int(c) for c in v["resnet"][field]]]
+    n = int(v["vit_cls"]["interior_tokens"])
 
     def share(counts):
         lo, hi = min(counts), max(counts)
         return f"{lo / n:.0%}" if lo == hi else f"{lo / n:.0%}–{hi / n:.0%}"
     return Judgement(
-        f"interior tokens most similar to their own patch ({n} tokens): ViT-CLS {share(cls)}, ViT-GAP "
-        f"{share(gap)}, ResNet {share(res)}",
-        central=count_check("ViT-CLS ≥ 20 points above ViT-GAP (5·(CLS − GAP) ≥ tokens)",
-                            [5 * (a - b) - n for a, b in zip(cls, gap)], lambda c: c >= 0),
-        secondary=(count_check("and above the ResNet by ≥ 20 points", [5 * (a - b) - n for a, b in zip(cls, res)],
-                               lambda c: c >= 0),))
+        f"interior tokens most similar to their own patch ({n} tokens): ViT-CLS {share(cls[0])}, ViT-GAP "
+        f"{share(gap[0])}, ResNet {share(res[0])}" + _seed_note(v, field, 1, unit=" tokens"),
+        central=count_check(f"ViT-CLS ≥ 20 points above ViT-GAP (5·(CLS − GAP) ≥ tokens{_pairing_note(cls, gap)})",
+                            _pairings(cls, gap, lambda a, b: 5 * (a - b) - n), lambda c: c >= 0,
+                            _pairing_units(cls, gap)),
+        secondary=(count_check(f"and above the ResNet by ≥ 20 points{_pairing_note(cls, res)}",
+                               _pairings(cls, res, lambda a, b: 5 * (a - b) - n), lambda c: c >= 0,
+                               _pairing_units(cls, res)),))
 
 
 def _f10(v):
-    cls, gap, res = v["vit_cls_tokens"], v["vit_gap_tokens"], v["resnet_tokens"]
+    cls, gap = _with_seeds(v, "vit_cls", v["vit_cls_tokens"], "tokens"), _with_seeds(v, "vit_gap", v["vit_gap_tokens"], "tokens")
+    res = [draws(v["resnet_tokens"])]
+    cls_cls, gap_gap = _with_seeds(v, "vit_cls", v["vit_cls_cls"], "cls"), _with_seeds(v, "vit_gap", v["vit_gap_gap"], "gap")
+
+    def minus(a, b):
+        return a - b
     return Judgement(
-        f"last block, single-token probes: ViT-CLS {pct(cls)}, ViT-GAP {pct(gap)}, ResNet {pct(res)}; "
-        f"CLS;CLS {pct(v['vit_cls_cls'])} vs GAP;GAP {pct(v['vit_gap_gap'])}",
-        central=check("ViT-CLS spatial tokens ≥ 10 points below ViT-GAP's", diff(gap, cls), lambda x: x >= 0.1,
-                      1, 100, " points"),
-        secondary=(check("and ≥ 10 points below the ResNet's", diff(res, cls), lambda x: x >= 0.1, 1, 100, " points"),
-                   check("CLS;CLS within 3 points of GAP;GAP", diff(v["vit_cls_cls"], v["vit_gap_gap"]),
-                         lambda x: abs(x) <= 0.03, 1, 100, " points")))
+        f"last block, single-token probes: ViT-CLS {pct(cls[0])}, ViT-GAP {pct(gap[0])}, ResNet {pct(res[0])}; "
+        f"CLS;CLS {pct(cls_cls[0])} vs GAP;GAP {pct(gap_gap[0])}" + _seed_note(v, "tokens", 1, 100, "%"),
+        central=check(f"ViT-CLS spatial tokens ≥ 10 points below ViT-GAP's{_pairing_note(cls, gap)}",
+                      _pairings(gap, cls, minus), lambda x: x >= 0.1, 1, 100, " points"),
+        secondary=(check(f"and ≥ 10 points below the ResNet's{_pairing_note(res, cls)}", _pairings(res, cls, minus),
+                         lambda x: x >= 0.1, 1, 100, " points"),
+                   check(f"CLS;CLS within 3 points of GAP;GAP{_pairing_note(cls_cls, gap_gap)}",
+                         _pairings(cls_cls, gap_gap, minus), lambda x: abs(x) <= 0.03, 1, 100, " points")))
 
 
 def _matched_reference(v) -> Check:

@@ -506,11 +506,12 @@ def _range_band(ax, x, draws, colour, label, marker="o", ls="-", lw=1.8):
 
 
 def own_patch_count_bars(ax, counts: dict, totals: dict, title: str, colours: dict | None = None,
-                         needed: tuple[float, str] | None = None):
+                         needed: tuple[float, str] | None = None, second_seed: dict | None = None):
     """F9: per model, how many interior tokens are most similar to their own input patch: a bar at the mean over
     draws, an error bar over the draws' range and each draw as a dot. ``counts`` maps a model to ``[per draw]``
     (ints), ``totals`` a model to its number of interior tokens (the y axis ends there); ``needed=(y, text)``
-    draws the level a criterion asks for as a dashed line."""
+    draws the level a criterion asks for as a dashed line; ``second_seed`` maps a model to its second training
+    seed's ``[per draw]`` counts, drawn as open diamonds beside its dots."""
     labels = list(counts)
     colours = colours or {lb: f"C{i}" for i, lb in enumerate(labels)}
     rng = np.random.default_rng(0)
@@ -522,6 +523,10 @@ def own_patch_count_bars(ax, counts: dict, totals: dict, title: str, colours: di
         ax.scatter(x + rng.uniform(-0.12, 0.12, len(v)), v, s=16, color="k", zorder=3, lw=0,
                    label=f"one draw ({len(v)} draws)" if x == 0 else None)
         ax.text(x + 0.33, mean, f"mean {mean:.1f}\nof {totals[label]}", ha="left", va="center", fontsize=8.5)
+        if second_seed and label in second_seed:
+            ax.scatter(x + 0.2 + rng.uniform(-0.05, 0.05, len(second_seed[label])), second_seed[label], s=30,
+                       marker="D", facecolor="white", edgecolor="k", lw=1, zorder=3,
+                       label="second training seed, one draw" if label == next(iter(second_seed)) else None)
     if needed is not None:
         ax.axhline(needed[0], color="#d1495b", lw=1.4, ls="--", label=needed[1])
     ax.set_xticks(range(len(labels)))

@@ -10,6 +10,10 @@ and for its probe shots, validation and test images):
 * **Linear probes** (Fig 11): closed-form ridge probes on every block output
   (:func:`~vitcnn_utils.measure.spatial_probes`): the CLS token, the mean of the (spatial) tokens, and one probe
   per single spatial token (accuracy averaged over tokens).
+* **Seed-to-seed baseline**: second training seeds of the two ViTs (``vit_seed``, ``vit_gap_seed``: the same
+  spec, seed 1) get the same token–patch counts and the last block's probes, so that a CLS–GAP difference can
+  be set beside the difference between two trainings of one model. F9 and F10 then ask their criteria of every
+  pairing of a CLS seed with a GAP seed.
 
 Each draw of each model is cached (:func:`vitcnn_utils.cache.cached`, the draw's seed in the key), so draw 0 is
 the plain library call on ``seed``'s images and a rebuild after a text edit is instant.
@@ -29,6 +33,7 @@ from ..models import load_named
 
 LABELS = ("ViT-CLS", "ViT-GAP", "ResNet")
 KEYS = {"ViT-CLS": "vit_cls", "ViT-GAP": "vit_gap", "ResNet": "resnet"}   # labels -> record keys
+SEEDED = ("ViT-CLS", "ViT-GAP")                     # the models with a second training seed (seed baseline)
 
 
 @dataclass
@@ -51,6 +56,10 @@ class SpatialResult:
         token_accuracy_min, token_accuracy_max: label -> ``(draws, layers)``: the worst / best single token.
         lambda_range: the smallest and largest relative ridge λ chosen by any probe of any draw.
         n_classes, shots, val_per_class, n_fit, n_val, n_test: the probes' classes and image counts.
+        seed_models: label (of :data:`SEEDED`) -> the name of its second training seed; only labels given one.
+        seed_counts: label -> ``[per draw]`` interior own-patch counts of the second seed (ints).
+        seed_last: label -> probe kind (as ``probe_curves``) -> ``[per draw]`` last-block accuracy of the
+            second seed.
     """
     n_draws: int
     seeds: list[int]
@@ -75,6 +84,9 @@ class SpatialResult:
     n_fit: int
     n_val: int
     n_test: int
+    seed_models: dict[str, str]
+    seed_counts: dict[str, list[int]]
+    seed_last: dict[str, dict[str, list[float]]]
 
     # -- views the notebook uses ------------------------------------------------------------------------------
     @property
@@ -110,11 +122,24 @@ class SpatialResult:
         """Per draw: the last block's probe accuracy of ``kind`` (in [0, 1])."""
         return self.probe_curves[label][kind][:, -1].tolist()
 
+    @property
+    def has_seeds(self) -> bool:
+        """Whether both ViTs have a second training seed (the seed-to-seed baseline)."""
+        return all(label in self.seed_models for label in SEEDED)
+
     def criterion_level(self) -> int:
-        """F9's level for the figure: the ViT-CLS count must clear the other models' counts by a fifth of the
-        interior tokens (20 points) in every draw; this is that level for the other models' highest draw."""
+        """F9's level for the figure: the ViT-CLS count must clear the other models' counts (every training seed)
+        by a fifth of the interior tokens (20 points) in every draw; this is that level for their highest draw."""
         others = [c for label in ("ViT-GAP", "ResNet") for c in self.interior_count(label)]
+        others += self.seed_counts.get("ViT-GAP", [])
         return max(others) + -(-self.interior_tokens("ViT-CLS") // 5)
+
+    def seed_differences(self, label: str, what: str) -> list[float]:
+        """Per draw: seed 0 minus seed 1 of ``label`` for ``what`` = ``"count"`` (interior own-patch tokens, ints)
+        or a last-block probe kind (``"tokens"``, ``"cls"``, ``"gap"``; in points)."""
+        if what == "count":
+            return [a - b for a, b in zip(self.interior_count(label), self.seed_counts[label])]
+        return [100 * (a - b) for a, b in zip(self.last(label, what), self.seed_last[label][what])]
 
     def geometry_text(self) -> str:
         """One line per model: the compared layer's token grid, input patch size and prefix tokens."""
@@ -140,6 +165,11 @@ class SpatialResult:
                 f"(per draw: {', '.join(map(str, c['interior_own_patch_count']))}); of all {c['tokens'][0]} tokens "
                 f"{fmt(c['own_patch_count'], 1)}. Mean CKA with the own patch {fmt(self.mean_own[label])} against "
                 f"{fmt(self.mean_other[label])} with the other patches.")
+        for label, name in self.seed_models.items():
+            c = self.seed_counts[label]
+            lines.append(f"- {label}, second training seed (`{name}`): {fmt(c, 1)} of {self.interior_tokens(label)} "
+                         f"(per draw: {', '.join(map(str, c))}); seed 0 minus seed 1 "
+                         f"{fmt(self.seed_differences(label, 'count'), 1, unit=' tokens')}.")
         undefined = {lb: v for lb, v in self.undefined_fraction.items() if max(v) > 0}
         if undefined:
             lines.append("Undefined CKA entries (a token or patch constant over the images), left out: " +
@@ -147,7 +177,7 @@ class SpatialResult:
         lines.append("\nCompare the paper: the CLS-trained ViT's final tokens localise, the GAP-trained ViT's and the "
                      "ResNet's much less. The dashed line in the bar chart is the level the ViT-CLS count would have "
                      "to reach for F9's criterion (20 points of the interior tokens above the other models, in every "
-                     "draw).")
+                     "draw" + (" and for both training seeds" if self.has_seeds else "") + ").")
         return "\n".join(lines)
 
     def measured_probes(self) -> str:
@@ -172,9 +202,25 @@ class SpatialResult:
             f"({self.shots} per class) and its ridge λ chosen for that probe alone by the squared error on {self.n_val} "
             f"other training images ({self.val_per_class} per class), {lo:g} to {hi:g} times the mean feature variance; "
             f"accuracies are on {self.n_test} test images, all drawn afresh in every draw.\n\n"
+            + self._seed_probe_text() +
             "Compare the paper (10-shot ImageNet, 1,000 classes): in the last layer the CLS model's single spatial "
             "tokens reach only about 6–12%, while single tokens of the GAP ViT (about 57–58%) and of ResNet-50 (about "
             "44–52%) stay good, and CLS;CLS ≈ GAP;GAP.")
+
+    def _seed_probe_text(self) -> str:
+        if not self.seed_models:
+            return ("No second training seeds were given, so the probes' seed-to-seed spread is not measured in this "
+                    "run.\n\n")
+        pts = {"digits": 1, "unit": " points"}
+        parts = []
+        for label, name in self.seed_models.items():
+            own = "cls" if label == "ViT-CLS" else "gap"
+            parts.append(f"{label} (`{name}`): single spatial tokens {pct(self.seed_last[label]['tokens'])}, "
+                         f"{own.upper()} {pct(self.seed_last[label][own])}; seed 0 minus seed 1 "
+                         f"{fmt(self.seed_differences(label, 'tokens'), **pts)} (tokens), "
+                         f"{fmt(self.seed_differences(label, own), **pts)} ({own.upper()})")
+        return ("**Seed-to-seed baseline** (last block, second training seeds, same draws): " + "; ".join(parts)
+                + ". A difference between models is a pooling effect only where it is larger than these.\n\n")
 
     def to_record(self) -> dict:
         """The numbers :func:`vitcnn_utils.findings.record` stores for the conclusion (see the results schema:
@@ -201,7 +247,10 @@ class SpatialResult:
                 "probe_depth": {KEYS[lb]: v for lb, v in self.probe_depth.items()},
                 "probe_curves": {KEYS[lb]: {k: v.tolist() for k, v in c.items()} for lb, c in self.probe_curves.items()},
                 "token_accuracy_min": {KEYS[lb]: v.tolist() for lb, v in self.token_accuracy_min.items()},
-                "token_accuracy_max": {KEYS[lb]: v.tolist() for lb, v in self.token_accuracy_max.items()}}
+                "token_accuracy_max": {KEYS[lb]: v.tolist() for lb, v in self.token_accuracy_max.items()},
+                "seed_baseline": ({KEYS[lb]: {"model": name, "interior_own_patch_count": self.seed_counts[lb],
+                                              **self.seed_last[lb]} for lb, name in self.seed_models.items()}
+                                  if self.seed_models else None)}
         return rec
 
 
@@ -212,7 +261,8 @@ def _model(name_or_model, weights, pretrained, device) -> tuple[torch.nn.Module,
 
 
 def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Module = "zoo:vit-gap",
-        resnet: str | torch.nn.Module = "zoo:resnet", vit_layer: str = "blocks.5", resnet_layer: str = "layer4.0",
+        resnet: str | torch.nn.Module = "zoo:resnet", vit_seed: str | torch.nn.Module | None = "zoo:vit-cls-s1",
+        vit_gap_seed: str | torch.nn.Module | None = None, vit_layer: str = "blocks.5", resnet_layer: str = "layer4.0",
         token_positions: Sequence = ((0, 0), (0, 3), (3, 3), (2, 5)), weights: Mapping[str, str] | None = None,
         pretrained: bool = False, data: str = "fashion-mnist", data_dir: str | None = None, image_size: int | None = None,
         n_images: int = 1000, batch_size: int = 250, shots: int = 10, val_per_class: int = 50, n_test: int = 1000,
@@ -220,7 +270,8 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
     """Compute the chapter: the notebook's parameters in, a :class:`SpatialResult` out.
 
     ``vit``, ``vit_gap`` and ``resnet`` are :func:`~vitcnn_utils.models.load_named` names or models; the two
-    ViTs share ``vit_layer``. Draw ``d`` uses ``seed + d`` for the analysis images
+    ViTs share ``vit_layer``. ``vit_seed`` and ``vit_gap_seed`` are second training seeds of the two ViTs (the
+    same spec, another seed; ``None``: none), measured at ``vit_layer`` and probed at the last block only. Draw ``d`` uses ``seed + d`` for the analysis images
     (:func:`~vitcnn_utils.data.analysis_batches`) and for the probes' images
     (:func:`~vitcnn_utils.data.probe_batches`).
     """
@@ -230,6 +281,12 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
     for label, spec in zip(LABELS, (vit, vit_gap, resnet)):
         models[label], name = _model(spec, weights, pretrained, device)
         fingerprints[label] = cache.model_fingerprint(models[label], name or label)
+    seed_models, seed_names = {}, {}
+    for label, spec in zip(SEEDED, (vit_seed, vit_gap_seed)):
+        if spec is not None:
+            seed_models[label], name = _model(spec, weights, pretrained, device)
+            seed_names[label] = name or f"{label} seed 1"
+            fingerprints[f"{label} seed 1"] = cache.model_fingerprint(seed_models[label], seed_names[label])
     layers = {"ViT-CLS": vit_layer, "ViT-GAP": vit_layer, "ResNet": resnet_layer}
     positions = [tuple(int(v) for v in p) for p in token_positions]
     seeds = [seed + d for d in range(n_draws)]
@@ -241,11 +298,17 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
     curves = {label: {} for label in LABELS}
     tok_min, tok_max = {label: [] for label in LABELS}, {label: [] for label in LABELS}
     lambdas, probe_layers, sizes = [], {}, None
+    seed_counts = {label: [] for label in seed_models}
+    seed_last = {label: {} for label in seed_models}
     for s in seeds:
         batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
         if geometry is None:         # the layers' grids do not depend on the images
             geometry = {label: measure.token_geometry(m, layers[label], batches, device=device)
                         for label, m in models.items()}
+            for label, model in seed_models.items():
+                if measure.token_geometry(model, layers[label], batches, device=device) != geometry[label]:
+                    raise ValueError(f"the second seed of {label} ({seed_names[label]}) has another token geometry "
+                                     f"at {layers[label]} than {label}; pass a model of the same architecture")
         key = {"data": data, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
         fit, val, test = vdata.probe_batches(data, shots, val_per_class, n_test, batch_size, seed=s,
                                              data_dir=data_dir, image_size=image_size)
@@ -279,6 +342,21 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
             probe_layers[label] = list(result.layers)
             sizes = (measure.count_classes(fit), result.n_fit, result.n_val, result.n_test)
 
+        for label, model in seed_models.items():       # second training seeds: the final layer's counts and the
+            g, fp = geometry[label], fingerprints[f"{label} seed 1"]   # last block's probes (as the models above)
+            matrix = cache.cached(
+                "token-patch-cka", {**key, "model": fp, "layer": layers[label], **g},
+                lambda model=model, label=label, g=g: measure.token_patch_cka(
+                    model, batches, layers[label], g["patch_size"], g["grid"], g["num_prefix_tokens"], device=device),
+                use_cache)
+            seed_counts[label].append(localisation.own_patch_counts(matrix, g["grid"])["interior_own_patch_count"])
+            last = probe_layers[label][-1:]
+            result = cache.cached("spatial-probes", {**probe_key, "model": fp, "layers": last},
+                                  lambda model=model, last=last: measure.spatial_probes(model, fit, val, test, layers=last,
+                                                                                        device=device), use_cache)
+            for kind, values in probe_curves(result, g["num_prefix_tokens"]).items():
+                seed_last[label].setdefault(kind, []).append(values[-1].item())
+
     n_classes, n_fit, n_val, n_test_seen = sizes
     return SpatialResult(
         n_draws=n_draws, seeds=seeds, n_images=n_images, layers=layers,
@@ -291,7 +369,8 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
         token_accuracy_min={label: torch.stack(v) for label, v in tok_min.items()},
         token_accuracy_max={label: torch.stack(v) for label, v in tok_max.items()},
         lambda_range=(min(lo for lo, _ in lambdas), max(hi for _, hi in lambdas)),
-        n_classes=n_classes, shots=shots, val_per_class=val_per_class, n_fit=n_fit, n_val=n_val, n_test=n_test_seen)
+        n_classes=n_classes, shots=shots, val_per_class=val_per_class, n_fit=n_fit, n_val=n_val, n_test=n_test_seen,
+        seed_models=seed_names, seed_counts=seed_counts, seed_last=seed_last)
 
 
 def localisation_summary(matrix: torch.Tensor, grid: tuple[int, int]) -> dict:
