@@ -83,7 +83,15 @@ def test_second_seeds_are_measured_like_their_models(result, tiny_vit_seed1):
     assert set(rec["vit_cls"]) == {"model", "interior_own_patch_count", *result.probe_curves["ViT-CLS"]}   # cls, spatial_gap, tokens
     text = result.measured_probes() + result.measured_localisation()
     assert "Seed-to-seed baseline" in text and "second training seed" in text
-    assert result.criterion_level() >= max(rec["vit_gap"]["interior_own_patch_count"])
+    others = result.interior_count("ViT-GAP") + result.interior_count("ResNet") + rec["vit_gap"]["interior_own_patch_count"]
+    assert result.criterion_level() == max(others) + 5                     # 20 points of 25 interior tokens
+    # the CLS seed's last-block probes are the library's, on draw 1's probe images too
+    for draw in (0, 1):
+        fit, val, test = vdata.probe_batches("fashion-mnist", SIZES["shots"], SIZES["val_per_class"], SIZES["n_test"],
+                                             SIZES["batch_size"], seed=draw)
+        curves = spatial.probe_curves(measure.spatial_probes(tiny_vit_seed1, fit, val, test), 1)
+        assert rec["vit_cls"]["tokens"][draw] == curves["tokens"][-1].item()
+        assert rec["vit_cls"]["cls"][draw] == curves["cls"][-1].item()
 
 
 def test_without_seeds_the_baseline_is_recorded_as_absent(tiny_vit, tiny_vit_gap, tiny_resnet):
@@ -121,3 +129,8 @@ def test_draws_are_cached(tiny_vit, tiny_vit_gap, tiny_resnet, tmp_path, monkeyp
     first = spatial.run(**kw)
     assert len(list(tmp_path.glob("token-patch-cka-*.pt"))) == 3 and len(list(tmp_path.glob("spatial-probes-*.pt"))) == 3
     assert spatial.run(**kw).to_record() == first.to_record()
+    # the CLS model as its own "second seed": its token-patch entry is the model's (same key), its last-block probe
+    # a new entry (the layers are in the key), and the seed differences are exactly zero
+    seeded = spatial.run(**{**kw, "vit_seed": tiny_vit})
+    assert len(list(tmp_path.glob("token-patch-cka-*.pt"))) == 3 and len(list(tmp_path.glob("spatial-probes-*.pt"))) == 4
+    assert seeded.seed_differences("ViT-CLS", "count") == [0] and seeded.seed_differences("ViT-CLS", "tokens") == [0.0]

@@ -262,8 +262,8 @@ def test_spatial_criteria_hold_for_every_pairing_of_training_seeds():
     rows = rows_of(results)
     assert rows[9]["verdict"] == rows[10]["verdict"] == findings.REPRODUCED
     central = [(rule, value) for kind, rule, _, value in rows[9]["checks"] if kind == "central"][0]
-    assert "2×2 training seeds" in central[0] and "over 20 draws × seed pairings" in central[1]   # 4 pairings x 5 draws
-    assert "second training seeds: ViT-CLS 22.0" in rows[9]["measured"]
+    assert "all 4 pairings of their training seeds" in central[0] and "over 20 draws × seed pairings" in central[1]   # 4 pairings x 5 draws
+    assert "; ViT-CLS seed 1 22.0 ± 0.0 tokens" in rows[9]["measured"]
     # seed 1 of the GAP model localises as well as the CLS model's seed 0 in one draw: the central criterion fails
     sp["seed_baseline"]["vit_gap"]["interior_own_patch_count"] = [9, 9, 9, 9, 23]
     assert rows_of(results)[9]["verdict"] == findings.NOT_REPRODUCED
@@ -279,4 +279,30 @@ def test_a_record_without_the_seed_field_is_an_error():
     results = paper_like()
     del results["spatial"]["seed_baseline"]
     with pytest.raises(findings.MissingResult, match="no field 'seed_baseline'"):
+        findings.table(results)
+
+
+def test_one_second_seed_pairs_it_with_the_single_seed_of_the_other_model():
+    results = paper_like()
+    sp = results["spatial"]
+    sp["seed_baseline"] = {"vit_cls": {"model": "zoo:vit-cls-s1", "interior_own_patch_count": d(22),
+                                       "tokens": d(0.12), "cls": d(0.6)}}
+    rows = rows_of(results)
+    assert rows[9]["verdict"] == rows[10]["verdict"] == findings.REPRODUCED
+    central = [(rule, value) for kind, rule, _, value in rows[9]["checks"] if kind == "central"][0]
+    assert "all 2 pairings" in central[0] and "over 10 draws × seed pairings" in central[1]
+    assert "no second seed of ViT-GAP" in rows[9]["measured"] and "ViT-CLS seed 1 single tokens 12.0" in rows[10]["measured"]
+    # without seeds the rules read as before: one pairing, per draw
+    sp["seed_baseline"] = None
+    rows = rows_of(results)
+    central = [(rule, value) for kind, rule, _, value in rows[9]["checks"] if kind == "central"][0]
+    assert central == ("ViT-CLS ≥ 20 points above ViT-GAP (5·(CLS − GAP) ≥ tokens)", "50 over 5 draws")   # 5·(23 − 8) − 25
+    assert "one training seed per model" in rows[9]["measured"]
+
+
+def test_seeds_with_another_number_of_draws_are_an_error():
+    results = paper_like()
+    results["spatial"]["seed_baseline"] = {"vit_cls": {"model": "m", "interior_own_patch_count": [22, 22],
+                                                       "tokens": [0.1, 0.1], "cls": [0.6, 0.6]}}
+    with pytest.raises(ValueError, match="paired quantities have"):
         findings.table(results)

@@ -371,24 +371,31 @@ def _with_seeds(v, model: str, main, field: str, cast=float) -> list[list]:
 
 def _pairings(a: list[list], b: list[list], op) -> list:
     """``op(x, y)`` per draw for every pairing of a training seed of ``a`` with one of ``b``, concatenated."""
+    if len({len(x) for x in a + b}) > 1:
+        raise ValueError(f"paired quantities have {sorted({len(x) for x in a + b})} draws")
     return [op(x, y) for sa in a for sb in b for x, y in zip(sa, sb)]
 
 
 def _pairing_note(a: list[list], b: list[list]) -> str:
-    return f", every pairing of their {len(a)}×{len(b)} training seeds" if len(a) * len(b) > 1 else ""
+    n = len(a) * len(b)
+    return f", in all {n} pairings of their training seeds" if n > 1 else ""
 
 
 def _pairing_units(a: list[list], b: list[list]) -> str:
     return "draws × seed pairings" if len(a) * len(b) > 1 else "draws"
 
 
-def _seed_note(v, field: str, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
-    """The second training seeds' ``field`` (or that there are none), for the spatial findings' measured text."""
-    seed = v["seed_baseline"]
-    if seed is None:
+def _seed_note(v, fields: dict[str, dict[str, str]], digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+    """For the spatial findings' measured text: each second training seed's values, and which ViT has none
+    (``fields`` maps ``vit_cls`` / ``vit_gap`` to ``{recorded field: the words shown before its value}``)."""
+    seed = v["seed_baseline"] or {}
+    if not seed:
         return "; one training seed per model (seed-to-seed spread not measured)"
-    return "; second training seeds: " + ", ".join(f"{label} {fmt(seed[m][field], digits, scale, unit)}"
-                                                   for m, label in _SEED_LABELS.items() if m in seed)
+    parts = [f"{label} seed 1 " + ", ".join(f"{words}{fmt(seed[m][f], digits, scale, unit)}"
+                                            for f, words in fields[m].items())
+             for m, label in _SEED_LABELS.items() if m in seed]
+    parts += [f"no second seed of {label}" for m, label in _SEED_LABELS.items() if m not in seed]
+    return "; " + "; ".join(parts)
 
 
 def _f9(v):
@@ -402,7 +409,8 @@ def _f9(v):
         return f"{lo / n:.0%}" if lo == hi else f"{lo / n:.0%}–{hi / n:.0%}"
     return Judgement(
         f"interior tokens most similar to their own patch ({n} tokens): ViT-CLS {share(cls[0])}, ViT-GAP "
-        f"{share(gap[0])}, ResNet {share(res[0])}" + _seed_note(v, field, 1, unit=" tokens"),
+        f"{share(gap[0])}, ResNet {share(res[0])}"
+        + _seed_note(v, {"vit_cls": {field: ""}, "vit_gap": {field: ""}}, 1, unit=" tokens"),
         central=count_check(f"ViT-CLS ≥ 20 points above ViT-GAP (5·(CLS − GAP) ≥ tokens{_pairing_note(cls, gap)})",
                             _pairings(cls, gap, lambda a, b: 5 * (a - b) - n), lambda c: c >= 0,
                             _pairing_units(cls, gap)),
@@ -412,15 +420,19 @@ def _f9(v):
 
 
 def _f10(v):
-    cls, gap = _with_seeds(v, "vit_cls", v["vit_cls_tokens"], "tokens"), _with_seeds(v, "vit_gap", v["vit_gap_tokens"], "tokens")
+    cls = _with_seeds(v, "vit_cls", v["vit_cls_tokens"], "tokens")
+    gap = _with_seeds(v, "vit_gap", v["vit_gap_tokens"], "tokens")
     res = [draws(v["resnet_tokens"])]
-    cls_cls, gap_gap = _with_seeds(v, "vit_cls", v["vit_cls_cls"], "cls"), _with_seeds(v, "vit_gap", v["vit_gap_gap"], "gap")
+    cls_cls = _with_seeds(v, "vit_cls", v["vit_cls_cls"], "cls")
+    gap_gap = _with_seeds(v, "vit_gap", v["vit_gap_gap"], "gap")
 
     def minus(a, b):
         return a - b
     return Judgement(
         f"last block, single-token probes: ViT-CLS {pct(cls[0])}, ViT-GAP {pct(gap[0])}, ResNet {pct(res[0])}; "
-        f"CLS;CLS {pct(cls_cls[0])} vs GAP;GAP {pct(gap_gap[0])}" + _seed_note(v, "tokens", 1, 100, "%"),
+        f"CLS;CLS {pct(cls_cls[0])} vs GAP;GAP {pct(gap_gap[0])}"
+        + _seed_note(v, {"vit_cls": {"tokens": "single tokens ", "cls": "CLS;CLS "},
+                         "vit_gap": {"tokens": "single tokens ", "gap": "GAP;GAP "}}, 1, 100, "%"),
         central=check(f"ViT-CLS spatial tokens ≥ 10 points below ViT-GAP's{_pairing_note(cls, gap)}",
                       _pairings(gap, cls, minus), lambda x: x >= 0.1, 1, 100, " points"),
         secondary=(check(f"and ≥ 10 points below the ResNet's{_pairing_note(res, cls)}", _pairings(res, cls, minus),

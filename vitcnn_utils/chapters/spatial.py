@@ -177,7 +177,7 @@ class SpatialResult:
         lines.append("\nCompare the paper: the CLS-trained ViT's final tokens localise, the GAP-trained ViT's and the "
                      "ResNet's much less. The dashed line in the bar chart is the level the ViT-CLS count would have "
                      "to reach for F9's criterion (20 points of the interior tokens above the other models, in every "
-                     "draw" + (" and for both training seeds" if self.has_seeds else "") + ").")
+                     "draw" + (" and for every training seed given" if self.seed_models else "") + ").")
         return "\n".join(lines)
 
     def measured_probes(self) -> str:
@@ -219,8 +219,11 @@ class SpatialResult:
                          f"{own.upper()} {pct(self.seed_last[label][own])}; seed 0 minus seed 1 "
                          f"{fmt(self.seed_differences(label, 'tokens'), **pts)} (tokens), "
                          f"{fmt(self.seed_differences(label, own), **pts)} ({own.upper()})")
+        missing = [label for label in SEEDED if label not in self.seed_models]
         return ("**Seed-to-seed baseline** (last block, second training seeds, same draws): " + "; ".join(parts)
-                + ". A difference between models is a pooling effect only where it is larger than these.\n\n")
+                + (f" ({' and '.join(missing)}: no second seed given)" if missing else "")
+                + ". A difference between models smaller than these cannot be told apart from seed-to-seed "
+                  "variation (with one pair of seeds per model, a larger one is no proof of an effect either).\n\n")
 
     def to_record(self) -> dict:
         """The numbers :func:`vitcnn_utils.findings.record` stores for the conclusion (see the results schema:
@@ -271,8 +274,9 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
 
     ``vit``, ``vit_gap`` and ``resnet`` are :func:`~vitcnn_utils.models.load_named` names or models; the two
     ViTs share ``vit_layer``. ``vit_seed`` and ``vit_gap_seed`` are second training seeds of the two ViTs (the
-    same spec, another seed; ``None``: none), measured at ``vit_layer`` and probed at the last block only. Draw ``d`` uses ``seed + d`` for the analysis images
-    (:func:`~vitcnn_utils.data.analysis_batches`) and for the probes' images
+    same spec, another seed; ``None``: none), measured at ``vit_layer`` and probed at the last block only; a seed
+    model whose tokens sit differently on the input than its model's is an error. Draw ``d`` uses ``seed + d``
+    for the analysis images (:func:`~vitcnn_utils.data.analysis_batches`) and for the probes' images
     (:func:`~vitcnn_utils.data.probe_batches`).
     """
     if n_draws < 1:
@@ -356,6 +360,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
                                                                                         device=device), use_cache)
             for kind, values in probe_curves(result, g["num_prefix_tokens"]).items():
                 seed_last[label].setdefault(kind, []).append(values[-1].item())
+            lambdas.append(chosen_lambda_range(result))
 
     n_classes, n_fit, n_val, n_test_seen = sizes
     return SpatialResult(
