@@ -129,8 +129,9 @@ def test_draws_are_cached(tiny_vit, tiny_vit_gap, tiny_resnet, tmp_path, monkeyp
     first = spatial.run(**kw)
     assert len(list(tmp_path.glob("token-patch-cka-*.pt"))) == 3 and len(list(tmp_path.glob("spatial-probes-*.pt"))) == 3
     assert spatial.run(**kw).to_record() == first.to_record()
-    # the CLS model as its own "second seed": its token-patch entry is the model's (same key), its last-block probe
-    # a new entry (the layers are in the key), and the seed differences are exactly zero
+    # the CLS model as its own "second seed": cached under its own name (one more entry of each kind), the other
+    # models' entries reused, and the seed differences exactly zero
     seeded = spatial.run(**{**kw, "vit_seed": tiny_vit})
-    assert len(list(tmp_path.glob("token-patch-cka-*.pt"))) == 3 and len(list(tmp_path.glob("spatial-probes-*.pt"))) == 4
+    assert len(list(tmp_path.glob("token-patch-cka-*.pt"))) == 4 and len(list(tmp_path.glob("spatial-probes-*.pt"))) == 4
+    assert spatial.run(**{**kw, "vit_seed": tiny_vit}).to_record() == seeded.to_record()
     assert seeded.seed_differences("ViT-CLS", "count") == [0] and seeded.seed_differences("ViT-CLS", "tokens") == [0.0]
