@@ -265,7 +265,7 @@ def _model(name_or_model, weights, pretrained, device) -> tuple[torch.nn.Module,
 
 def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Module = "zoo:vit-gap",
         resnet: str | torch.nn.Module = "zoo:resnet", vit_seed: str | torch.nn.Module | None = "zoo:vit-cls-s1",
-        vit_gap_seed: str | torch.nn.Module | None = None, vit_layer: str = "blocks.5", resnet_layer: str = "layer4.0",
+        vit_gap_seed: str | torch.nn.Module | None = "zoo:vit-gap-s1", vit_layer: str = "blocks.5", resnet_layer: str = "layer4.0",
         token_positions: Sequence = ((0, 0), (0, 3), (3, 3), (2, 5)), weights: Mapping[str, str] | None = None,
         pretrained: bool = False, data: str = "fashion-mnist", data_dir: str | None = None, image_size: int | None = None,
         n_images: int = 1000, batch_size: int = 250, shots: int = 10, val_per_class: int = 50, n_test: int = 1000,
