@@ -91,11 +91,13 @@ class Spread:
     def text(self, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
         """``"0.83 ± 0.02 (0.80–0.85, n = 5)"``; ``scale=100, unit="%"`` for fractions as percentages:
         ``"55.0 ± 7.1% (50.0–60.0%, n = 2)"``."""
-        f = f"{{:.{digits}f}}"
+        def num(x: float) -> str:          # a value that rounds to zero reads 0.00, not -0.00
+            text = f"{x:.{digits}f}"
+            return f"{0.0:.{digits}f}" if float(text) == 0 else text
         m, s, lo, hi = (scale * v for v in (self.mean, self.sd, self.min, self.max))
         if self.n == 1:
-            return f"{f.format(m)}{unit} (1 draw)"
-        return f"{f.format(m)} ± {f.format(s)}{unit} ({f.format(lo)}–{f.format(hi)}{unit}, n = {self.n})"
+            return f"{num(m)}{unit} (1 draw)"
+        return f"{num(m)} ± {num(s)}{unit} ({num(lo)}–{num(hi)}{unit}, n = {self.n})"
 
 
 class UndefinedValue(ValueError):
@@ -587,7 +589,8 @@ def _why(row: dict) -> str:
     if v == CONFOUNDED:
         return "a control it needs is not matched: " + "; ".join(failed["control"])
     if v == NOT_REPRODUCED:
-        return "the central criterion fails in at least one draw: " + failed["central"][0]
+        where = "one draw or pairing of training seeds" if "pairings" in failed["central"][0] else "one draw"
+        return f"the central criterion fails in at least {where}: " + failed["central"][0]
     if v == PARTLY:
         return "the central criterion holds in every draw; not met: " + "; ".join(failed["secondary"])
     return "every criterion holds in every draw"
