@@ -84,6 +84,28 @@ def test_up_to_date_chapter_is_not_reexecuted(built_book, capsys):
     assert "up to date" in capsys.readouterr().out and outputs[chapter].stat().st_mtime_ns == before
 
 
+def test_fingerprint_covers_the_whole_library(tmp_path, monkeypatch):
+    """A chapter is re-executed when any module of the package changes (not only the tools/ folder the runner
+    lives in: that was a stale-output bug), or the zoo manifest."""
+    names = {f.relative_to(book.PACKAGE).as_posix() for f in book.library_files()}
+    assert {"findings.py", "cka.py", "chapters/spatial.py", "tools/book.py", "zoo/manifest.json"} <= names
+    package = tmp_path / "vitcnn_utils"                   # a stand-in package, so no test edits the real one
+    for name in ("findings.py", "chapters/spatial.py", "tools/book.py", "zoo/manifest.json"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(f"# {name}\n")
+    monkeypatch.setattr(book, "PACKAGE", package)
+    source = book.ROOT / "notebooks" / "spatial.ipynb"
+    before = book._fingerprint(source, {})
+    for name in ("findings.py", "zoo/manifest.json"):
+        (package / name).write_text("# an edit\n")
+        after = book._fingerprint(source, {})
+        assert after != before, name
+        before = after
+    (package / "zoo" / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        book._fingerprint(source, {})
+
+
 def test_conclusion_judges_every_finding_from_recorded_numbers(built_book):
     """Every chapter recorded its numbers, and the conclusion's table has a measured verdict for each finding."""
     from vitcnn_utils import findings

@@ -34,6 +34,7 @@ import yaml
 from jupyter_client.manager import AsyncKernelManager
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (book/, notebooks/, params/)
+PACKAGE = Path(__file__).resolve().parents[1]  # vitcnn_utils/
 CHAPTERS = ["representation_structure", "local_global", "skip_connections", "spatial", "data_scale", "conclusion"]
 READS_RESULTS = {"conclusion"}   # chapters that judge the numbers the others recorded (see vitcnn_utils.findings)
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
@@ -48,11 +49,20 @@ def _fingerprint(source: Path, params: dict) -> str:
         for path in sorted((ROOT / params.get("results_dir", RESULTS_DIR)).glob("*.json")):
             digest.update(path.read_bytes())
     digest.update(json.dumps(params, sort_keys=True, default=str).encode())
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.rglob("*.py")) + [package / "zoo" / "manifest.json"]:
-        if path.is_file():
-            digest.update(path.read_bytes())
+    for path in library_files():
+        digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def library_files() -> list[Path]:
+    """The files of the ``vitcnn_utils`` package a chapter's output depends on: every module and the zoo
+    manifest (the weights files are named by their checksums in it)."""
+    package = PACKAGE
+    files = sorted(package.rglob("*.py")) + [package / "zoo" / "manifest.json"]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"library files missing: {', '.join(map(str, missing))}")
+    return files
 
 
 def _up_to_date(output: Path, key: str) -> bool:
