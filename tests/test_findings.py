@@ -173,7 +173,8 @@ def test_spread_matches_numpy_formulas():
     assert math.isclose(s.mean, mean) and math.isclose(s.sd, sd) and (s.min, s.max, s.n) == (0.79, 0.85, 5)
     assert findings.fmt(values) == f"{mean:.2f} ± {sd:.2f} (0.79–0.85, n = 5)"
     assert findings.pct([0.5, 0.6]) == "55.0 ± 7.1% (50.0–60.0%, n = 2)"
-    assert findings.fmt([-0.001, 0.0005], 1, 100, " points") == "0.0 ± 0.1 points (-0.1–0.1 points, n = 2)"   # no "-0.0"
+    assert findings.fmt([-0.001, 0.0005], 1, 100, " points") == "0.0 ± 0.1 points (-0.1 to 0.1 points, n = 2)"   # no "-0.0"
+    assert findings.fmt([-0.84, -0.80]) == "-0.82 ± 0.03 (-0.84 to -0.80, n = 2)"
     with pytest.raises(findings.UndefinedValue, match="undefined draws"):
         findings.spread([0.1, None])
 

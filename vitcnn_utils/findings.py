@@ -90,14 +90,16 @@ class Spread:
 
     def text(self, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
         """``"0.83 ± 0.02 (0.80–0.85, n = 5)"``; ``scale=100, unit="%"`` for fractions as percentages:
-        ``"55.0 ± 7.1% (50.0–60.0%, n = 2)"``."""
+        ``"55.0 ± 7.1% (50.0–60.0%, n = 2)"``; a range with a negative end reads ``(-0.84 to -0.80, ...)``."""
         def num(x: float) -> str:          # a value that rounds to zero reads 0.00, not -0.00
             text = f"{x:.{digits}f}"
             return f"{0.0:.{digits}f}" if float(text) == 0 else text
         m, s, lo, hi = (scale * v for v in (self.mean, self.sd, self.min, self.max))
         if self.n == 1:
             return f"{num(m)}{unit} (1 draw)"
-        return f"{num(m)} ± {num(s)}{unit} ({num(lo)}–{num(hi)}{unit}, n = {self.n})"
+        low, high = num(lo), num(hi)
+        to = " to " if low.startswith("-") or high.startswith("-") else "–"   # "-0.84 to -0.80", not "-0.84–-0.80"
+        return f"{num(m)} ± {num(s)}{unit} ({low}{to}{high}{unit}, n = {self.n})"
 
 
 class UndefinedValue(ValueError):
@@ -171,7 +173,7 @@ def count_check(rule: str, counts: Sequence[int], predicate: Callable[[int], boo
     if not counts:
         raise ValueError(f"{rule}: no draws")
     lo, hi = min(counts), max(counts)
-    value = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    value = f"{lo}" if lo == hi else f"{lo}{' to ' if lo < 0 or hi < 0 else '–'}{hi}"
     return Check(rule, all(predicate(c) for c in counts), f"{value} over {len(counts)} {what}")
 
 
