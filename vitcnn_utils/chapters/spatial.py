@@ -170,6 +170,8 @@ class SpatialResult:
             lines.append(f"- {label}, second training seed (`{name}`): {fmt(c, 1)} of {self.interior_tokens(label)} "
                          f"(per draw: {', '.join(map(str, c))}); seed 0 minus seed 1 "
                          f"{fmt(self.seed_differences(label, 'count'), 1, unit=' tokens')}.")
+        if self.seed_models:
+            lines.append(self._margin_by_seed())
         undefined = {lb: v for lb, v in self.undefined_fraction.items() if max(v) > 0}
         if undefined:
             lines.append("Undefined CKA entries (a token or patch constant over the images), left out: " +
@@ -206,6 +208,21 @@ class SpatialResult:
             "Compare the paper (10-shot ImageNet, 1,000 classes): in the last layer the CLS model's single spatial "
             "tokens reach only about 6–12%, while single tokens of the GAP ViT (about 57–58%) and of ResNet-50 (about "
             "44–52%) stay good, and CLS;CLS ≈ GAP;GAP.")
+
+    def _margin_by_seed(self) -> str:
+        """Per training seed of the CLS model: whether F9's 20-point margin over every GAP seed holds in every
+        draw (integer counts: 5·(CLS − GAP) ≥ interior tokens)."""
+        n = self.interior_tokens("ViT-CLS")
+        cls = {"seed 0": self.interior_count("ViT-CLS"), **({"seed 1": self.seed_counts["ViT-CLS"]}
+                                                           if "ViT-CLS" in self.seed_counts else {})}
+        gap = [self.interior_count("ViT-GAP")] + ([self.seed_counts["ViT-GAP"]] if "ViT-GAP" in self.seed_counts else [])
+        parts = []
+        for name, counts in cls.items():
+            held = sum(all(5 * (c - g[d]) >= n for g in gap) for d, c in enumerate(counts))
+            parts.append(f"ViT-CLS {name}: {held} of {len(counts)} draws")
+        return (f"\nF9's margin (20 points of the interior tokens above every ViT-GAP seed) per training seed of the "
+                f"CLS model: {'; '.join(parts)}. Where the seeds disagree, the finding's outcome turns on the "
+                "training seed at this scale.")
 
     def _seed_probe_text(self) -> str:
         if not self.seed_models:
