@@ -402,6 +402,12 @@ def _seed_note(v, fields: dict[str, dict[str, str]], digits: int = 2, scale: flo
     return "; " + "; ".join(parts)
 
 
+def f9_margin(cls_count: int, other_count: int, tokens: int) -> int:
+    """F9's margin in integers: ``5·(CLS − other) − tokens``, at least 0 exactly when the CLS model's count of
+    interior tokens most similar to their own patch is 20 points of ``tokens`` above the other model's."""
+    return 5 * (int(cls_count) - int(other_count)) - int(tokens)
+
+
 def _f9(v):
     field = "interior_own_patch_count"
     cls, gap = (_with_seeds(v, m, v[m][field], field, int) for m in ("vit_cls", "vit_gap"))
@@ -416,10 +422,10 @@ def _f9(v):
         f"{share(gap[0])}, ResNet {share(res[0])}"
         + _seed_note(v, {"vit_cls": {field: ""}, "vit_gap": {field: ""}}, 1, unit=" tokens"),
         central=count_check(f"ViT-CLS ≥ 20 points above ViT-GAP (5·(CLS − GAP) ≥ tokens{_pairing_note(cls, gap)})",
-                            _pairings(cls, gap, lambda a, b: 5 * (a - b) - n), lambda c: c >= 0,
+                            _pairings(cls, gap, lambda a, b: f9_margin(a, b, n)), lambda c: c >= 0,
                             _pairing_units(cls, gap)),
         secondary=(count_check(f"and above the ResNet by ≥ 20 points{_pairing_note(cls, res)}",
-                               _pairings(cls, res, lambda a, b: 5 * (a - b) - n), lambda c: c >= 0,
+                               _pairings(cls, res, lambda a, b: f9_margin(a, b, n)), lambda c: c >= 0,
                                _pairing_units(cls, res)),))
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import cache, localisation, measure
-from ..findings import fmt, pct
+from ..findings import f9_margin, fmt, pct
 from .. import data as vdata
 from ..hooks import normalised_depth
 from ..models import load_named
@@ -210,15 +210,15 @@ class SpatialResult:
             "44–52%) stay good, and CLS;CLS ≈ GAP;GAP.")
 
     def _margin_by_seed(self) -> str:
-        """Per training seed of the CLS model: whether F9's 20-point margin over every GAP seed holds in every
-        draw (integer counts: 5·(CLS − GAP) ≥ interior tokens)."""
+        """Per training seed of the CLS model: in how many draws F9's 20-point margin
+        (:func:`~vitcnn_utils.findings.f9_margin`) over every GAP seed holds."""
         n = self.interior_tokens("ViT-CLS")
         cls = {"seed 0": self.interior_count("ViT-CLS"), **({"seed 1": self.seed_counts["ViT-CLS"]}
                                                            if "ViT-CLS" in self.seed_counts else {})}
         gap = [self.interior_count("ViT-GAP")] + ([self.seed_counts["ViT-GAP"]] if "ViT-GAP" in self.seed_counts else [])
         parts = []
         for name, counts in cls.items():
-            held = sum(all(5 * (c - g[d]) >= n for g in gap) for d, c in enumerate(counts))
+            held = sum(all(f9_margin(c, g[d], n) >= 0 for g in gap) for d, c in enumerate(counts))
             parts.append(f"ViT-CLS {name}: {held} of {len(counts)} draws")
         return (f"\nF9's margin (20 points of the interior tokens above every ViT-GAP seed) per training seed of the "
                 f"CLS model: {'; '.join(parts)}. Where the seeds disagree, the finding's outcome turns on the "
@@ -335,13 +335,25 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
                                              data_dir=data_dir, image_size=image_size)
         probe_key = {"data": data, "shots": shots, "val_per_class": val_per_class, "n_test": n_test,
                      "batch": batch_size, "seed": s, "image_size": image_size}
+
+        def token_patch(model, fingerprint, label):
+            """This draw's token–patch CKA matrix of ``model`` at ``label``'s layer (cached)."""
+            g = geometry[label]
+            return cache.cached(
+                "token-patch-cka", {**key, "model": fingerprint, "layer": layers[label], **g},
+                lambda: measure.token_patch_cka(model, batches, layers[label], g["patch_size"], g["grid"],
+                                                g["num_prefix_tokens"], device=device), use_cache)
+
+        def probes(model, fingerprint, only=None):
+            """This draw's probes of ``model`` at every block, or at the layers ``only`` (cached)."""
+            where = {"layers": only} if only else {}            # every block: the key as it always was
+            return cache.cached("spatial-probes", {**probe_key, "model": fingerprint, **where},
+                                lambda: measure.spatial_probes(model, fit, val, test, layers=only, device=device),
+                                use_cache)
+
         for label, model in models.items():
             g = geometry[label]
-            matrix = cache.cached(
-                "token-patch-cka", {**key, "model": fingerprints[label], "layer": layers[label], **g},
-                lambda model=model, label=label, g=g: measure.token_patch_cka(
-                    model, batches, layers[label], g["patch_size"], g["grid"], g["num_prefix_tokens"], device=device),
-                use_cache)
+            matrix = token_patch(model, fingerprints[label], label)
             cka[label].append(matrix.double())
             for field, value in localisation.own_patch_counts(matrix, g["grid"]).items():
                 counts[label].setdefault(field, []).append(value)
@@ -350,9 +362,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
             mean_other[label].append(summary["mean_other"])
             undefined[label].append(summary["undefined_fraction"])
 
-            result = cache.cached("spatial-probes", {**probe_key, "model": fingerprints[label]},
-                                  lambda model=model: measure.spatial_probes(model, fit, val, test, device=device),
-                                  use_cache)
+            result = probes(model, fingerprints[label])
             prefix = g["num_prefix_tokens"]
             for kind, values in probe_curves(result, prefix).items():
                 curves[label].setdefault(kind, []).append(values.double())
@@ -365,16 +375,9 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
 
         for label, model in seed_models.items():       # second training seeds: the final layer's counts and the
             g, fp = geometry[label], fingerprints[f"{label} seed 1"]   # last block's probes (as the models above)
-            matrix = cache.cached(
-                "token-patch-cka", {**key, "model": fp, "layer": layers[label], **g},
-                lambda model=model, label=label, g=g: measure.token_patch_cka(
-                    model, batches, layers[label], g["patch_size"], g["grid"], g["num_prefix_tokens"], device=device),
-                use_cache)
+            matrix = token_patch(model, fp, label)
             seed_counts[label].append(localisation.own_patch_counts(matrix, g["grid"])["interior_own_patch_count"])
-            last = probe_layers[label][-1:]
-            result = cache.cached("spatial-probes", {**probe_key, "model": fp, "layers": last},
-                                  lambda model=model, last=last: measure.spatial_probes(model, fit, val, test, layers=last,
-                                                                                        device=device), use_cache)
+            result = probes(model, fp, only=probe_layers[label][-1:])
             for kind, values in probe_curves(result, g["num_prefix_tokens"]).items():
                 seed_last[label].setdefault(kind, []).append(values[-1].item())
             lambdas.append(chosen_lambda_range(result))

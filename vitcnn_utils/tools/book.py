@@ -57,8 +57,7 @@ def _fingerprint(source: Path, params: dict) -> str:
 def library_files() -> list[Path]:
     """The files of the ``vitcnn_utils`` package a chapter's output depends on: every module and the zoo
     manifest (the weights files are named by their checksums in it)."""
-    package = PACKAGE
-    files = sorted(package.rglob("*.py")) + [package / "zoo" / "manifest.json"]
+    files = sorted(PACKAGE.rglob("*.py")) + [PACKAGE / "zoo" / "manifest.json"]
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"library files missing: {', '.join(map(str, missing))}")
