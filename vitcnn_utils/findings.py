@@ -5,23 +5,33 @@ results folder, written atomically); the conclusion reads them all with :func:`l
 paper's twelve findings with the rules in :data:`FINDINGS`, so the verdict table always follows from what this
 build computed.
 
-**Draws.** Every number a verdict uses is recorded as a list over independent draws of analysis images (and
-probe shots): ``[value of draw 0, value of draw 1, ...]``. :func:`spread` summarises one (mean ± SD, range).
+**Seeds and draws.** Every number a verdict uses is recorded as a list over independent draws of analysis images
+(and probe shots): ``[value of draw 0, value of draw 1, ...]``, for each *training seed*: a chapter records its
+own run (seed 0) and, in ``"replicates"``, the same chapter run with every model replaced by its seed twin
+(:mod:`vitcnn_utils.seeds`). Training seeds are the noise that matters at this scale (two ViTs differing only in
+their seed differ more than five image draws do).
+
+**Intervals.** Each criterion is judged on an :class:`Interval` over seeds and draws (per seed, a 95% Student-t
+interval of the mean over draws; the union over seeds). It **holds** when the interval lies on the claimed side
+of its threshold, **fails** when it lies on the other side, and is **undecided** when it straddles. More draws
+narrow an interval; unlike a "holds in every draw" gate they never make a decided criterion harsher.
 
 **Rules.** A finding declares
 
 * *preconditions*: what must exist for the claim to be testable at all (e.g. a local attention head for a
-  claim about local heads); one absent makes the finding **untestable at this scale**;
-* *controls*: comparisons the claim needs matched (equal optimisation steps, the same readout); one unmatched
-  makes it **confounded**;
-* a *central criterion*, which must hold for anything better than **not reproduced**, and *secondary
-  criteria*: all hold = **reproduced**, the central one holds and a secondary one does not = **partly**.
+  claim about local heads); one not holding makes the finding **untestable at this scale**;
+* *controls*: comparisons the claim needs matched (equal optimisation steps); one unmatched makes it
+  **confounded**;
+* a *central criterion*: the paper's direction (an effect beyond zero) or, for a claim about a level, that
+  level. Holds → judged further; undecided → **not distinguishable from noise**; fails → **opposite** (a
+  direction) or **not reproduced** (a level);
+* *size* criteria, the paper's size of the effect (its number where it gives one): not all holding →
+  **direction only**; and *secondary* criteria, further parts of the finding: all holding → **reproduced**,
+  else **partly**.
 
-A criterion is met only when it holds in *every* draw (the whole range clears the threshold); counts are
-compared as integers, so no verdict turns on float rounding. A chapter that did not run gives **not
-measured**; a chapter whose record lacks a field the rule reads is an error (:class:`MissingResult`), never a
-silent "not measured". The thresholds were chosen by this project when the chapters were written; they are
-stated beside every verdict, and the book's history shows they were set after first results were seen.
+Each threshold states its origin: the paper's number (with the figure), or this project's reading of a claim
+the paper makes in words. Thresholds were set by this project when the chapters were written; the book's
+history shows they were set after first results were seen.
 """
 from __future__ import annotations
 
@@ -60,8 +70,13 @@ def _plain(value):
     return value
 
 
-def record(chapter: str, values: dict, folder: str | os.PathLike = RESULTS_DIR) -> Path:
-    """Write ``values`` (numbers, strings, lists, tensors) as ``folder/<chapter>.json``; returns the path."""
+def record(chapter: str, values: dict, folder: str | os.PathLike = RESULTS_DIR,
+           replicates: Sequence[dict] = ()) -> Path:
+    """Write ``values`` (numbers, strings, lists, tensors) as ``folder/<chapter>.json``; returns the path.
+    ``replicates``: the records of the same chapter run with each further training seed's models (stored under
+    ``"replicates"``; the rules judge every number over all of them)."""
+    if replicates:
+        values = {**values, "replicates": list(replicates)}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{chapter}.json"
@@ -144,47 +159,176 @@ def diff(a, b) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------------------------
+# Intervals over training seeds and image draws
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t distribution with ``df`` degrees of freedom (bisection on the CDF,
+    which is written with the regularised incomplete beta function; accurate to ~1e-10)."""
+    if not 0.0 < p < 1.0 or df < 1:
+        raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1, got p={p}, df={df}")
+
+    def betacf(a, b, x):                     # continued fraction of the incomplete beta (modified Lentz)
+        tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        h = d
+        for m in range(1, 300):
+            for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                        -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+                d = 1.0 + num * d
+                d = 1.0 / (d if abs(d) > tiny else tiny)
+                c = 1.0 + num / c
+                c = c if abs(c) > tiny else tiny
+                h *= d * c
+            if abs(d * c - 1.0) < 1e-15:
+                break
+        return h
+
+    def cdf(t):
+        if t == 0:
+            return 0.5
+        x, y = df / (df + t * t), t * t / (df + t * t)        # x + y = 1, y without cancellation
+        a, b = df / 2.0, 0.5
+        front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y))
+        ib = front * betacf(a, b, x) / a if x < (a + 1) / (a + b + 2) else 1.0 - front * betacf(b, a, y) / b
+        return 1.0 - 0.5 * ib if t > 0 else 0.5 * ib
+
+    lo, hi = -1e3, 1e3
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+LEVEL = 0.95   # the confidence level of every interval a verdict reads
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Where a quantity lies, from training seeds and image draws together.
+
+    For each training seed ``s`` (a replicate of the whole experiment, every model retrained with that seed) the
+    draws give a mean ``m_s`` and a :data:`LEVEL` Student-t interval of that mean, ``m_s ± t·sd_s/√n_s``. The
+    interval is the union of the seeds' intervals, ``[min_s (m_s − h_s), max_s (m_s + h_s)]``: it spans the
+    seed-to-seed spread (the noise that dominates here) and each seed's image-draw uncertainty. More draws
+    narrow the draw part; they never widen it in expectation. With one training seed it covers the image draws
+    only (:attr:`n_seeds` says so). One draw per seed has no draw uncertainty (``h_s = 0``)."""
+    low: float
+    high: float
+    mean: float                                    # the mean of the seeds' means
+    seeds: tuple[tuple[float, float, float], ...]  # (mean, low, high) per training seed
+    n_draws: int                                   # draws per seed (the smallest, if they differ)
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
+
+    def text(self, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+        """``"0.12 [0.08, 0.15]"``: the mean and the interval (see the class docstring for what it spans)."""
+        def num(x: float) -> str:
+            out = f"{scale * x:.{digits}f}"
+            return f"{0.0:.{digits}f}" if float(out) == 0 else out
+        return f"{num(self.mean)}{unit} [{num(self.low)}, {num(self.high)}]"
+
+
+def interval(per_seed, what: str = "value") -> Interval:
+    """The :class:`Interval` of ``per_seed``: one list of per-draw values for each training seed."""
+    per_seed = [draws(values, f"{what} (seed {k})") for k, values in enumerate(per_seed)]
+    if not per_seed:
+        raise ValueError(f"{what}: no training seeds")
+    seeds = []
+    for values in per_seed:
+        n, m = len(values), statistics.fmean(values)
+        h = t_quantile(0.5 + LEVEL / 2, n - 1) * statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0
+        seeds.append((m, m - h, m + h))
+    return Interval(min(s[1] for s in seeds), max(s[2] for s in seeds), statistics.fmean(s[0] for s in seeds),
+                    tuple(seeds), min(len(v) for v in per_seed))
+
+
+# --------------------------------------------------------------------------------------------------------
 # Checks and verdicts
+
+HOLDS, FAILS, UNDECIDED = "holds", "fails", "undecided"
+PAPER, PROJECT = "the paper", "this project's reading"     # where a threshold comes from
+
 
 @dataclass(frozen=True)
 class Check:
-    """One precondition, control or criterion: what must hold (``rule``), whether it holds in every draw
-    (``met``), and the measured value with its spread (``value``)."""
+    """One precondition, control or criterion: what must hold (``rule``), its ``state`` (:data:`HOLDS` when the
+    interval lies on the claimed side of the threshold, :data:`FAILS` when it lies on the other side,
+    :data:`UNDECIDED` when it straddles), the measured value (``value``) and where the threshold comes from
+    (``origin``: :data:`PAPER` with the figure, or :data:`PROJECT`)."""
     rule: str
-    met: bool
+    state: str
     value: str = ""
+    origin: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.state == HOLDS
 
 
-def every(values, predicate: Callable[[float], bool]) -> bool:
-    """Whether ``predicate`` holds for every draw of ``values``."""
-    return all(predicate(v) for v in draws(values))
+def decide(iv: Interval, side: str, threshold) -> str:
+    """:data:`HOLDS` / :data:`FAILS` / :data:`UNDECIDED` for "the quantity is ``side`` ``threshold``", with
+    ``side`` one of ``">"``, ``"≥"``, ``"<"``, ``"≤"``, or ``"within"`` (``threshold = (low, high)``)."""
+    lo, hi = iv.low, iv.high
+    if side == ">":
+        return HOLDS if lo > threshold else FAILS if hi <= threshold else UNDECIDED
+    if side == "≥":
+        return HOLDS if lo >= threshold else FAILS if hi < threshold else UNDECIDED
+    if side == "<":
+        return HOLDS if hi < threshold else FAILS if lo >= threshold else UNDECIDED
+    if side == "≤":
+        return HOLDS if hi <= threshold else FAILS if lo > threshold else UNDECIDED
+    if side == "within":
+        a, b = threshold
+        return HOLDS if a <= lo and hi <= b else FAILS if hi < a or lo > b else UNDECIDED
+    raise ValueError(f"unknown side {side!r}")
 
 
-def check(rule: str, values, predicate: Callable[[float], bool], digits: int = 2, scale: float = 1.0,
+def check(rule: str, per_seed, side: str, threshold, origin: str = PROJECT, digits: int = 2, scale: float = 1.0,
           unit: str = "") -> Check:
-    """A criterion on per-draw ``values``: met when ``predicate`` holds in every draw."""
-    return Check(rule, every(values, predicate), fmt(values, digits, scale, unit))
+    """A criterion on a quantity measured per training seed and draw (``per_seed``: one list of per-draw values
+    per seed), judged on its :class:`Interval`."""
+    iv = interval(per_seed)
+    return Check(rule, decide(iv, side, threshold), iv.text(digits, scale, unit), origin)
 
 
-def count_check(rule: str, counts: Sequence[int], predicate: Callable[[int], bool], what: str = "draws") -> Check:
-    """A criterion on integer counts, one per draw (``what`` names them otherwise, e.g. one per draw and
-    pairing of training seeds), compared as integers."""
-    counts = [int(c) for c in counts]
-    if not counts:
-        raise ValueError(f"{rule}: no draws")
-    lo, hi = min(counts), max(counts)
-    value = f"{lo}" if lo == hi else f"{lo}{' to ' if lo < 0 or hi < 0 else '–'}{hi}"
-    return Check(rule, all(predicate(c) for c in counts), f"{value} over {len(counts)} {what}")
+def flag(rule: str, met: bool, value: str = "", origin: str = PROJECT) -> Check:
+    """A check that is a fact rather than a measurement (e.g. two models trained for the same number of steps)."""
+    return Check(rule, HOLDS if met else FAILS, value, origin)
+
+
+REPRODUCED, DIRECTION_ONLY, PARTLY = "reproduced", "direction only", "partly"
+NOT_DISTINGUISHABLE, OPPOSITE, NOT_REPRODUCED = "not distinguishable from noise", "opposite", "not reproduced"
+UNTESTABLE, CONFOUNDED, NOT_MEASURED = "untestable at this scale", "confounded", "not measured"
+VERDICTS = (REPRODUCED, DIRECTION_ONLY, PARTLY, NOT_DISTINGUISHABLE, OPPOSITE, NOT_REPRODUCED, UNTESTABLE, CONFOUNDED,
+            NOT_MEASURED)
+VERDICT_MEANINGS = {
+    REPRODUCED: "the paper's direction beyond the noise, and its size (every criterion holds)",
+    DIRECTION_ONLY: "the paper's direction beyond the noise, but not (or not clearly) its size",
+    PARTLY: "the central claim holds beyond the noise; a further part of the finding does not",
+    NOT_DISTINGUISHABLE: "the interval of the central effect straddles its threshold: not told apart from noise",
+    OPPOSITE: "the central effect lies beyond the noise on the side opposite to the paper's",
+    NOT_REPRODUCED: "the central quantity lies beyond the noise on the wrong side of a level the paper's claim needs",
+    UNTESTABLE: "a precondition of the claim is absent in these small models",
+    CONFOUNDED: "a comparison the claim needs is not matched (e.g. training steps)",
+    NOT_MEASURED: "the chapter did not run, or a value is undefined for these models",
+}
 
 
 @dataclass(frozen=True)
 class Judgement:
-    """What a rule found: the measured text, and its checks. ``not_measured`` (a reason) overrides all."""
+    """What a rule found: the measured text, and its checks. ``central`` is the claim's direction (or level);
+    ``size`` the paper's size of it; ``secondary`` further parts of the finding. ``direction`` says whether
+    ``central`` compares with zero (then its failure is :data:`OPPOSITE`, else :data:`NOT_REPRODUCED`).
+    ``not_measured`` (a reason) overrides all."""
     measured: str
     central: Check | None = None
+    size: tuple[Check, ...] = ()
     secondary: tuple[Check, ...] = ()
     preconditions: tuple[Check, ...] = ()
     controls: tuple[Check, ...] = ()
+    direction: bool = True
     not_measured: str = ""
 
     @property
@@ -195,9 +339,18 @@ class Judgement:
             return UNTESTABLE
         if not all(c.met for c in self.controls):
             return CONFOUNDED
-        if not self.central.met:
-            return NOT_REPRODUCED
+        if self.central.state == UNDECIDED:
+            return NOT_DISTINGUISHABLE
+        if self.central.state == FAILS:
+            return OPPOSITE if self.direction else NOT_REPRODUCED
+        if not all(c.met for c in self.size):
+            return DIRECTION_ONLY
         return REPRODUCED if all(c.met for c in self.secondary) else PARTLY
+
+    def checks(self) -> list[tuple[str, Check]]:
+        return ([("precondition", c) for c in self.preconditions] + [("control", c) for c in self.controls]
+                + ([("central", self.central)] if self.central else []) + [("size", c) for c in self.size]
+                + [("secondary", c) for c in self.secondary])
 
 
 class MissingResult(KeyError):
@@ -216,6 +369,18 @@ class _Record(dict):
                             f"(python -m vitcnn_utils.tools.book -c {self.chapter}) or update vitcnn_utils.findings")
 
 
+def replicates(values: dict) -> list[dict]:
+    """The records of every training seed of a chapter: its own (seed 0) and those in ``values["replicates"]``
+    (the same chapter run with every model's seed twin, see :mod:`vitcnn_utils.seeds`)."""
+    chapter = getattr(values, "chapter", "?")
+    return [values] + [_Record(chapter, r) for r in (values.get("replicates") or [])]
+
+
+def per_seed(reps: list[dict], quantity: Callable[[dict], list]) -> list[list[float]]:
+    """``quantity(record)`` (a list over draws) for each training seed's record."""
+    return [list(quantity(v)) for v in reps]
+
+
 @dataclass(frozen=True)
 class Finding:
     """One of the paper's findings: where it is measured, what the paper reports, and its rule.
@@ -230,285 +395,292 @@ class Finding:
 
 
 # --------------------------------------------------------------------------------------------------------
-# The rules, one per finding
+# The rules, one per finding. Each reads one record per training seed (``replicates``) and judges intervals.
 
-def _heads(distances_draws, uniform: float, block: int, kind: str) -> list[int]:
-    """Per draw, how many heads of ``block`` are local (< LOCAL_HEAD × uniform) or global (> GLOBAL_HEAD ×)."""
-    if kind == "local":
-        return [sum(d < LOCAL_HEAD * uniform for d in draw[block]) for draw in distances_draws]
-    return [sum(d > GLOBAL_HEAD * uniform for d in draw[block]) for draw in distances_draws]
+def _seeds_text(reps) -> str:
+    n = len(reps)
+    return (f"{n} training seeds × {len(draws(reps[0]['seeds'], 'seeds'))} draws" if n > 1 else
+            f"one training seed × {len(draws(reps[0]['seeds'], 'seeds'))} draws: image-draw noise only")
 
 
 def _f1(v):
-    d_all = diff(v["vit_low_high"], v["resnet_low_high"])
-    d_blocks = diff(v["vit_low_high_blocks"], v["resnet_low_high_blocks"])
+    reps = replicates(v)
+    d_all = per_seed(reps, lambda r: diff(r["vit_low_high"], r["resnet_low_high"]))
+    d_blocks = per_seed(reps, lambda r: diff(r["vit_low_high_blocks"], r["resnet_low_high_blocks"]))
+    vit, res = (interval(per_seed(reps, lambda r, k=k: r[k])) for k in ("vit_low_high", "resnet_low_high"))
     return Judgement(
-        f"lowest vs highest quarter of the layers, mean CKA: ViT {fmt(v['vit_low_high'])}, ResNet "
-        f"{fmt(v['resnet_low_high'])}; block outputs only: ViT {fmt(v['vit_low_high_blocks'])}, ResNet "
-        f"{fmt(v['resnet_low_high_blocks'])}",
-        central=check("ViT's low-vs-high CKA above the ResNet's (all layers)", d_all, lambda x: x > 0),
-        secondary=(check("by at least 0.1", d_all, lambda x: x >= 0.1),
-                   check("ViT above the ResNet on block outputs only", d_blocks, lambda x: x > 0)))
+        f"mean CKA between the lowest and highest quarter of the layers: ViT {vit.text()}, ResNet {res.text()} "
+        f"({_seeds_text(reps)})",
+        central=check("ViT's low-vs-high CKA above the ResNet's (all layers)", d_all, ">", 0.0),
+        size=(check("by at least 0.1", d_all, "≥", 0.1, PROJECT + " of Fig 1 (the paper gives no number)"),),
+        secondary=(check("ViT above the ResNet on block outputs only", d_blocks, ">", 0.0),))
 
 
 def _f2(v):
+    reps = replicates(v)
     total = int(v["vit_lowest_quarter_layers"])
-    counts = v["vit_lowest_quarter_best_in_resnet_lower_half_count"]
+    chance = int(v["resnet_lower_half_layers"]) / int(v["resnet_layers"])
+    share = per_seed(reps, lambda r: [c / total for c in r["vit_lowest_quarter_best_in_resnet_lower_half_count"]])
     return Judgement(
-        f"ViT lowest-quarter layers best matched in the ResNet's lower half: "
-        f"{count_check('', counts, lambda c: True).value.replace(' over', f' of {total}, over')}; best CKA of the "
-        f"ViT's last third with any ResNet layer {fmt(v['max_cka_vit_last_third'])}",
-        central=count_check(f"≥ 75% of the ViT's {total} lowest-quarter layers match best in the ResNet's lower half",
-                            counts, lambda c: 4 * c >= 3 * total),
-        secondary=(check("max CKA of the ViT's last third with the ResNet < 0.5", v["max_cka_vit_last_third"],
-                         lambda x: x < 0.5),))
+        f"share of the ViT's {total} lowest-quarter layers whose best-matching ResNet layer is in the ResNet's lower "
+        f"half: {interval(share).text(0, 100, '%')} (a random match: {chance:.0%}); best CKA of the ViT's last "
+        f"third with any ResNet layer {interval(per_seed(reps, lambda r: r['max_cka_vit_last_third'])).text()} "
+        f"({_seeds_text(reps)})",
+        central=check(f"more of them than a random match would give ({chance:.0%})", share, ">", chance, digits=0,
+                      scale=100, unit="%"),
+        size=(check("at least 75% of them", share, "≥", 0.75, PROJECT + " of Fig 2", 0, 100, "%"),),
+        secondary=(check("the ViT's last third matches no ResNet layer: max CKA < 0.5",
+                         per_seed(reps, lambda r: r["max_cka_vit_last_third"]), "<", 0.5, PROJECT + " of Fig 2"),))
 
 
-def _local_precondition(v, key="distances_all_data"):
-    local0 = _heads(v[key], v["uniform_distance"], 0, "local")
-    return count_check(f"the 100% ViT has a local head (< {LOCAL_HEAD}× uniform) in block 0", local0, lambda c: c >= 1)
+def _min_ratio(r, key: str, block: int = 0) -> list[float]:
+    """Per draw: the smallest head distance of ``block`` as a fraction of the uniform-attention distance."""
+    return [min(draw[block]) / r["uniform_distance"] for draw in r[key]]
 
 
-def _distance_text(v):
-    u = v["uniform_distance"]
-    first = [h for draw in v["distances_all_data"] for h in draw[0]]
-    return f"block-0 head distances {min(first):.1f}–{max(first):.1f} px over all draws (uniform attention {u:.1f} px)"
+def _max_ratio(r, key: str, block: int = 0) -> list[float]:
+    return [max(draw[block]) / r["uniform_distance"] for draw in r[key]]
+
+
+def _local_precondition(reps, key="distances_all_data") -> Check:
+    return check(f"the 100% ViT has a local head in block 0 (its most local head below {LOCAL_HEAD}× the "
+                 "uniform-attention distance)", per_seed(reps, lambda r: _min_ratio(r, key)), "<", LOCAL_HEAD,
+                 PROJECT + " (the paper calls heads local by eye in Fig 3)")
+
+
+def _distance_text(reps) -> str:
+    lo = interval(per_seed(reps, lambda r: _min_ratio(r, "distances_all_data")))
+    hi = interval(per_seed(reps, lambda r: _max_ratio(r, "distances_all_data")))
+    return (f"block-0 head distances as a fraction of uniform attention's ({reps[0]['uniform_distance']:.1f} px): "
+            f"most local head {lo.text()}, most global {hi.text()} ({_seeds_text(reps)})")
 
 
 def _f3(v):
-    u, dist = v["uniform_distance"], v["distances_all_data"]
-    local0, global0 = _heads(dist, u, 0, "local"), _heads(dist, u, 0, "global")
-    local_last = _heads(dist, u, -1, "local")
+    reps = replicates(v)
     return Judgement(
-        f"block 0: {min(local0)}–{max(local0)} local and {min(global0)}–{max(global0)} global of {len(dist[0][0])} "
-        f"heads; last block: {min(local_last)}–{max(local_last)} local; {_distance_text(v)}",
-        preconditions=(_local_precondition(v),),
-        central=count_check("block 0 has both a local and a global head",
-                            [min(a, b) for a, b in zip(local0, global0)], lambda c: c >= 1),
-        secondary=(count_check("the last block has no local head", local_last, lambda c: c == 0),))
+        _distance_text(reps) + ". No local head in block 0 is what the paper's Fig 4 finds for ViTs trained on "
+        "little data (ImageNet instead of JFT): 60,000 images are far less still",
+        central=check(f"block 0 has a local head (most local head < {LOCAL_HEAD}× uniform)",
+                      per_seed(reps, lambda r: _min_ratio(r, "distances_all_data")), "<", LOCAL_HEAD,
+                      PROJECT + " (the paper calls heads local by eye)"),
+        direction=False,
+        secondary=(check(f"and a global head (most global head > {GLOBAL_HEAD}× uniform)",
+                         per_seed(reps, lambda r: _max_ratio(r, "distances_all_data")), ">", GLOBAL_HEAD),
+                   check("the last block has no local head",
+                         per_seed(reps, lambda r: _min_ratio(r, "distances_all_data", -1)), "≥", LOCAL_HEAD)))
 
 
 def _f4(v):
-    u = v["uniform_distance"]
-    full, small = _heads(v["distances_all_data"], u, 0, "local"), _heads(v["distances_less_data"], u, 0, "local")
+    reps = replicates(v)
+    less = per_seed(reps, lambda r: _min_ratio(r, "distances_less_data"))
+    more_local = per_seed(reps, lambda r: diff(_min_ratio(r, "distances_less_data"), _min_ratio(r, "distances_all_data")))
     return Judgement(
-        f"local block-0 heads: {min(full)}–{max(full)} with all data, {min(small)}–{max(small)} with 3% of it",
-        preconditions=(_local_precondition(v),),
-        central=count_check("fewer local block-0 heads in the 3% model than in the 100% model",
-                            [f - s for f, s in zip(full, small)], lambda c: c >= 1),
-        secondary=(count_check("none in the 3% model", small, lambda c: c == 0),))
+        f"most local block-0 head, fraction of uniform: {interval(less).text()} with 3% of the data; "
+        + _distance_text(reps),
+        preconditions=(_local_precondition(reps),),
+        central=check("the 3% model's most local block-0 head less local than the 100% model's", more_local, ">", 0.0),
+        secondary=(check(f"no local head in the 3% model (≥ {LOCAL_HEAD}× uniform)", less, "≥", LOCAL_HEAD),))
 
 
 def _f5(v):
-    rho = v["head_subset_rank_correlation"]
+    reps = replicates(v)
+    rho = per_seed(reps, lambda r: r["head_subset_rank_correlation"])
     return Judgement(
-        f"rank correlation of a block-0 head's distance with its CKA to low ResNet layers {fmt(rho)}; "
-        f"{_distance_text(v)}",
-        preconditions=(_local_precondition(v),),
-        central=check("negative", rho, lambda x: x < 0),
-        secondary=(check("≤ −0.5", rho, lambda x: x <= -0.5),))
+        f"rank correlation of a block-0 head's distance with its CKA to low ResNet layers {interval(rho).text()}; "
+        + _distance_text(reps),
+        preconditions=(_local_precondition(reps),),
+        central=check("negative", rho, "<", 0.0),
+        size=(check("≤ −0.5", rho, "≤", -0.5, PROJECT + " of Fig 5"),))
 
 
 def _f6(v):
-    radius = v["erf_radius"]
-    vit = [radius[f"ViT {layer}"] for layer in v["vit_erf_layers"]]
-    res = [radius[f"ResNet {layer}"] for layer in v["resnet_erf_layers"]]
-    steps = [diff(b, a) for a, b in zip(res, res[1:])]
+    reps = replicates(v)
+
+    def radii(r, model):
+        return [r["erf_radius"][f"{model} {layer}"] for layer in r[f"{model.lower()}_erf_layers"]]
+    low = per_seed(reps, lambda r: diff(radii(r, "ViT")[0], radii(r, "ResNet")[0]))
+    mid = per_seed(reps, lambda r: diff(radii(r, "ViT")[1], radii(r, "ResNet")[1]))
+    steps = [per_seed(reps, lambda r, k=k: diff(radii(r, "ResNet")[k + 1], radii(r, "ResNet")[k]))
+             for k in range(len(radii(v, "ResNet")) - 1)]
+    uniform = v["uniform_erf_radius"]
+    vit_mid = per_seed(reps, lambda r: [x / uniform for x in draws(radii(r, "ViT")[1])])
+    growth = [interval(s) for s in steps]
+    state = HOLDS if all(g.low >= 0 for g in growth) else FAILS if any(g.high < 0 for g in growth) else UNDECIDED
+    text = lambda model: "; ".join(interval(per_seed(reps, lambda r, k=k: radii(r, model)[k])).text(1)   # noqa: E731
+                                   for k in range(len(radii(v, model))))
     return Judgement(
-        "half-mass radius (px), low / mid / high: ViT " + "; ".join(fmt(x, 1) for x in vit)
-        + " — ResNet " + "; ".join(fmt(x, 1) for x in res),
-        central=check("ViT radius above the ResNet's at low depth", diff(vit[0], res[0]), lambda x: x > 0, 1),
-        secondary=(check("and at mid depth", diff(vit[1], res[1]), lambda x: x > 0, 1),
-                   Check("ResNet radius grows with depth", all(every(s, lambda x: x >= 0) for s in steps),
-                         "; ".join(fmt(s, 1) for s in steps))))
+        f"half-mass radius (px), low / mid / high: ViT {text('ViT')} — ResNet {text('ResNet')}; a uniform field "
+        f"{uniform:.1f} px ({_seeds_text(reps)})",
+        central=check("ViT radius above the ResNet's at low depth", low, ">", 0.0, digits=1, unit=" px"),
+        secondary=(check("and at mid depth", mid, ">", 0.0, digits=1, unit=" px"),
+                   Check("ResNet radius grows with depth", state, "; ".join(g.text(1, unit=" px") for g in growth)),
+                   check(f"ViT global by mid-network: mid-depth radius ≥ {GLOBAL_HEAD}× a uniform field's", vit_mid,
+                         "≥", GLOBAL_HEAD, PROJECT + " (the same 0.9 as a global head)")))
 
 
 def _f7(v):
-    first = diff(v["cls_ratio_first_half"], v["spatial_ratio_first_half"])
-    second = diff(v["cls_ratio_second_half"], v["spatial_ratio_second_half"])
-    vit_over_res = [a / b for a, b in zip(draws(v["vit_median_ratio"]), draws(v["resnet_median_ratio"]))]
+    reps = replicates(v)
+    first = per_seed(reps, lambda r: diff(r["cls_ratio_first_half"], r["spatial_ratio_first_half"]))
+    second = per_seed(reps, lambda r: diff(r["cls_ratio_second_half"], r["spatial_ratio_second_half"]))
+    over = per_seed(reps, lambda r: [a / b for a, b in zip(draws(r["vit_median_ratio"]), draws(r["resnet_median_ratio"]))])
+    t = lambda k: interval(per_seed(reps, lambda r: r[k])).text()   # noqa: E731
     return Judgement(
-        f"skip ratio ‖z‖/‖f(z)‖, first half: CLS {fmt(v['cls_ratio_first_half'])} vs patches "
-        f"{fmt(v['spatial_ratio_first_half'])}; second half: CLS {fmt(v['cls_ratio_second_half'])} vs patches "
-        f"{fmt(v['spatial_ratio_second_half'])}; median ViT {fmt(v['vit_median_ratio'])}, ResNet "
-        f"{fmt(v['resnet_median_ratio'])}",
-        central=check("CLS ratio above the patch tokens' in the first half", first, lambda x: x > 0),
-        secondary=(check("below them in the second half", second, lambda x: x < 0),
-                   check("ViT median ratio ≥ 2× the ResNet's", vit_over_res, lambda x: x >= 2)))
+        f"skip ratio ‖z‖/‖f(z)‖, first half: CLS {t('cls_ratio_first_half')} vs patches "
+        f"{t('spatial_ratio_first_half')}; second half: CLS {t('cls_ratio_second_half')} vs patches "
+        f"{t('spatial_ratio_second_half')}; median ViT {t('vit_median_ratio')}, ResNet {t('resnet_median_ratio')} "
+        f"({_seeds_text(reps)})",
+        central=check("CLS ratio above the patch tokens' in the first half", first, ">", 0.0),
+        secondary=(check("below them in the second half", second, "<", 0.0),),
+        size=(check("ViT median ratio ≥ 2× the ResNet's", over, "≥", 2.0, PROJECT + " of “far above” (Fig 7)"),))
 
 
 def _f8(v):
+    reps = replicates(v)
     rows, control = v["no_skip"], v["control"]
     if not rows:
         return Judgement("no ViT without skips in this run", not_measured="the chapter ran without no-skip models")
-    middle = min(rows, key=lambda row: abs(row["depth_fraction"] - 0.5))
-    matched = (control["name"] is not None and control["steps"] is not None     # untrained models: no steps
-               and all(row["steps"] == control["steps"] for row in rows))
+    middle = min(range(len(rows)), key=lambda k: abs(rows[k]["depth_fraction"] - 0.5))
+    matched = all(r["control"]["name"] is not None and r["control"]["steps"] is not None
+                  and all(row["steps"] == r["control"]["steps"] for row in r["no_skip"]) for r in reps)
     steps = ", ".join(f"block {row['block']}: {row['steps']}" for row in rows)
-    text = "; ".join(f"block {row['block']}: CKA across it {fmt(row['split_cka_intact'])} intact → "
-                     f"{fmt(row['split_cka_no_skip'])} without skips, accuracy drop "
-                     f"{fmt(row['accuracy_drop'], 1, 100, ' points')}" for row in rows)
-    lower = [all(a < b for a, b in zip(draws(row["split_cka_no_skip"]), draws(row["split_cka_intact"])))
-             for row in rows]
+
+    def split(k):
+        return per_seed(reps, lambda r: diff(r["no_skip"][k]["split_cka_intact"], r["no_skip"][k]["split_cka_no_skip"]))
+
+    def drop(k):
+        return per_seed(reps, lambda r: r["no_skip"][k]["accuracy_drop"])
+    text = "; ".join(f"block {row['block']}: CKA across it lower by {interval(split(k)).text()} without skips, "
+                     f"accuracy drop {interval(drop(k)).text(1, 100, ' points')}" for k, row in enumerate(rows))
+    others = [k for k in range(len(rows)) if k != middle]
     return Judgement(
-        text + f" (intact control {control['name']}, {control['steps']} steps; no-skip models {steps})",
-        controls=(Check("intact control trained with the no-skip models' number of optimisation steps", matched,
-                        f"control {control['steps']} steps; {steps}"),),
-        central=Check("CKA across the block lower without its skips, for every block tried, in every draw",
-                      all(lower), f"{sum(lower)} of {len(rows)} blocks"),
-        secondary=(check(f"≥ {100 * F8_ACCURACY_DROP:g} points accuracy lost at the middle block (block {middle['block']})",
-                         middle["accuracy_drop"], lambda x: x >= F8_ACCURACY_DROP, 1, 100, " points"),))
+        text + f" (intact control {control['name']}, {control['steps']} steps; no-skip models {steps}; "
+        f"{_seeds_text(reps)})",
+        controls=(flag("intact control trained with the no-skip models' number of optimisation steps", matched,
+                       f"control {control['steps']} steps; {steps}"),),
+        central=check(f"CKA across the middle block (block {rows[middle]['block']}) lower without its skips",
+                      split(middle), ">", 0.0),
+        size=(check(f"about 4 points accuracy lost at the middle block (≥ {100 * F8_ACCURACY_DROP:g})", drop(middle),
+                    "≥", F8_ACCURACY_DROP, PAPER + " (Fig 8: about 4%)", 1, 100, " points"),),
+        secondary=tuple(check(f"CKA across block {rows[k]['block']} lower without its skips", split(k), ">", 0.0)
+                        for k in others))
 
 
-_SEED_LABELS = {"vit_cls": "ViT-CLS", "vit_gap": "ViT-GAP"}   # the spatial chapter's models with a second seed
-
-
-def _with_seeds(v, model: str, main, field: str, cast=float) -> list[list]:
-    """Per-draw values for each training seed of ``model``: ``main`` (the seed-0 model's), then its second
-    seed's ``field`` where the spatial chapter recorded one (its ``seed_baseline``, ``None`` without seeds)."""
-    out = [[cast(x) for x in draws(main, f"{model} {field}")]]
-    seed = v["seed_baseline"]
-    if seed is not None and model in seed:
-        out.append([cast(x) for x in draws(seed[model][field], f"{model} seed 1 {field}")])
-    return out
-
-
-def _pairings(a: list[list], b: list[list], op) -> list:
-    """``op(x, y)`` per draw for every pairing of a training seed of ``a`` with one of ``b``, concatenated."""
-    if len({len(x) for x in a + b}) > 1:
-        raise ValueError(f"paired quantities have {sorted({len(x) for x in a + b})} draws")
-    return [op(x, y) for sa in a for sb in b for x, y in zip(sa, sb)]
-
-
-def _pairing_note(a: list[list], b: list[list]) -> str:
-    n = len(a) * len(b)
-    return f", in all {n} pairings of their training seeds" if n > 1 else ""
-
-
-def _pairing_units(a: list[list], b: list[list]) -> str:
-    return "draws × seed pairings" if len(a) * len(b) > 1 else "draws"
-
-
-def _seed_note(v, fields: dict[str, dict[str, str]], digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
-    """For the spatial findings' measured text: each second training seed's values, and which ViT has none
-    (``fields`` maps ``vit_cls`` / ``vit_gap`` to ``{recorded field: the words shown before its value}``)."""
-    seed = v["seed_baseline"] or {}
-    if not seed:
-        return "; one training seed per model (seed-to-seed spread not measured)"
-    parts = [f"{label} seed 1 " + ", ".join(f"{words}{fmt(seed[m][f], digits, scale, unit)}"
-                                            for f, words in fields[m].items())
-             for m, label in _SEED_LABELS.items() if m in seed]
-    parts += [f"no second seed of {label}" for m, label in _SEED_LABELS.items() if m not in seed]
-    return "; " + "; ".join(parts)
-
-
-def f9_margin(cls_count: int, other_count: int, tokens: int) -> int:
-    """F9's margin in integers: ``5·(CLS − other) − tokens``, at least 0 exactly when the CLS model's count of
-    interior tokens most similar to their own patch is 20 points of ``tokens`` above the other model's."""
-    return 5 * (int(cls_count) - int(other_count)) - int(tokens)
+def _share_points(counts, tokens: int) -> list[float]:
+    return [100.0 * int(c) / tokens for c in counts]
 
 
 def _f9(v):
+    reps = replicates(v)
     field = "interior_own_patch_count"
-    cls, gap = (_with_seeds(v, m, v[m][field], field, int) for m in ("vit_cls", "vit_gap"))
-    res = [[int(c) for c in v["resnet"][field]]]
     n = int(v["vit_cls"]["interior_tokens"])
-
-    def share(counts):
-        lo, hi = min(counts), max(counts)
-        return f"{lo / n:.0%}" if lo == hi else f"{lo / n:.0%}–{hi / n:.0%}"
+    share = {m: per_seed(reps, lambda r, m=m: _share_points(r[m][field], n)) for m in ("vit_cls", "vit_gap", "resnet")}
+    cls_gap = per_seed(reps, lambda r: diff(_share_points(r["vit_cls"][field], n), _share_points(r["vit_gap"][field], n)))
+    cls_res = per_seed(reps, lambda r: diff(_share_points(r["vit_cls"][field], n), _share_points(r["resnet"][field], n)))
     return Judgement(
-        f"interior tokens most similar to their own patch ({n} tokens): ViT-CLS {share(cls[0])}, ViT-GAP "
-        f"{share(gap[0])}, ResNet {share(res[0])}"
-        + _seed_note(v, {"vit_cls": {field: ""}, "vit_gap": {field: ""}}, 1, unit=" tokens"),
-        central=count_check(f"ViT-CLS ≥ 20 points above ViT-GAP (5·(CLS − GAP) ≥ tokens{_pairing_note(cls, gap)})",
-                            _pairings(cls, gap, lambda a, b: f9_margin(a, b, n)), lambda c: c >= 0,
-                            _pairing_units(cls, gap)),
-        secondary=(count_check(f"and above the ResNet by ≥ 20 points{_pairing_note(cls, res)}",
-                               _pairings(cls, res, lambda a, b: f9_margin(a, b, n)), lambda c: c >= 0,
-                               _pairing_units(cls, res)),))
+        f"share of the {n} interior tokens most similar to their own input patch: ViT-CLS "
+        f"{interval(share['vit_cls']).text(0, unit='%')}, ViT-GAP {interval(share['vit_gap']).text(0, unit='%')}, "
+        f"ResNet {interval(share['resnet']).text(0, unit='%')} ({_seeds_text(reps)})",
+        central=check("ViT-CLS above ViT-GAP", cls_gap, ">", 0.0, digits=0, unit=" points"),
+        size=(check("by ≥ 20 points", cls_gap, "≥", 20.0, PROJECT + " of “much less” (Figs 9–10)", 0,
+                    unit=" points"),),
+        secondary=(check("ViT-CLS above the ResNet", cls_res, ">", 0.0, digits=0, unit=" points"),))
 
 
 def _f10(v):
-    cls = _with_seeds(v, "vit_cls", v["vit_cls_tokens"], "tokens")
-    gap = _with_seeds(v, "vit_gap", v["vit_gap_tokens"], "tokens")
-    res = [draws(v["resnet_tokens"])]
-    cls_cls = _with_seeds(v, "vit_cls", v["vit_cls_cls"], "cls")
-    gap_gap = _with_seeds(v, "vit_gap", v["vit_gap_gap"], "gap")
-
-    def minus(a, b):
-        return a - b
+    reps = replicates(v)
+    gap_cls = per_seed(reps, lambda r: diff(r["vit_gap_tokens"], r["vit_cls_tokens"]))
+    res_cls = per_seed(reps, lambda r: diff(r["resnet_tokens"], r["vit_cls_tokens"]))
+    same = per_seed(reps, lambda r: diff(r["vit_cls_cls"], r["vit_gap_gap"]))
+    t = lambda k: interval(per_seed(reps, lambda r: r[k])).text(1, 100, "%")   # noqa: E731
     return Judgement(
-        f"last block, single-token probes: ViT-CLS {pct(cls[0])}, ViT-GAP {pct(gap[0])}, ResNet {pct(res[0])}; "
-        f"CLS;CLS {pct(cls_cls[0])} vs GAP;GAP {pct(gap_gap[0])}"
-        + _seed_note(v, {"vit_cls": {"tokens": "single tokens ", "cls": "CLS;CLS "},
-                         "vit_gap": {"tokens": "single tokens ", "gap": "GAP;GAP "}}, 1, 100, "%"),
-        central=check(f"ViT-CLS spatial tokens ≥ 10 points below ViT-GAP's{_pairing_note(cls, gap)}",
-                      _pairings(gap, cls, minus), lambda x: x >= 0.1, 1, 100, " points"),
-        secondary=(check(f"and ≥ 10 points below the ResNet's{_pairing_note(res, cls)}", _pairings(res, cls, minus),
-                         lambda x: x >= 0.1, 1, 100, " points"),
-                   check(f"CLS;CLS within 3 points of GAP;GAP{_pairing_note(cls_cls, gap_gap)}",
-                         _pairings(cls_cls, gap_gap, minus), lambda x: abs(x) <= 0.03, 1, 100, " points")))
+        f"last block, single-token probes: ViT-CLS {t('vit_cls_tokens')}, ViT-GAP {t('vit_gap_tokens')}, ResNet "
+        f"{t('resnet_tokens')}; CLS;CLS {t('vit_cls_cls')} vs GAP;GAP {t('vit_gap_gap')} ({_seeds_text(reps)})",
+        central=check("ViT-CLS spatial tokens below ViT-GAP's", gap_cls, ">", 0.0, digits=1, scale=100, unit=" points"),
+        size=(check("by about the paper's 45 points (≥ 45)", gap_cls, "≥", 0.45,
+                    PAPER + " (Fig 11: ViT-GAP ≈ 57%, ViT-CLS ≈ 6–12%)", 1, 100, " points"),),
+        secondary=(check("ViT-CLS spatial tokens below the ResNet's", res_cls, ">", 0.0, digits=1, scale=100, unit=" points"),
+                   check("CLS;CLS within 3 points of GAP;GAP", same, "within", (-0.03, 0.03),
+                         PROJECT + " of “≈” (Fig 11)", 1, 100, " points")))
 
 
-def _matched_reference(v) -> Check:
+def _steps_control(v) -> Check:
     ref = v["reference"]
     small = set(ref["small_steps"].values())
     known = None not in small and ref["matched_steps"] is not None   # untrained (arch:) models have no steps
     matched = ref["matched"] is not None and known
     close = matched and all(abs(int(s) - ref["matched_steps"]) <= 0.1 * ref["matched_steps"] for s in small)
     small = sorted(str(s) for s in small)
-    return Check("a 100% reference trained with the small-data models' optimisation steps (within 10%)", close,
-                 f"reference {ref['matched'] or ref['long']} {ref['matched_steps'] or ref['long_steps']} steps; "
-                 f"small-data models {', '.join(small)}")
+    return flag("a 100% reference trained with the small-data models' optimisation steps (within 10%)", close,
+                f"reference {ref['matched'] or ref['long']} {ref['matched_steps'] or ref['long_steps']} steps; "
+                f"small-data models {', '.join(small)}")
+
+
+def _accuracy_control(reps) -> Check:
+    """More data must not lower test accuracy at the matched budget: if the matched 100% model is below a
+    small-data model, its steps, not its data, limit it, and a data comparison at that budget is confounded."""
+    rows = []
+    for r in reps:
+        acc = {label: (e or {}).get("test_accuracy") for label, e in r["training"]["ViT"].items()}
+        ref = r["reference"]["matched"]
+        matched_label = next((lb for lb, name in r["models"]["ViT"].items() if name == ref), None)
+        small = {lb: acc.get(lb) for lb in r["reference"]["small_steps"]}
+        rows.append((acc.get(matched_label), small))
+    known = all(m is not None and None not in s.values() for m, s in rows)
+    ok = known and all(all(m >= a for a in s.values()) for m, s in rows)
+    value = "; ".join(f"matched 100% {m:.1%} vs " + ", ".join(f"{lb} {a:.1%}" for lb, a in s.items())
+                      for m, s in rows) if known else "test accuracies unknown (untrained models)"
+    return flag("the matched-compute 100% model at least as accurate as every small-data model (else its steps, "
+                "not its data, limit it)", ok, value)
 
 
 def _f11(v):
+    reps = replicates(v)
     small = v["smallest_fraction"]["ViT"]
-    cka = v["vit_matched"] if v["vit_matched"] is not None else v["vit_long"]
-    first, last = cka["cka_first_block"][small], cka["cka_last_block"][small]
-    long_first, long_last = v["vit_long"]["cka_first_block"][small], v["vit_long"]["cka_last_block"][small]
-    seed = v["seed_baseline"]
-    seed_text = ("; seed-to-seed baseline not measured (one training seed per model)" if seed is None else
-                 f"; two seeds of the 100% ViT: first block {fmt(seed['cka_first_block'])}, last "
-                 f"{fmt(seed['cka_last_block'])}")
+    if any(r.get("vit_matched_other_seed") is None for r in reps):
+        return Judgement("no second training seed of the matched-compute 100% ViT in this run",
+                         not_measured="a data effect needs the CKA of two 100% ViTs (seed baseline) beside the "
+                                      "small-data model's")
+
+    def effect(r, block):   # seed baseline minus small-data model, both against the other seed's 100% model
+        o = r["vit_matched_other_seed"]
+        return diff(o["baseline"][f"cka_{block}_block"], o["cka"][small][f"cka_{block}_block"])
+    last = per_seed(reps, lambda r: effect(r, "last"))
+    grows = per_seed(reps, lambda r: diff(effect(r, "last"), effect(r, "first")))
+    first_small = per_seed(reps, lambda r: r["vit_matched_other_seed"]["cka"][small]["cka_first_block"])
+    t = lambda f: interval(per_seed(reps, f)).text()   # noqa: E731
+    o = "vit_matched_other_seed"
     return Judgement(
-        f"ViT trained on {small} vs the matched-compute 100% model: CKA {fmt(first)} at the first block, "
-        f"{fmt(last)} at the last (vs the long-schedule 100% model: {fmt(long_first)}, {fmt(long_last)}){seed_text}"
-        if v["vit_matched"] is not None else
-        f"ViT trained on {small} vs the long-schedule 100% model: CKA {fmt(first)} at the first block, "
-        f"{fmt(last)} at the last{seed_text}",
-        controls=(_matched_reference(v),),
-        central=check(f"first-block CKA with the 100% model ≥ {F11_FIRST_BLOCK:g}", first, lambda x: x >= F11_FIRST_BLOCK),
-        secondary=(check("≥ 0.1 above the last block's", diff(first, last), lambda x: x >= 0.1),)
-        + ((check(f"{small} model's last-block CKA with the long-schedule 100% ViT below its second seed's (a data "
-                  "effect beyond seed-to-seed variation)", diff(seed["cka_last_block"], long_last), lambda x: x > 0),)
-           if seed is not None else ()))
+        f"CKA with a 100% ViT of the other training seed (matched compute), first / last block: the {small} model "
+        f"{t(lambda r: r[o]['cka'][small]['cka_first_block'])} / {t(lambda r: r[o]['cka'][small]['cka_last_block'])}; "
+        f"another 100% model (seed baseline) {t(lambda r: r[o]['baseline']['cka_first_block'])} / "
+        f"{t(lambda r: r[o]['baseline']['cka_last_block'])} ({_seeds_text(reps)})",
+        controls=(_steps_control(v),),
+        central=check(f"at the last block, the {small} model less similar to a 100% model than another 100% model is",
+                      last, ">", 0.0),
+        secondary=(check(f"first-block CKA of the {small} model ≥ {F11_FIRST_BLOCK:g}", first_small, "≥",
+                         F11_FIRST_BLOCK, PROJECT + " of “already similar” (Fig 12)"),
+                   check("the data effect larger at the last block than at the first", grows, ">", 0.0)))
 
 
 def _f12(v):
+    reps = replicates(v)
     small = v["smallest_fraction"]["ViT"]
-    matched = v["probe_mid_gain_points_matched"]
-    gain = (matched or v["probe_mid_gain_points_long"])["vit"]
-    same = v["probe_mid_vit_minus_resnet_points"]
-    seed = v["seed_baseline"]
-    seed_text = ("; seed-to-seed baseline not measured" if seed is None else
-                 f"; two seeds of the 100% ViT differ by {fmt(seed['probe_mid_seed0_minus_seed1_points'], 1, unit=' points')}")
-    seed_checks = () if seed is None else (check(
-        "gain larger than the two 100% seeds' difference", [g - abs(x) for g, x in
-                                                           zip(draws(gain), draws(seed["probe_mid_seed0_minus_seed1_points"]))],
-        lambda x: x > 0, 1, unit=" points"),)
+    if v["probe_mid_gain_points_matched"] is None:
+        return Judgement("no matched-compute 100% ViT in this run",
+                         not_measured="a data effect at matched compute needs a 100% ViT trained for the small-data "
+                                      "models' steps")
+    gain = per_seed(reps, lambda r: r["probe_mid_gain_points_matched"]["vit"])
+    same = per_seed(reps, lambda r: r["probe_mid_vit_minus_resnet_points"])
     return Judgement(
-        f"mid-network probe, 100% minus {small} model: {fmt(gain, 1, unit=' points')} "
-        f"({'matched-compute' if matched else 'long-schedule'} 100% model; long schedule "
-        f"{fmt(v['probe_mid_gain_points_long']['vit'], 1, unit=' points')}); ViT minus ResNet at 100%, same readout "
-        f"(mean of spatial tokens vs global average pool) {fmt(same, 1, unit=' points')}, ViT CLS readout "
-        f"{fmt(v['probe_mid_vit_minus_resnet_points_cls'], 1, unit=' points')}{seed_text}",
-        controls=(_matched_reference(v),),
-        central=check("mid-network probe ≥ 5 points better at 100% than at the smallest fraction", gain,
-                      lambda x: x >= 5, 1, unit=" points"),
-        secondary=seed_checks + (check("ViT above the ResNet at 100% through the same readout", same, lambda x: x > 0,
-                                       1, unit=" points"),))
+        f"mid-network probe, 100% minus {small} model at matched compute: {interval(gain).text(1, unit=' points')} "
+        f"(long-schedule 100% model: {interval(per_seed(reps, lambda r: r['probe_mid_gain_points_long']['vit'])).text(1, unit=' points')}); "
+        f"ViT minus ResNet at 100%, same readout {interval(same).text(1, unit=' points')} ({_seeds_text(reps)})",
+        controls=(_steps_control(v), _accuracy_control(reps)),
+        central=check("mid-network probe better at 100% than at the smallest fraction", gain, ">", 0.0, digits=1,
+                      unit=" points"),
+        size=(check("by about the paper's 30 points (≥ 30)", gain, "≥", 30.0, PAPER + " (Fig 13: ~30% absolute)", 1,
+                    unit=" points"),),
+        secondary=(check("ViT above the ResNet at 100% through the same readout", same, ">", 0.0, digits=1, unit=" points"),))
 
 
 FINDINGS = [
@@ -520,7 +692,8 @@ FINDINGS = [
             _f2, "both small networks solve a 10-class task on 28-px images, so their top layers may converge on "
                  "the same class-separating representation"),
     Finding(3, "Fig 3", "local_global", "low blocks mix local and global heads; the highest blocks are all global",
-            _f3, "local heads may need more data or a different recipe (see the recipe ablation)"),
+            _f3, "local heads may need more data, as the paper's Fig 4 finds, or a different recipe (see the recipe "
+                 "ablation)"),
     Finding(4, "Fig 4", "local_global", "with less training data, early blocks learn no local heads", _f4,
             "needs a 100% model with local heads"),
     Finding(5, "Fig 5", "local_global",
@@ -563,19 +736,17 @@ def judge(finding: Finding, results: dict) -> Judgement:
 
 
 def table(results: dict, chapter: str | None = None) -> list[dict]:
-    """One row per finding (of ``chapter`` only, if given): ``finding, figure, chapter, paper, measured, verdict, checks`` (a list of
-    ``(kind, rule, met, value)`` with kind in precondition / control / central / secondary) and ``hypothesis``
-    (empty when reproduced)."""
+    """One row per finding (of ``chapter`` only, if given): ``finding, figure, chapter, paper, measured, verdict,
+    checks`` (a list of ``(kind, rule, state, value, origin)`` with kind in precondition / control / central /
+    size / secondary) and ``hypothesis`` (empty when reproduced)."""
     rows = []
     for f in FINDINGS:
         if chapter is not None and f.chapter != chapter:   # one chapter's findings only (its "what it means")
             continue
         j = judge(f, results)
-        checks = ([("precondition", c) for c in j.preconditions] + [("control", c) for c in j.controls]
-                  + ([("central", j.central)] if j.central else []) + [("secondary", c) for c in j.secondary])
         rows.append({"finding": f.number, "figure": f.figure, "chapter": f.chapter, "paper": f.paper,
                      "measured": j.measured, "verdict": j.verdict,
-                     "checks": [(kind, c.rule, c.met, c.value) for kind, c in checks],
+                     "checks": [(kind, c.rule, c.state, c.value, c.origin) for kind, c in j.checks()],
                      "not_measured": j.not_measured,
                      "hypothesis": f.hypothesis if j.verdict not in (REPRODUCED, NOT_MEASURED) else ""})
     return rows
@@ -587,21 +758,26 @@ def tally(rows: list[dict]) -> dict[str, int]:
 
 
 def _why(row: dict) -> str:
-    failed = {kind: [rule for k, rule, met, _ in row["checks"] if k == kind and not met] for kind in
-              ("precondition", "control", "central", "secondary")}
+    def rules(kind, states=(FAILS, UNDECIDED)):
+        return [f"{rule} ({state}: {value})" for k, rule, state, value, _ in row["checks"]
+                if k == kind and state in states]
     v = row["verdict"]
     if v == NOT_MEASURED:
         return row["not_measured"]
     if v == UNTESTABLE:
-        return "its precondition is absent: " + "; ".join(failed["precondition"])
+        return "its precondition is absent: " + "; ".join(rules("precondition"))
     if v == CONFOUNDED:
-        return "a control it needs is not matched: " + "; ".join(failed["control"])
-    if v == NOT_REPRODUCED:
-        where = "one draw or pairing of training seeds" if "pairings" in failed["central"][0] else "one draw"
-        return f"the central criterion fails in at least {where}: " + failed["central"][0]
+        return "a control it needs is not matched: " + "; ".join(rules("control"))
+    central = rules("central", (HOLDS, FAILS, UNDECIDED))[0]
+    if v == NOT_DISTINGUISHABLE:
+        return "the central effect's interval straddles its threshold: " + central
+    if v in (OPPOSITE, NOT_REPRODUCED):
+        return "the central criterion lies beyond the noise on the wrong side: " + central
+    if v == DIRECTION_ONLY:
+        return f"the direction holds beyond the noise ({central}); the size does not: " + "; ".join(rules("size"))
     if v == PARTLY:
-        return "the central criterion holds in every draw; not met: " + "; ".join(failed["secondary"])
-    return "every criterion holds in every draw"
+        return f"the central criterion holds ({central}); not met: " + "; ".join(rules("secondary"))
+    return "every criterion holds beyond the noise"
 
 
 def meaning(chapter: str, results: dict) -> str:
@@ -620,7 +796,7 @@ def meaning(chapter: str, results: dict) -> str:
 # --------------------------------------------------------------------------------------------------------
 # The conclusion's text
 
-_MARK = {True: "✓", False: "✗"}
+_MARK = {HOLDS: "✓", FAILS: "✗", UNDECIDED: "?"}
 
 
 def _cell(text) -> str:
@@ -628,16 +804,24 @@ def _cell(text) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The conclusion's table: per finding, the paper's claim, the measured values with their spreads, each
-    check (precondition, control, central, secondary) met or not with its value, and the verdict."""
-    lines = ["| # | The paper (figure) | Measured here (mean ± SD over draws, range) | Criteria | Verdict |",
-             "|---|---|---|---|---|"]
+    """The conclusion's table: per finding, the paper's claim, the measured values with their intervals, each
+    check (precondition, control, central, size, secondary: ✓ holds, ✗ fails, ? undecided) with its interval and
+    the threshold's origin, and the verdict."""
+    lines = [f"| # | The paper (figure) | Measured here (mean [{LEVEL:.0%} interval over training seeds and draws]) "
+             "| Criteria | Verdict |", "|---|---|---|---|---|"]
     for r in rows:
-        checks = "<br>".join(f"{_MARK[met]} *{kind}*: {_cell(rule)}" + (f" [{_cell(value)}]" if value else "")
-                             for kind, rule, met, value in r["checks"]) or "–"
+        checks = "<br>".join(f"{_MARK[state]} *{kind}*: {_cell(rule)}" + (f" [{_cell(value)}]" if value else "")
+                             + (f" (threshold: {_cell(origin)})" if origin and kind in ("size", "secondary", "central",
+                                                                                         "precondition") else "")
+                             for kind, rule, state, value, origin in r["checks"]) or "–"
         lines.append(f"| {r['finding']} | {_cell(r['paper'])} ({r['figure']}) | {_cell(r['measured'])} | {checks} "
                      f"| **{r['verdict']}** |")
     return "\n".join(lines)
+
+
+def vocabulary() -> str:
+    """Markdown list of the verdicts and what each means."""
+    return "\n".join(f"- **{v}**: {VERDICT_MEANINGS[v]}" for v in VERDICTS)
 
 
 CHAPTER_TITLES = {"representation_structure": "Representation structure", "local_global": "Local and global information",
@@ -674,7 +858,7 @@ def explanations(rows: list[dict]) -> str:
     """One line per finding not reproduced: why (the failed check), and the untested hypothesis offered."""
     lines = []
     for r in rows:
-        if r["verdict"] == REPRODUCED:
+        if r["verdict"] in (REPRODUCED, NOT_MEASURED):
             continue
         line = f"- **Finding {r['finding']}** ({r['verdict']}): {_why(r)}."
         if r["hypothesis"]:
