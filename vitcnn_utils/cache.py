@@ -1,10 +1,15 @@
 """A small on-disk results cache, so chapters share computations and a rebuild after a text edit is fast.
 
-A result is stored under a key derived from everything it depends on (a JSON-able dict: model names and
-weight checksums, layers, image indices, parameters). Writes are atomic (temporary file, then rename).
+A result is stored under a key derived from everything it depends on: the caller's spec (a JSON-able dict:
+model fingerprints from :func:`model_fingerprint`, the data's fingerprint from :func:`data_fingerprint`,
+layers, image indices, parameters) and, added by :func:`cached` itself, :func:`code_version`, a hash of the
+measurement code. A change of data location, data files, weights, parameters or library code therefore
+computes afresh: a cache never has to be cleared by hand. Writes are atomic (temporary file, then rename).
 """
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import json
 import os
@@ -14,6 +19,8 @@ from typing import Any, Callable
 import torch
 
 CACHE_DIR = Path(os.environ.get("VITCNN_CACHE", ".cache/results"))
+CODE_ROOT = Path(__file__).resolve().parent       # the vitcnn_utils package
+CODE_EXCLUDED = ("tools",)                        # subpackages that measure nothing (the command-line tools)
 
 
 def key_of(spec: dict) -> str:
@@ -22,10 +29,11 @@ def key_of(spec: dict) -> str:
 
 
 def cached(namespace: str, spec: dict, compute: Callable[[], Any], enabled: bool = True) -> Any:
-    """Return the cached result for ``(namespace, spec)``, computing and storing it if absent."""
+    """Return the cached result for ``(namespace, spec)``, computing and storing it if absent. The key covers
+    ``spec`` and :func:`code_version`."""
     if not enabled:
         return compute()
-    path = CACHE_DIR / f"{namespace}-{key_of(spec)}.pt"
+    path = CACHE_DIR / f"{namespace}-{key_of({'spec': spec, 'code': code_version()})}.pt"
     if path.is_file():
         return torch.load(path, weights_only=False)
     result = compute()
@@ -36,12 +44,103 @@ def cached(namespace: str, spec: dict, compute: Callable[[], Any], enabled: bool
     return result
 
 
+def code_version() -> str:
+    """A hash of the code the measurements run: every module of ``vitcnn_utils`` but :data:`CODE_EXCLUDED`
+    (without comments and docstrings, so a prose edit keeps the cache), and the versions of torch, timm and
+    NumPy. Computed once per process."""
+    return _code_version(CODE_ROOT)
+
+
+@functools.lru_cache(maxsize=None)
+def _code_version(root: Path) -> str:
+    from importlib import metadata
+    digest = hashlib.sha256(f"torch {torch.__version__}".encode())
+    for package in ("timm", "numpy"):
+        try:
+            digest.update(f" {package} {metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            pass
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in CODE_EXCLUDED:
+            continue
+        source = path.read_bytes()
+        try:
+            code = ast.dump(_without_docstrings(ast.parse(source)), include_attributes=False).encode()
+        except SyntaxError:
+            code = source
+        digest.update(f"\0{rel.as_posix()}\0".encode() + code)
+    return digest.hexdigest()[:20]
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and \
+                    isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return tree
+
+
 def model_fingerprint(model: torch.nn.Module, name: str) -> dict:
-    """What identifies a model's weights in a cache key: the zoo checksum, or a hash of the parameters."""
+    """What identifies a model in a cache key: its name, a hash of its structure (``repr``: module classes and
+    their settings, e.g. a block without skips) and of every tensor of its ``state_dict`` (names, dtypes,
+    shapes, values), and the zoo checksum of a zoo model. Weights changed after loading change the key too."""
+    digest = hashlib.sha256(repr(model).encode())
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"\0{key} {t.dtype} {tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    out = {"name": name, "params_sha256": digest.hexdigest()}
     entry = getattr(model, "zoo_entry", None)
     if entry is not None:
-        return {"name": name, "sha256": entry["sha256"]}
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return {"name": name, "params_sha256": digest.hexdigest()}
+        out["sha256"] = entry["sha256"]
+    return out
+
+
+def data_fingerprint(source: str, data_dir: str | os.PathLike | None = None) -> dict:
+    """What identifies a chapter's images in a cache key. ``source="fashion-mnist"``: ``data_dir`` and the
+    IDX files it resolves to (as :func:`vitcnn_utils.data.load_fashion_mnist` finds them: path, size,
+    modification time and a content hash of each); an image folder: its path and a hash of the listing of
+    every file under it (relative path, size, modification time)."""
+    if source == "fashion-mnist":
+        from . import data as vdata
+        splits = {}
+        for split in ("train", "test"):
+            try:
+                paths = vdata._locate(split, data_dir, download=False)
+            except (vdata.DataNotFoundError, ValueError) as err:    # the measurement itself says what is wrong
+                splits[split] = f"not found: {err}"
+                continue
+            splits[split] = [_file_fingerprint(Path(p)) for p in paths]
+        return {"source": source, "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+                "files": splits}
+    root = Path(source).resolve()
+    digest, count = hashlib.sha256(), 0
+    for folder, dirs, files in os.walk(root, followlinks=True):         # as torchvision's ImageFolder walks
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            try:
+                st = path.stat()
+            except OSError:                                              # a dangling link
+                continue
+            digest.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            count += 1
+    return {"source": str(root), "files": count, "listing_sha256": digest.hexdigest()}
+
+
+_FILE_HASHES: dict[tuple, str] = {}
+
+
+def _file_fingerprint(path: Path) -> dict:
+    st = path.stat()
+    stat = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)   # ctime: no restoring it
+    if stat not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _FILE_HASHES[stat] = digest.hexdigest()
+    return {"path": stat[0], "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _FILE_HASHES[stat]}

@@ -172,13 +172,37 @@ def _lr_at(step: int, total: int, recipe: Recipe) -> float:
     return 0.5 * recipe.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+class CheckpointError(ValueError):
+    """A per-epoch checkpoint that cannot be resumed from (unreadable, or written for another run)."""
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "history", "epoch", "seconds")
+
+
+def _read_checkpoint(path: Path, device) -> dict:
+    """The checkpoint ``path`` as :func:`train` wrote it; an unreadable (truncated, corrupt) or foreign file is a
+    :class:`CheckpointError` naming it and saying that deleting it restarts the model."""
+    fix = "delete it to train this model from the start (its finished epochs are lost)"
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:                    # pickle, zip and EOF errors alike: the file is unusable
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(err).__name__}"
+                              f"{': ' + first if first else ''}); {fix}") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this trainer (it lacks "
+                              f"{', '.join(CHECKPOINT_KEYS)}); {fix}")
+    return state
+
+
 def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, recipe: Recipe, seed: int,
           checkpoint: str | Path | None = None, device: str | torch.device = "cpu", desc: str = "train",
           max_steps: int | None = None) -> dict:
     """Train ``model`` in place and return its record.
 
     Args:
-        checkpoint: file for the per-epoch checkpoint; an existing one is resumed from.
+        checkpoint: file for the per-epoch checkpoint; an existing one is resumed from (one that cannot be read
+            or was written for another recipe, seed or model is a :class:`CheckpointError` naming the file).
         max_steps: stop after this many optimisation steps (smoke tests); ``None`` runs the whole recipe.
 
     Returns:
@@ -199,13 +223,18 @@ def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, recip
     history, start_epoch, seconds = [], 0, 0.0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = _read_checkpoint(ckpt, device)
         if state.get("recipe", recipe.to_dict()) != recipe.to_dict() or state.get("seed", seed) != seed:
-            raise ValueError(f"checkpoint {ckpt} was written for recipe {state['recipe']} (seed "
-                             f"{state.get('seed')}), not {recipe.to_dict()} (seed {seed}); delete it to start "
-                             f"this recipe afresh")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+            raise CheckpointError(f"checkpoint {ckpt} was written for recipe {state['recipe']} (seed "
+                                  f"{state.get('seed')}), not {recipe.to_dict()} (seed {seed}); delete it to start "
+                                  f"this recipe afresh")
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {ckpt} does not fit this model ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0]}); delete it to train this model from the "
+                                  f"start") from None
         history, start_epoch, seconds = state["history"], state["epoch"], state["seconds"]
     step, losses = start_epoch * steps_per_epoch, []
     eval_every = max(1, recipe.epochs // 10)           # about ten test evaluations per run, and the last epoch

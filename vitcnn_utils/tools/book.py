@@ -119,6 +119,54 @@ def unknown_parameters(chapters: list[str], params: dict) -> list[str]:
     return sorted(set(params) - known)
 
 
+def _kind(value) -> str:
+    """How a parameter file's value reads to its writer: "a string", "a list", "a decimal number", ..."""
+    return {bool: "a boolean", int: "a whole number", float: "a decimal number", str: "a string", list: "a list",
+            tuple: "a list", dict: "a mapping"}.get(type(value), f"a {type(value).__name__}")
+
+
+def parameter_type_error(name: str, value, default) -> str | None:
+    """Why ``value`` cannot stand in for a parameter whose default is ``default`` (``None``: it can). The
+    default's type is the parameter's: a whole number takes a whole number (not ``16.0``, ``"16"`` or
+    ``[16]``), a decimal number any number, a boolean ``true``/``false``, a list a list; a string or mapping
+    also takes null (the chapters' "none" for an optional model or mapping); a null default takes anything."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif isinstance(default, float):
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, want = value is None or isinstance(value, str), "a string"
+    elif isinstance(default, (list, tuple)):
+        ok, want = isinstance(value, (list, tuple)), "a list"
+    elif isinstance(default, dict):
+        ok, want = value is None or isinstance(value, dict), "a mapping"
+    else:
+        return None
+    if ok:
+        return None
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    what = "null" if value is None else f"{_kind(value)} ({shown})"
+    return f"{name} is {what} but takes {want}: write e.g. `{name}: {json.dumps(default)}`"
+
+
+def wrong_parameter_types(chapters: list[str], params: dict) -> list[str]:
+    """One message per parameter of ``params`` whose value has another type than its default in the
+    ``parameters`` cell of a chapter in ``chapters`` (see :func:`parameter_type_error`), naming the chapter."""
+    errors, seen = [], set()
+    for chapter in chapters:
+        defaults = chapter_parameters(ROOT / "notebooks" / f"{chapter}.ipynb", {})
+        for name in sorted(set(params) & set(defaults) - seen):
+            error = parameter_type_error(name, params[name], defaults[name])
+            if error:
+                errors.append(f"{error} (chapter {chapter})")
+                seen.add(name)
+    return errors
+
+
 def _zoo_names(values) -> list[str]:
     """The ``<name>`` of every ``zoo:<name>`` string anywhere in ``values`` (nested lists/dicts)."""
     names: list[str] = []
@@ -287,8 +335,9 @@ def run_chapter(chapter: str, params: dict, out_dir: Path, force: bool = False,
     """Execute ``notebooks/<chapter>.ipynb`` with ``params`` into ``out_dir/<chapter>.ipynb``.
 
     ``params`` may hold parameters of other chapters (one file for the whole book): only this chapter's are
-    injected; a name that is no chapter's parameter is an error. A ``zoo:`` name that is not in the zoo is
-    an error listing the zoo's models. A chapter whose parameters name zoo models this installation has not
+    injected; a name that is no chapter's parameter is an error, and so is a value of another type than the
+    parameter's default (checked before a kernel starts: :func:`parameter_type_error`). A ``zoo:`` name that
+    is not in the zoo is an error listing the zoo's models. A chapter whose parameters name zoo models this installation has not
     trained yet is not executed: a page saying which models to train takes its place, and its recorded
     findings are removed (the conclusion then reports them as not measured). ``step`` = ``(i, n)`` heads
     the progress lines with ``[i/n]``."""
@@ -305,6 +354,9 @@ def run_chapter(chapter: str, params: dict, out_dir: Path, force: bool = False,
     if unknown:
         raise SystemExit(f"{', '.join(unknown)} is not a parameter of any chapter; see each notebook's "
                          "parameters cell")
+    wrong = wrong_parameter_types([chapter], params)                 # before a kernel starts
+    if wrong:
+        raise SystemExit(f"{chapter}: {wrong[0]}")
     defaults = chapter_parameters(source, {})
     own = {k: v for k, v in params.items() if k in defaults}     # papermill would warn about the others
     effective = {**defaults, **own}
@@ -370,6 +422,9 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f"{args.params}: {', '.join(unknown)} is not a parameter of chapter(s) "
                          f"{', '.join(args.chapters)}; see each notebook's parameters cell")
+    wrong = wrong_parameter_types(args.chapters, params)
+    if wrong:
+        raise SystemExit(f"{args.params}: {wrong[0]}")
     unknown_models = unknown_zoo_models(params)
     if unknown_models:
         raise SystemExit(f"{args.params}: {unknown_zoo_message(unknown_models)}")

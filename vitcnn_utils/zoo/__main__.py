@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from . import MANIFEST, SPECS, ZOO_DIR, is_current, manifest, sha256
 from ..data import fraction_subset, load_fashion_mnist
 from ..architectures import build_architecture
-from ..train import train
+from ..train import CheckpointError, train
 
 
 def main(argv=None) -> None:
@@ -41,8 +41,11 @@ def main(argv=None) -> None:
         torch.manual_seed(spec.seed)
         model = build_architecture(spec.arch)
         subset = fraction_subset(train_full, spec.fraction, seed=spec.seed)
-        record = train(model, subset, test, spec.recipe, spec.seed, device=args.device, desc=name,
-                       checkpoint=f"{args.checkpoints}/{name}.pt")
+        try:
+            record = train(model, subset, test, spec.recipe, spec.seed, device=args.device, desc=name,
+                           checkpoint=f"{args.checkpoints}/{name}.pt")
+        except CheckpointError as err:          # one line: which file, and that deleting it restarts this model
+            raise SystemExit(f"{name}: {err}") from None
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         path = ZOO_DIR / f"{name}.safetensors"
         save_file(state, path)
