@@ -1,6 +1,7 @@
 """The ImageNet-style folder path (the paper-scale data route) on a tiny generated folder."""
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vitcnn_utils import data
@@ -47,3 +48,17 @@ def test_small_last_minibatch_is_an_error_not_a_silent_drop(imagenet_like):
         data.analysis_batches(str(imagenet_like), 10, 8, image_size=32)
     with pytest.raises(FileNotFoundError, match="needs train/ and val/"):
         data.probe_batches(str(imagenet_like / "val"), 1, 1, 4, 4)
+
+
+def test_16_bit_grey_pngs_are_scaled_by_their_range(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values: such a PNG used to read as all white (1.0)."""
+    folder = tmp_path / "grey16" / "n01"
+    folder.mkdir(parents=True)
+    for i, value in enumerate((0, 16384, 32768, 65535)):
+        Image.fromarray(np.full((40, 48), value, dtype=np.uint16)).save(folder / f"{i}.png")
+    assert Image.open(folder / "2.png").mode.startswith("I;16")         # a real 16-bit PNG, as PIL reads it
+    images, _ = next(iter(data.analysis_batches(str(tmp_path / "grey16"), 4, 4, image_size=16)))
+    assert images.shape == (4, 3, 16, 16) and images.dtype == torch.float32
+    per_image = sorted(images.amax((1, 2, 3)).tolist())
+    assert per_image == pytest.approx([0, 16384 / 65535, 32768 / 65535, 1], abs=1e-6)
+    assert torch.equal(images.amin((1, 2, 3)), images.amax((1, 2, 3)))   # constant images stay constant

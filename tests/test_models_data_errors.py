@@ -290,3 +290,97 @@ def test_vitcnn_online_opts_in_to_the_hub(without_network):
     out = without_network["VITCNN_ONLINE=1"]
     assert out["attempts"], out                              # it did reach for the hub
     assert "could not fetch pretrained weights for 'resnet18'" in out["message"] and "(online;" in out["message"]
+
+
+# -- issue 21: wrapped and one-channel timm models, channel counts, dtypes, counts, data locations -----------
+def _half_cfg_resnet(**kwargs):
+    """A timm ResNet whose config's mean and std are 0.5 (so 0.5 grey normalises to exactly 0)."""
+    return load_model("resnet18", num_classes=3, pretrained_cfg_overlay=dict(mean=(0.5,) * 3, std=(0.5,) * 3),
+                      **kwargs)
+
+
+@pytest.mark.parametrize("wrap", [lambda m: m, lambda m: torch.nn.Sequential(m), torch.nn.DataParallel,
+                                  lambda m: torch.nn.Sequential(torch.nn.DataParallel(m), torch.nn.Identity())])
+def test_the_preprocessor_of_a_wrapped_timm_model_is_the_models(wrap):
+    """It used to fall back to ImageNet's mean/std (0.5 became [0.066, 0.196, 0.418] instead of 0)."""
+    out = preprocessor(wrap(_half_cfg_resnet()))(torch.full((2, 3, 8, 8), 0.5))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_a_timm_model_wrapped_elsewhere_is_refused():
+    with pytest.raises(ValueError, match=r"preprocessor cannot tell how this Sequential normalises its input: "
+                                         r"the model it wraps, '1' \(ResNet\)"):
+        preprocessor(torch.nn.Sequential(torch.nn.Identity(), _half_cfg_resnet()))
+
+
+def test_a_one_channel_timm_model_gets_one_channel():
+    """``in_chans=1``: grey images used to come out with 3 channels ("expected 1 channels, got 3")."""
+    model = _half_cfg_resnet(in_chans=1)
+    prep = preprocessor(model)
+    x = prep(_uint8(1, 32))
+    assert x.shape == (4, 1, 32, 32) and torch.allclose(x, _uint8(1, 32) / 255 * 2 - 1)
+    assert model(x).shape == (4, 3)
+    with pytest.raises(ValueError, match="images have 3 channels but the model takes 1: convert them to grey"):
+        prep(_uint8(3, 32))
+
+
+def test_rgba_images_are_refused_with_a_fix():
+    with pytest.raises(ValueError, match=r"images have 4 channels but the model takes 3: drop the alpha channel "
+                                         r"\(images\[:, :3\]\)"):
+        preprocessor(_timm_resnet())(_uint8(4, 32))
+    grey = preprocessor(_half_cfg_resnet())(_uint8(1, 32))         # grey images into an RGB model: repeated
+    assert grey.shape == (4, 3, 32, 32) and torch.equal(grey[:, 0], grey[:, 2])
+
+
+def test_to_unit_float_takes_uint16_and_names_numpy():
+    images = _uint8(1, 8)
+    assert torch.equal(data.to_unit_float(images.to(torch.uint16)), data.to_unit_float(images))
+    with pytest.raises(ValueError, match=r"integer images must lie in \[0, 255\].*16-bit images: images / 65535"):
+        data.to_unit_float(torch.full((1, 1, 2, 2), 40000, dtype=torch.uint16))
+    with pytest.raises(TypeError, match=r"images must be a torch.Tensor .*numpy.ndarray: wrap it with "
+                                        r"torch.from_numpy"):
+        data.to_unit_float(images.numpy())
+
+
+@pytest.mark.parametrize("call, name, value", [
+    (lambda: data.analysis_batches("fashion-mnist", 100.0, 10), "n_images", "100.0"),
+    (lambda: data.analysis_batches("fashion-mnist", "100", 10), "n_images", "'100'"),
+    (lambda: data.analysis_batches("fashion-mnist", True, 10), "n_images", "True"),
+    (lambda: data.analysis_batches("fashion-mnist", 20, 10.0), "batch_size", "10.0"),
+    (lambda: data.probe_batches("fashion-mnist", 1.0, 1, 10, 5), "shots", "1.0"),
+    (lambda: data.probe_batches("fashion-mnist", 1, 1, "10", 5), "n_test", "'10'"),
+    (lambda: data.probe_batches("fashion-mnist", 1, 1, 10, 5.0), "batch_size", "5.0"),
+    (lambda: data.batches(load_fashion_mnist("test"), 10.0), "batch_size", "10.0"),
+    (lambda: data.analysis_subset(load_fashion_mnist("test"), 10.0), "n", "10.0")])
+def test_counts_must_be_ints(default_search, call, name, value):
+    with pytest.raises(TypeError, match=f"{name} must be a whole number \\(an int\\), got {value}"):
+        call()
+
+
+def test_probe_batches_refuse_more_images_per_class_than_there_are(default_search):
+    """The fake split has 2 images per class: shots + val_per_class = 3 used to give 10 held-out images, not 20."""
+    fit, val, _ = data.probe_batches("fashion-mnist", 1, 1, 10, 5)
+    assert [sum(len(y) for _, y in part) for part in (fit, val)] == [10, 10]
+    for shots, val_per_class in ((1, 2), (2, 1), (6000, 20)):
+        with pytest.raises(ValueError, match=r"more than class 0 has \(2\): the maximum is shots \+ val_per_class "
+                                             r"= 2, e.g. shots=1, val_per_class=1"):
+            data.probe_batches("fashion-mnist", shots, val_per_class, 10, 5)
+
+
+def test_probe_sets_hold_exactly_shots_per_class_and_keep_the_balanced_order():
+    """Unequal classes used to get unequal fit sets; equal ones keep the slices of stratified_order."""
+    labels = torch.tensor([0] * 12 + [1] * 4 + [2] * 8)
+    fit, val = data._fit_val_indices(labels, 2, 1, seed=0)
+    assert labels[fit].bincount().tolist() == [2, 2, 2] and labels[val].bincount().tolist() == [1, 1, 1]
+    assert not set(fit.tolist()) & set(val.tolist())
+    balanced = torch.arange(60) % 10
+    order = data.stratified_order(balanced, seed=3)
+    fit, val = data._fit_val_indices(balanced, 3, 2, seed=3)
+    assert torch.equal(fit, order[:30]) and torch.equal(val, order[30:50])
+
+
+def test_a_data_dir_that_is_a_file_is_called_a_file(default_search):
+    path = default_search / "system" / "t10k-images-idx3-ubyte.gz"
+    with pytest.raises(DataNotFoundError, match=f"data_dir {path} is a file, not a folder: point it at the folder "
+                                                f"holding the Fashion-MNIST IDX files \\(e.g. {path.parent}\\)"):
+        load_fashion_mnist("test", data_dir=path)

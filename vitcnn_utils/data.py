@@ -113,6 +113,9 @@ def _locate(split: str, data_dir: str | os.PathLike | None, download: bool) -> l
         folder = None
     if folder is not None:  # an explicit location: used or refused, never replaced
         where = f"{instead} to use {DEBIAN_DIR} or torchvision's download"
+        if folder.exists() and not folder.is_dir():
+            raise DataNotFoundError(f"{what} is a file, not a folder: point it at the folder holding the "
+                                    f"Fashion-MNIST IDX files (e.g. {folder.parent}), or {where}")
         if not folder.is_dir():
             raise DataNotFoundError(f"{what} does not exist: point it at the folder holding the Fashion-MNIST "
                                     f"IDX files, or {where}")
@@ -194,8 +197,14 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     images already normalised with a mean and std) or with NaN/inf are a ValueError, integers outside
     0..255 too, and other dtypes (bool, complex) a TypeError.
     """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (n, C, H, W), got {type(images).__module__}."
+                        f"{type(images).__name__}" + (": wrap it with torch.from_numpy(images)"
+                                                      if isinstance(images, np.ndarray) else ""))
     if images.dtype == torch.uint8:
         return images.float() / 255.0
+    if images.dtype in (torch.uint16, torch.uint32, torch.uint64):  # few kernels for these: compare as int64
+        images = images.to(torch.int64)
     if images.dtype == torch.bool or images.is_complex():
         raise TypeError(f"images must be uint8 (0..255) or float in [0, 1], got dtype {images.dtype}")
     if images.numel() == 0:
@@ -204,7 +213,8 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     if not images.is_floating_point():
         if low < 0 or high > 255:
             raise ValueError(f"integer images must lie in [0, 255] (got min {low.item()}, max {high.item()}): "
-                             f"pass uint8 pixel values 0..255 or float images in [0, 1]")
+                             f"pass uint8 pixel values 0..255 or float images in [0, 1] (16-bit images: "
+                             f"images / 65535)")
         return images.float() / 255.0
     if not (low >= 0 and high <= 1):  # also catches NaN (every comparison with NaN is False)
         finite = bool(torch.isfinite(images).all())
@@ -225,14 +235,33 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
     """A seeded permutation of ``range(len(labels))`` in which every prefix is (as nearly as possible)
     class-balanced. Taking prefixes gives nested subsets: the 3% subset lies inside the 10% one."""
+    return _stratified(labels, seed)[0]
+
+
+def _stratified(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`stratified_order` and, in the same order, each example's rank within its class's seeded
+    permutation (so ``rank < k`` picks exactly ``k`` of every class holding at least ``k``)."""
     gen = torch.Generator().manual_seed(seed)
     per_class = [torch.nonzero(labels == c).flatten() for c in labels.unique(sorted=True)]
     per_class = [idx[torch.randperm(len(idx), generator=gen)] for idx in per_class]
     # rank of each example within its class, normalised to [0, 1): interleaves the classes evenly
+    ranks = torch.cat([torch.arange(len(idx)) for idx in per_class])
     keys = torch.cat([torch.arange(len(idx), dtype=torch.float64) / len(idx) for idx in per_class])
     order = torch.cat(per_class)
     ties = torch.rand(len(order), generator=gen, dtype=torch.float64) * 1e-9
-    return order[torch.argsort(keys + ties)]
+    sort = torch.argsort(keys + ties)
+    return order[sort], ranks[sort]
+
+
+def _count(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an ``int`` of at least ``minimum``; a float, string or bool is a TypeError saying so."""
+    import numbers
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number (an int), got {value!r} ({type(value).__name__})"
+                        + (f": pass {name}={int(value)}" if isinstance(value, float) and value.is_integer() else ""))
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
 
 
 def fraction_subset(data: ImageSet, fraction: float, seed: int = 0) -> ImageSet:
@@ -247,6 +276,7 @@ def fraction_subset(data: ImageSet, fraction: float, seed: int = 0) -> ImageSet:
 
 def analysis_subset(data: ImageSet, n: int, seed: int = 0) -> ImageSet:
     """``n`` class-balanced images chosen by ``seed``, for the analyses (CKA, attention, probes)."""
+    n = _count("n", n, minimum=0)
     if not 0 < n <= len(data):
         raise ValueError(f"n must be in [1, {len(data)}] for this split, got {n}")
     return data.subset(stratified_order(data.labels, seed)[:n])
@@ -254,6 +284,7 @@ def analysis_subset(data: ImageSet, n: int, seed: int = 0) -> ImageSet:
 
 def _check_sizes(n: int, batch_size: int) -> None:
     """Every minibatch of ``n`` images in batches of ``batch_size`` must hold at least 4 (unbiased HSIC)."""
+    batch_size = _count("batch_size", batch_size, minimum=0)
     if batch_size < 4:
         raise ValueError(f"batch_size must be at least 4 (unbiased HSIC), got {batch_size}")
     if 0 < n % batch_size < 4:
@@ -308,6 +339,8 @@ def analysis_batches(source: str, n_images: int, batch_size: int, seed: int = 0,
 
     Returns a re-iterable of ``(images, labels)`` minibatches.
     """
+    n_images = _count("n_images", n_images)
+    _count("batch_size", batch_size, minimum=0)     # at least 4: see _check_sizes
     image_size = _image_size(source, image_size)
     if source == "fashion-mnist":
         return _shard(batches(analysis_subset(load_fashion_mnist("test", data_dir), n_images, seed), batch_size),
@@ -341,8 +374,8 @@ def probe_batches(source: str, shots: int, val_per_class: int, n_test: int, batc
     ``None`` or 28); any other ``source`` is a folder holding ImageNet-style ``train/`` and ``val/`` folders
     (``<class>/<image>``), read as in :func:`analysis_batches` (``image_size`` px, ``None``: 224).
     """
-    if shots < 1 or val_per_class < 1:
-        raise ValueError(f"shots and val_per_class must be at least 1, got {shots} and {val_per_class}")
+    shots, val_per_class = _count("shots", shots), _count("val_per_class", val_per_class)
+    n_test, _ = _count("n_test", n_test), _count("batch_size", batch_size, minimum=0)
     image_size = _image_size(source, image_size)
     if source == "fashion-mnist":
         train = load_fashion_mnist("train", data_dir)
@@ -363,10 +396,53 @@ def probe_batches(source: str, shots: int, val_per_class: int, n_test: int, batc
 
 
 def _fit_val_indices(labels: torch.Tensor, shots: int, val_per_class: int, seed: int):
-    """Disjoint class-balanced index sets of the training labels: ``shots`` per class to fit, then
-    ``val_per_class`` per class held out (consecutive slices of :func:`stratified_order`)."""
-    order, classes = stratified_order(labels, seed), len(labels.unique())
-    return order[:shots * classes], order[shots * classes:(shots + val_per_class) * classes]
+    """Disjoint class-balanced index sets of the training labels: exactly ``shots`` per class to fit, then
+    ``val_per_class`` per class held out, in :func:`stratified_order` (for classes of equal size, its
+    consecutive slices). A class with fewer than ``shots + val_per_class`` images is a ValueError."""
+    classes, counts = labels.unique(return_counts=True)
+    smallest = int(counts.argmin())
+    most = int(counts[smallest])
+    if shots + val_per_class > most:
+        raise ValueError(f"shots + val_per_class = {shots} + {val_per_class} training images per class are more "
+                         f"than class {int(classes[smallest])} has ({most}): the maximum is shots + val_per_class "
+                         f"= {most}" + (f", e.g. shots={most - min(val_per_class, most - 1)}, val_per_class="
+                                        f"{min(val_per_class, most - 1)}" if most > 1 else ""))
+    order, rank = _stratified(labels, seed)
+    return order[rank < shots], order[(rank >= shots) & (rank < shots + val_per_class)]
+
+
+_HIGH_BIT_RANGES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}  # PIL modes → white
+
+
+def _load_image(path: str):
+    """An image file as a PIL image for the folder transforms: 8-bit images as RGB (torchvision's default
+    loader), 16-bit grey ones (PIL modes ``I;16*``, and ``I`` holding values 0..65535, as PNG gives them) as
+    a float ``F`` image in [0, 1], scaled by the mode's range: ``convert("RGB")`` would clip them to white.
+    Float (``F``) images must already lie in [0, 1]; other ranges are a ValueError naming the file."""
+    from PIL import Image
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        image.load()
+    if image.mode in _HIGH_BIT_RANGES or image.mode in ("I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+        if image.mode == "F":
+            scale = 1.0
+            if not (low >= 0 and high <= 1):
+                raise ValueError(f"{path}: a float image with values {low:.4g}..{high:.4g}; images in a folder "
+                                 f"must be 8- or 16-bit, or float in [0, 1]: convert it")
+        else:
+            scale = _HIGH_BIT_RANGES.get(image.mode, 65535)
+            if low < 0 or high > scale:
+                raise ValueError(f"{path}: a {image.mode} image with values {low:.0f}..{high:.0f}, outside the "
+                                 f"16-bit range 0..65535 it is read with: save it as an 8- or 16-bit image")
+        return Image.fromarray((pixels / scale).astype(np.float32))  # mode F
+    return image.convert("RGB")
+
+
+def _three_channels(image: torch.Tensor) -> torch.Tensor:
+    """A grey ``(1, H, W)`` image (from :func:`_load_image`'s 16-bit path) as ``(3, H, W)``, as RGB images."""
+    return image.expand(3, -1, -1).contiguous() if image.shape[0] == 1 else image
 
 
 class _FolderBatches:
@@ -376,8 +452,9 @@ class _FolderBatches:
         if not Path(root).is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist (expected root/<class>/<image>.JPEG)")
         transform = transforms.Compose([transforms.Resize(round(image_size / 0.875)),
-                                        transforms.CenterCrop(image_size), transforms.ToTensor()])
-        dataset = ImageFolder(root, transform=transform)
+                                        transforms.CenterCrop(image_size), transforms.ToTensor(),
+                                        _three_channels])
+        dataset = ImageFolder(root, transform=transform, loader=_load_image)
         if indices is not None:
             idx = torch.as_tensor(indices)
         elif not 0 < n_images <= len(dataset):
@@ -397,6 +474,35 @@ class _FolderBatches:
         return len(self.loader)
 
 
+def _input_module(model: torch.nn.Module):
+    """The module that says how ``model`` reads its input (a ``vitcnn_input`` tag or timm's
+    ``pretrained_cfg``): ``model`` itself, else the model inside ``DataParallel`` /
+    ``DistributedDataParallel`` (``.module``), ``torch.compile`` (``._orig_mod``) or an ``nn.Sequential``
+    (its first child), unwrapped as often as needed; ``None`` when there is none."""
+    while model is not None:
+        if getattr(model, "vitcnn_input", None) is not None or getattr(model, "pretrained_cfg", None):
+            return model
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.Sequential) and len(model):
+            model = model[0]
+        else:
+            return None
+    return None
+
+
+def _input_channels(model: torch.nn.Module, cfg) -> int | None:
+    """The number of image channels ``model`` takes: that of the convolution its timm config names
+    (``first_conv``), ``None`` if it names none."""
+    try:
+        first = model.get_submodule(cfg.get("first_conv") or "")
+    except (AttributeError, TypeError):
+        return None
+    return first.in_channels if isinstance(first, torch.nn.Conv2d) else None
+
+
 def preprocessor(model: torch.nn.Module):
     """The function mapping raw images ``(n, C, H, W)`` to ``model``'s float32 input of the same shape.
 
@@ -406,15 +512,48 @@ def preprocessor(model: torch.nn.Module):
     clamped (see :func:`vitcnn_utils.data.to_unit_float`).
 
     Zoo models (28×28 grey) get the Fashion-MNIST standardisation (:func:`vitcnn_utils.data.normalize`);
-    timm models the mean/std normalisation of their pretrained config (images already resized).
+    timm models the mean/std normalisation of their pretrained config (images already resized), also inside
+    ``DataParallel``, ``DistributedDataParallel``, ``torch.compile`` or as the first stage of an
+    ``nn.Sequential``; a model wrapping one elsewhere is a ValueError (no guessed normalisation). A timm model
+    with ``in_chans=1`` takes grey images, normalised by the mean of its config's per-channel mean and std;
+    grey ``(n, 1, H, W)`` images given to an RGB model are repeated across its channels; other channel counts
+    that differ from the model's are a ValueError. Models with no config at all get ImageNet's mean/std.
     """
-    if getattr(model, "vitcnn_input", None) == "fashion-mnist":
+    inner = _input_module(model)
+    if inner is None:
+        wrapped = next(((n, m) for n, m in model.named_modules() if n and (
+            getattr(m, "vitcnn_input", None) is not None or getattr(m, "pretrained_cfg", None))), None)
+        if wrapped is not None:
+            raise ValueError(
+                f"preprocessor cannot tell how this {type(model).__name__} normalises its input: the model it "
+                f"wraps, {wrapped[0]!r} ({type(wrapped[1]).__name__}), is not where its input goes (only "
+                f"DataParallel, DistributedDataParallel, torch.compile and an nn.Sequential's first child are "
+                f"unwrapped): pass preprocessor(model.get_submodule({wrapped[0]!r})), or set "
+                f"model.pretrained_cfg")
+        inner = model
+    if getattr(inner, "vitcnn_input", None) == "fashion-mnist":
         return normalize
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, -1, 1, 1)
+    cfg = getattr(inner, "pretrained_cfg", None) or {}
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    channels = _input_channels(inner, cfg) or len(mean)
+    if channels != len(mean):
+        if channels != 1:
+            raise ValueError(f"the model takes {channels}-channel images but its config has a mean/std for "
+                             f"{len(mean)}: set model.pretrained_cfg's mean and std to {channels} values each")
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)  # in_chans=1: grey
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
     def preprocess(images: torch.Tensor) -> torch.Tensor:
         images = to_unit_float(images)
-        return (images - mean.to(images.device)) / std.to(images.device)
+        if images.dim() != 4:
+            raise ValueError(f"images must be a batch (n, C, H, W), got shape {tuple(images.shape)}"
+                             + (": add the batch dimension (images.unsqueeze(0))" if images.dim() == 3 else ""))
+        got = images.shape[1]
+        if got != channels and not (got == 1 and channels == 3):
+            fix = ("drop the alpha channel (images[:, :3])" if got == 4 and channels == 3 else
+                   "convert them to grey (torchvision.transforms.functional.rgb_to_grayscale)" if channels == 1
+                   else f"pass {channels}-channel images")
+            raise ValueError(f"images have {got} channels but the model takes {channels}: {fix}")
+        return (images - mean_t.to(images.device)) / std_t.to(images.device)
     return preprocess

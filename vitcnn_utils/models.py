@@ -13,6 +13,7 @@ offline by default, so ``pretrained=True`` never waits on an unreachable network
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -92,20 +93,39 @@ def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike |
     Args:
         name: ``"zoo:<name>"`` for one of the project's trained Fashion-MNIST models (see
             :func:`vitcnn_utils.zoo.available`), ``"arch:<name>"`` for the same architecture untrained
-            (seeded random init), or any timm model name, e.g.
+            (seeded random init) or with the weights of a local file (``weights=``; no ``pretrained``, no
+            timm arguments), or any timm model name, e.g.
             ``"vit_base_patch16_224.augreg2_in21k_ft_in1k"`` or ``"resnet50"``.
         pretrained: timm names only: timm's pretrained weights, from the Hugging Face hub cache; fetched from
             the hub only when online (``VITCNN_ONLINE=1`` or ``HF_HUB_OFFLINE=0``, see :func:`hub_offline`).
-        weights: timm names only: a local weights file (``.safetensors``, ``.pth``, ``.bin``) to load
-            instead of fetching; use this on machines with no network. Every tensor must match.
+        weights: timm and ``arch:`` names: a local weights file (``.safetensors``, ``.pth``, ``.bin``, or
+            big_vision ``.npz``) to load instead of fetching; use this on machines with no network. Loaded
+            strictly, whatever the format: every tensor of the file must match one of the model's, with the
+            same shape, and every parameter must come from the file (a RuntimeError names each that does not).
         device: where to put the model.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``num_classes``, ``img_size``).
     """
-    if name.startswith("arch:"):  # an untrained zoo architecture (seed 0): for smoke tests and timing
-        if name[len("arch:"):] not in zoo.SPECS:
-            raise ValueError(f"no zoo architecture {name[5:]!r}; known: {', '.join(sorted(zoo.SPECS))}")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a model name (a non-empty string): 'zoo:<name>' (see "
+                        f"vitcnn_utils.zoo.available()), 'arch:<name>' or a timm model name such as 'resnet50', "
+                        f"got {name!r}")
+    if name.startswith("arch:"):  # a zoo architecture: untrained (seed 0), or with the weights of a local file
+        arch = name[len("arch:"):]
+        if arch not in zoo.SPECS:
+            raise ValueError(f"no zoo architecture {arch!r}; known: {', '.join(sorted(zoo.SPECS))}")
+        if pretrained:
+            raise ValueError(f"{name!r} has no pretrained weights: use 'zoo:{arch}' for the project's trained "
+                             f"weights, or weights=FILE for your own")
+        if timm_kwargs:
+            raise ValueError(f"{name!r} is fixed by the zoo manifest and takes no timm arguments (got "
+                             f"{', '.join(sorted(timm_kwargs))}): build another one with "
+                             f"vitcnn_utils.architectures.build_vit/build_resnet")
+        path = _weights_file(weights) if weights is not None else None
         torch.manual_seed(0)
-        return build_architecture(zoo.SPECS[name[len("arch:"):]].arch).eval().to(device)
+        model = build_architecture(zoo.SPECS[arch].arch)
+        if path is not None:
+            _load_weights(model, path, name)
+        return model.eval().to(device)
     if name.startswith("zoo:"):
         if pretrained or weights is not None or timm_kwargs:
             raise ValueError("zoo models take no pretrained/weights/timm arguments: they ship their weights")
@@ -140,16 +160,131 @@ def load_model(name: str, pretrained: bool = False, weights: str | os.PathLike |
                 f"(`hf download {repo} {filename}`), copy the file here and call "
                 f"load_model({name!r}, weights='/path/to/{filename}').") from None
         raise
-    if weights is not None and weights.suffix.lower() in (".npz", ".npy"):  # big_vision format: timm's reader
-        timm.models.load_checkpoint(model, str(weights), strict=True)
-    elif weights is not None:  # strict: every tensor of the file must match the architecture, no silent re-init
-        try:
-            state_dict = timm.models.load_state_dict(str(weights))
-        except Exception as err:  # noqa: BLE001 - safetensors, pickle and zip readers raise many types
-            raise ValueError(f"could not read weights file {weights} ({type(err).__name__}: {err}): is it "
-                             f"truncated or not a weights file? Download it again") from None
-        model.load_state_dict(state_dict, strict=True)
+    if weights is not None:
+        _load_weights(model, weights, name)
     return model.eval().to(device)
+
+
+def _load_weights(model: torch.nn.Module, path: Path, name: str) -> None:
+    """Load the weights file ``path`` into ``model``, strictly whatever its format: every tensor of the file
+    must match one of the model's, with the same shape, and every one of the model's parameters must come from
+    the file; otherwise a RuntimeError names the file and each missing, unexpected and mismatched tensor."""
+    if path.suffix.lower() in (".npz", ".npy"):  # big_vision format: timm's reader, checked by _NpzAudit
+        if not hasattr(model, "load_pretrained"):
+            raise ValueError(f"{name!r} cannot read .npz weights ({path}): timm reads them for ViTs and ResNetV2 "
+                             f"only; convert the file to .safetensors")
+        with _NpzAudit(model) as audit:
+            timm.models.load_checkpoint(model, str(path), strict=True)
+        problems = audit.problems()
+    else:
+        try:
+            state_dict = timm.models.load_state_dict(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors, pickle and zip readers raise many types
+            raise ValueError(f"could not read weights file {path} ({type(err).__name__}: {err}): is it "
+                             f"truncated or not a weights file? Download it again") from None
+        try:
+            model.load_state_dict(state_dict, strict=True)
+            problems = []
+        except RuntimeError as err:
+            problems = [" ".join(str(err).split())]
+    if problems:
+        raise RuntimeError(f"weights file {path} does not match {name!r} (every tensor must match): "
+                           + "; ".join(problems)
+                           + ". Pass the architecture arguments the file was saved with, or the right file")
+
+
+def _listed(names, limit: int = 8) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class _NpzAudit(torch.overrides.TorchFunctionMode):
+    """Watches timm's ``.npz`` reader (which copies what it recognises and silently skips, resamples or
+    adapts the rest): which arrays of the file it reads and which of the model's parameters it writes
+    (``copy_``), so that :meth:`problems` can name the tensors that did not match one to one."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.params = dict(model.named_parameters())
+        self.owner = {p.data_ptr(): n for n, p in self.params.items()}
+        self.read: dict[str, tuple] = {}      # file key -> shape, every array read
+        self.pending: list[tuple] = []        # shapes read since the last copy_
+        self.mismatched: list[str] = []
+        self.written: set[str] = set()
+        self.files: list[str] = []
+        self.patched: list[tuple] = []
+
+    def __enter__(self):
+        import sys
+        from timm.models import _helpers
+        original = _helpers._load_npz_checkpoint
+        audit = self
+
+        def opened(*args, **kwargs):
+            npz = original(*args, **kwargs)
+            audit.files = list(npz.files)
+            return _RecordingNpz(npz, audit)
+        for module in list(sys.modules.values()):
+            if (getattr(module, "__name__", "").startswith("timm.models")
+                    and getattr(module, "_load_npz_checkpoint", None) is original):
+                self.patched.append((module, original))
+                module._load_npz_checkpoint = opened
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for module, original in self.patched:
+            module._load_npz_checkpoint = original
+        return super().__exit__(*exc)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.copy_ and args and isinstance(args[0], torch.Tensor):
+            target = self.owner.get(args[0].data_ptr())
+            if target is not None:
+                self.written.add(target)
+                numel = args[0].numel()
+                whole = [math.prod(shape) for _, shape in self.pending]
+                per_block = [math.prod(shape[1:]) for _, shape in self.pending]  # stacked: one block's slice
+                if self.pending and numel not in (sum(whole), sum(per_block), *whole, *per_block):
+                    read = ", ".join(f"{key} {tuple(shape)}" for key, shape in self.pending)
+                    self.mismatched.append(f"{target} {tuple(args[0].shape)} from {read}")
+                self.pending = []
+        return func(*args, **(kwargs or {}))
+
+    def problems(self) -> list[str]:
+        if not self.patched or not self.files:
+            return ["this timm version's .npz reader could not be checked: convert the file to .safetensors"]
+        out = []
+        missing = [n for n in self.params if n not in self.written]
+        if missing:
+            out.append(f"missing from the file (left at random init): {_listed(missing)}")
+        unexpected = [k for k in self.files if k not in self.read]
+        if unexpected:
+            out.append(f"unexpected (in the file, not in the model): {_listed(unexpected)}")
+        in_file = sum(math.prod(shape) for shape in self.read.values())
+        in_model = sum(p.numel() for n, p in self.params.items() if n in self.written)
+        if self.mismatched or (in_file != in_model and not out):  # else a consequence of the above
+            detail = _listed(self.mismatched) if self.mismatched else f"{in_file} values read, {in_model} written"
+            out.append(f"size mismatch (timm would resample or adapt these): {detail}")
+        return out
+
+
+class _RecordingNpz:
+    """An ``NpzFile`` that tells its :class:`_NpzAudit` every array read from it."""
+
+    def __init__(self, npz, audit: _NpzAudit):
+        self._npz, self._audit = npz, audit
+
+    def __getitem__(self, key):
+        array = self._npz[key]
+        self._audit.read[key] = tuple(array.shape)
+        self._audit.pending.append((key, tuple(array.shape)))
+        return array
+
+    def __contains__(self, key):
+        return key in self._npz
+
+    def __getattr__(self, attr):
+        return getattr(self._npz, attr)
 
 
 def load_named(name: str, weights: Mapping[str, str] | None = None, pretrained: bool = False,
