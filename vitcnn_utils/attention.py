@@ -23,19 +23,22 @@ import torch
 
 
 def _grid(grid) -> tuple[int, int]:
-    gh, gw = (grid, grid) if isinstance(grid, int) else tuple(grid)
-    if gh < 1 or gw < 1:
-        raise ValueError(f"grid must be positive, got {grid}")
-    return gh, gw
+    """``(gh, gw)`` from ``g`` or ``(gh, gw)``: positive integers, checked."""
+    sizes = tuple(grid) if isinstance(grid, (tuple, list, torch.Size)) else (grid, grid)
+    if len(sizes) != 2 or any(isinstance(g, bool) or not isinstance(g, numbers.Integral) or g < 1 for g in sizes):
+        raise ValueError(f"grid must be the patch grid, a positive integer g or a pair (gh, gw) of them, got {grid!r}")
+    return int(sizes[0]), int(sizes[1])
 
 
-def _patch_size(patch_size) -> float:
-    """The patch side in pixels, checked: a positive finite number (the unit of every distance)."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Real) or not math.isfinite(patch_size) \
-            or patch_size <= 0:
-        raise ValueError(f"patch_size must be the patch side in pixels, a positive number, got {patch_size!r} "
-                         "(for a timm ViT: model.patch_embed.patch_size[0])")
-    return float(patch_size)
+def _patch_size(patch_size) -> tuple[float, float]:
+    """The patch ``(height, width)`` in pixels, checked: a positive finite number (square patches) or a pair of
+    them (``(ph, pw)``, e.g. timm's ``model.patch_embed.patch_size``); the unit of every distance."""
+    sizes = tuple(patch_size) if isinstance(patch_size, (tuple, list, torch.Size)) else (patch_size, patch_size)
+    if len(sizes) != 2 or any(isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p)
+                              or p <= 0 for p in sizes):
+        raise ValueError(f"patch_size must be the patch side in pixels (or a (height, width) pair), a positive "
+                         f"number, got {patch_size!r} (for a timm ViT: model.patch_embed.patch_size)")
+    return float(sizes[0]), float(sizes[1])
 
 
 # rows of softmax outputs stored in a low-precision dtype sum to 1 only up to that dtype's rounding: each of
@@ -45,14 +48,16 @@ def _row_sum_tolerance(dtype: torch.dtype, atol: float) -> float:
     return max(atol, 2 * torch.finfo(dtype).eps) if dtype.is_floating_point else atol
 
 
-def patch_distances(grid: int | tuple[int, int], patch_size: float, dtype=torch.float64, device=None) -> torch.Tensor:
+def patch_distances(grid: int | tuple[int, int], patch_size: float | tuple[float, float], dtype=torch.float64,
+                    device=None) -> torch.Tensor:
     """Pixel distances between patch centres, ``(gh·gw, gh·gw)``, patches in row-major order; ``patch_size``
-    is the patch side in pixels (positive)."""
-    patch_size = _patch_size(patch_size)
+    is the patch side in pixels (positive), or ``(height, width)`` for non-square patches (rows are ``height``
+    pixels apart, columns ``width``)."""
+    ph, pw = _patch_size(patch_size)
     gh, gw = _grid(grid)
-    rows, cols = torch.meshgrid(torch.arange(gh, dtype=dtype, device=device),
-                                torch.arange(gw, dtype=dtype, device=device), indexing="ij")
-    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1) * patch_size
+    rows, cols = torch.meshgrid(torch.arange(gh, dtype=dtype, device=device) * ph,
+                                torch.arange(gw, dtype=dtype, device=device) * pw, indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1)
     return torch.cdist(centres, centres)
 
 
@@ -112,7 +117,8 @@ def mean_attention_distance(attn: torch.Tensor, patch_size: float, grid: int | t
         attn: attention probabilities ``(B, heads, N, N)`` (rows sum to 1), ``N = num_prefix_tokens + gh·gw``,
             ``B >= 1``; any float dtype (bfloat16/float16 rows, e.g. captured under autocast, are accepted
             within their rounding and computed on in float64).
-        patch_size: patch side in pixels (the unit of the result), > 0.
+        patch_size: patch side in pixels (the unit of the result), > 0, or ``(height, width)`` of
+            non-square patches (timm: ``model.patch_embed.patch_size``).
         grid: patch grid, ``g`` or ``(gh, gw)``.
         num_prefix_tokens: leading non-patch tokens, >= 0 (1 for a CLS token, 0 for a GAP ViT).
         renormalize: see the module docstring for the treatment of prefix tokens.
@@ -134,9 +140,12 @@ def distance_summary(distances: torch.Tensor) -> dict[str, float]:
 
 
 def rank_correlation(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman rank correlation of two 1-D tensors (ties get their order of appearance)."""
+    """Spearman rank correlation of two 1-D tensors (ties get their order of appearance). Undefined, so NaN
+    (as ``scipy.stats.spearmanr``), when either holds a NaN or is constant (no ranking)."""
     if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
         raise ValueError(f"need two 1-D tensors of the same length >= 2, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if any(torch.isnan(v).any() or (v == v[0]).all() for v in (x, y)):
+        return float("nan")
     rx, ry = (torch.argsort(torch.argsort(v)).double() for v in (x, y))
     rx, ry = rx - rx.mean(), ry - ry.mean()
     return (rx @ ry / torch.sqrt((rx @ rx) * (ry @ ry))).item()

@@ -6,9 +6,9 @@ A *layer* (tap) is named after a module path of ``model.named_modules()``:
 * ``"blocks.3:in"`` — the module's first positional input (e.g. a residual block's identity path); ``":in"``
   alone is the model's own input (the preprocessed images);
 * ``"blocks.3.attn.probs"`` — for a timm ``Attention`` module: the attention probabilities
-  ``(B, heads, N, N)`` (rows sum to 1). Fused attention never materialises them, so it is switched off on
-  that module while any capture of its probabilities is open and restored when the last one exits (in any
-  order).
+  ``(B, heads, N, N)`` (rows sum to 1), taken before attention dropout (so also in train mode). Fused
+  attention never materialises them, so it is switched off on that module while any capture of its
+  probabilities is open and restored when the last one exits (in any order).
 
 Layers are chosen by exact name or ``fnmatch`` glob (``"blocks.*.attn.probs"``), or ``"default"`` for the
 representations of the paper's CKA heatmaps (see :func:`default_layers`). Features come back in execution
@@ -277,11 +277,20 @@ def resolve_layers(model: torch.nn.Module, layers: str | Sequence[str] = "defaul
     out: dict[str, None] = {}
     for pattern in layers:
         if pattern == "default":
-            out.update(dict.fromkeys(default_layers(model)))
+            names = default_layers(model)
+            for name in names:
+                if name not in known:
+                    raise ValueError(_shared_module_message(model, name) or
+                                     f"default layer {name!r} is not a layer of {type(model).__name__}: pass layer "
+                                     "names or glob patterns (see available_layers(model))")
+            out.update(dict.fromkeys(names))
         elif pattern in known:
             out[pattern] = None
         else:
             matches = fnmatch.filter(available, pattern)
+            shared = _shared_module_message(model, pattern) if not matches else None
+            if shared:
+                raise ValueError(shared)
             if not matches:
                 example = ", ".join(available[:6])
                 hint = (global_attention_issue(model, need_grid=False) or "") if PROBS in pattern else ""
@@ -290,6 +299,33 @@ def resolve_layers(model: torch.nn.Module, layers: str | Sequence[str] = "defaul
                                  + (f": {hint}" if hint else ""))
             out.update(dict.fromkeys(matches))
     return list(out)
+
+
+def _module_path(layer: str) -> str:
+    """The module path of a layer name (``.probs`` and ``:in`` stripped)."""
+    for suffix in (PROBS, INPUT):
+        if layer.endswith(suffix):
+            return layer[:-len(suffix)]
+    return layer
+
+
+def _shared_module_message(model: torch.nn.Module, layer: str) -> str | None:
+    """Why ``layer`` is missing from ``available_layers(model)`` when its module is one object registered under
+    two names (``blocks[1] = blocks[0]``): ``named_modules`` lists it once, under its first name. None otherwise."""
+    first: dict[int, str] = {}
+    alias: dict[str, str] = {}                           # a second name -> the first name of the same object
+    for name, module in model.named_modules(remove_duplicate=False):
+        first.setdefault(id(module), name)
+        if first[id(module)] != name:
+            alias[name] = first[id(module)]
+    path = _module_path(layer)
+    if path not in alias:
+        return None
+    parts = path.split(".")
+    top = next(".".join(parts[:k]) for k in range(1, len(parts) + 1) if ".".join(parts[:k]) in alias)
+    return (f"layer {layer!r} is the same module as {alias[path] + layer[len(path):]!r}: {top!r} and {alias[top]!r} "
+            f"are one module object under two names, whose uses hooks cannot tell apart; give each its own module "
+            f"(e.g. model.{top} = copy.deepcopy(model.{alias[top]})) to capture it")
 
 
 class Capture:
@@ -311,7 +347,9 @@ class Capture:
         transform: applied to each captured tensor inside the hook, its result stored instead of a copy of
             the tensor (which is then freed with the forward pass): e.g. :meth:`vitcnn_utils.cka.MinibatchCKA.
             gram` keeps an ``(n, n)`` Gram matrix per layer instead of ``(n, d)`` features, which bounds the
-            memory of all-layer CKA on large models and batches. It must return new memory, not a view.
+            memory of all-layer CKA on large models and batches. A result that shares memory with the
+            captured tensor (a view such as ``t.flatten(1)``, or ``t`` itself) is copied, since the model may
+            later update that tensor in place.
     """
 
     def __init__(self, model: torch.nn.Module, layers: str | Sequence[str] = "default", detach: bool = True,
@@ -333,7 +371,13 @@ class Capture:
             raise RuntimeError(f"layer {name!r} ran twice in one forward pass (a shared module): capture a "
                                "module that runs once, or call Capture once per pass")
         value = value.detach() if self.detach else value
-        self.features[name] = self.transform(value) if self.transform else value.clone()
+        if self.transform is None:
+            self.features[name] = value.clone()
+            return
+        out = self.transform(value)
+        if isinstance(out, torch.Tensor) and _shares_memory(out, value):
+            out = out.clone()          # a view of the module's output: timm's in-place ops would overwrite it
+        self.features[name] = out
 
     def __enter__(self) -> "Capture":
         modules = dict(self.model.named_modules())
@@ -347,8 +391,8 @@ class Capture:
                         state[1] += 1
                         self._unfused.append(module)
                     module.fused_attn = False       # only the unfused path materialises probabilities
-                    target, hook = module.attn_drop, self._output_hook(name)
-                    self._handles.append(target.register_forward_hook(hook))
+                    # the softmax output is attn_drop's input: taken before dropout, rows sum to 1 in train mode too
+                    self._handles.append(module.attn_drop.register_forward_pre_hook(self._input_hook(name)))
                 elif name.endswith(INPUT):
                     target = modules[name[:-len(INPUT)]]
                     self._handles.append(target.register_forward_pre_hook(self._input_hook(name)))
@@ -398,6 +442,14 @@ class Capture:
             raise RuntimeError(f"{len(missing)} requested layer(s) did not run in this forward pass: "
                                f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
         return self.features
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors share storage (one is a view of the other, or the same tensor)."""
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.numel() > 0
+    except (RuntimeError, NotImplementedError):      # tensors without a storage (sparse, nested, ...)
+        return False
 
 
 def capture(model: torch.nn.Module, x: torch.Tensor, layers: str | Sequence[str] = "default",

@@ -12,14 +12,17 @@ radii); the model runs are :func:`vitcnn_utils.measure.token_patch_cka` and
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
+from .attention import _grid
 
 
 def grid_tokens(features: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0) -> torch.Tensor:
     """Per-position token vectors ``(B, gh·gw, D)`` of a ViT token tensor ``(B, prefix + gh·gw, D)`` or a
     feature map ``(B, C, gh, gw)`` (positions in row-major order)."""
-    gh, gw = grid
+    gh, gw = _grid(grid)
     if features.ndim == 4:
         if tuple(features.shape[-2:]) != (gh, gw):
             raise ValueError(f"feature map is {tuple(features.shape[-2:])}, expected the {gh}×{gw} patch grid")
@@ -31,11 +34,23 @@ def grid_tokens(features: torch.Tensor, grid: tuple[int, int], num_prefix_tokens
 
 def image_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Non-overlapping patches ``(B, gh·gw, C·P·P)`` of images ``(B, C, H, W)``, row-major."""
+    patch_size = _patch_side(patch_size)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, C, H, W) tensor, got {shape} (one image: images[None])")
     b, c, h, w = images.shape
     if h % patch_size or w % patch_size:
         raise ValueError(f"image {h}×{w} is not divisible into {patch_size}×{patch_size} patches")
     patches = images.unfold(2, patch_size, patch_size).unfold(3, patch_size, patch_size)  # B C gh gw P P
     return patches.permute(0, 2, 3, 1, 4, 5).reshape(b, (h // patch_size) * (w // patch_size), -1)
+
+
+def _patch_side(patch_size) -> int:
+    """The side of square input patches in pixels, checked: a positive integer."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive integer (the side of square input patches in pixels), "
+                         f"got {patch_size!r}")
+    return int(patch_size)
 
 
 def infer_grid(features: torch.Tensor, num_prefix_tokens: int) -> tuple[int, int]:
@@ -48,14 +63,28 @@ def infer_grid(features: torch.Tensor, num_prefix_tokens: int) -> tuple[int, int
 
 
 def erf_radius(erf: torch.Tensor, fraction: float = 0.5) -> float:
-    """Radius (pixels) around the image centre that holds ``fraction`` of the receptive field's mass."""
+    """Radius (pixels) around the image centre that holds ``fraction`` (in (0, 1]) of the receptive field's mass.
+    ``erf`` is an ``(H, W)`` map of finite, non-negative values with some mass (e.g. from
+    :func:`vitcnn_utils.measure.effective_receptive_field`)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1] (the share of the receptive field's mass), got {fraction!r}")
+    if not isinstance(erf, torch.Tensor) or erf.ndim != 2 or erf.numel() == 0:
+        shape = tuple(erf.shape) if isinstance(erf, torch.Tensor) else type(erf).__name__
+        raise ValueError(f"erf must be a non-empty (H, W) map, got {shape}")
+    erf = erf.detach() if erf.is_floating_point() else erf.detach().double()
+    if not torch.isfinite(erf).all() or (erf < 0).any():
+        raise ValueError("erf must hold finite, non-negative values (a receptive field's magnitudes), got NaN, "
+                         "inf or negative entries")
+    if erf.sum() == 0:
+        raise ValueError("erf has no mass (all zero): no radius holds a fraction of it")
     h, w = erf.shape
     rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
                                 indexing="ij")
     radius = torch.sqrt((rows - (h - 1) / 2) ** 2 + (cols - (w - 1) / 2) ** 2).flatten()
     order = torch.argsort(radius)
     mass = torch.cumsum(erf.flatten()[order], 0)
-    return radius[order][torch.searchsorted(mass, fraction * mass[-1])].item()
+    index = torch.searchsorted(mass, fraction * mass[-1]).clamp(max=len(mass) - 1)   # rounding of fraction · total
+    return radius[order][index].item()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -66,7 +95,7 @@ def position_maps(matrix: torch.Tensor, grid: tuple[int, int], positions) -> tor
     """The rows of a token–patch matrix ``(gh·gw, gh·gw)`` (from :func:`vitcnn_utils.measure.token_patch_cka`) for the tokens at
     ``positions`` (``(row, col)`` pairs), each laid out on the grid: float64 ``(len(positions), gh, gw)``;
     entry ``[k, r, c]`` is the CKA of token ``positions[k]`` with the input patch at ``(r, c)``."""
-    gh, gw = grid
+    gh, gw = _grid(grid)
     if tuple(matrix.shape) != (gh * gw, gh * gw):
         raise ValueError(f"matrix {tuple(matrix.shape)} does not match the {gh}×{gw} grid")
     rows = []
@@ -85,7 +114,7 @@ def own_patch_counts(matrix: torch.Tensor, grid: tuple[int, int]) -> dict[str, i
     (all / off the border of the grid) whose most similar input patch is their own; ``tokens`` /
     ``interior_tokens``, how many tokens there are; ``defined`` / ``interior_defined``, how many of them
     have a defined (non-NaN) own-patch CKA. A token with an undefined own-patch CKA is never a hit."""
-    gh, gw = grid
+    gh, gw = _grid(grid)
     matrix = matrix.double()
     n = len(matrix)
     if tuple(matrix.shape) != (gh * gw, gh * gw):

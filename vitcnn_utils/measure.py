@@ -16,6 +16,8 @@ at least 4 images each where CKA is computed.
 """
 from __future__ import annotations
 
+import numbers
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -23,15 +25,16 @@ import torch
 from timm.models.resnet import Bottleneck, ResNet
 from timm.models.vision_transformer import VisionTransformer
 
-from .attention import attention_distance_per_image, patch_distances
+from .architectures import removed_blocks
+from .attention import _grid, attention_distance_per_image, patch_distances
 from .cka import Heatmaps, MinibatchCKA
 from .data import preprocessor
 from .distributed import all_reduce_sum
 from .hooks import INPUT, Capture, block_layers, block_outputs, global_attention_issue, resolve_layers
-from .localisation import grid_tokens, image_patches, infer_grid
+from .localisation import _patch_side, grid_tokens, image_patches, infer_grid
 from .skips import norm_ratio
 from .probes import AGGREGATIONS, ProbeResult, RidgeProbes, aggregate
-from .runner import features, forward_passes, mean_over_images
+from .runner import features, forward_passes, mean_over_images, minibatch_pair, preserved_state
 
 
 def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mapping[str, object] | None = None,
@@ -85,15 +88,28 @@ def attention_distances(model: torch.nn.Module, batches: Iterable, renormalize: 
         ``(distances, n_images)`` with distances float64 ``(blocks, heads)`` in pixels. The per-image values
         are summed and divided once at the end, so batches of any sizes average correctly; under
         ``torch.distributed`` the sums are all-reduced.
+
+    Distances are per axis for non-square patches (``patch_size=(ph, pw)``: rows ``ph`` pixels apart, columns
+    ``pw``). The patch grid is ``patch_embed.grid_size``, or, for a ``dynamic_img_size`` ViT, the grid of the
+    images each minibatch holds.
     """
     _require_global_attention(model)
-    layers = resolve_layers(model, "blocks.*.attn.probs")
-    patch_size = model.patch_embed.patch_size[0]
-    grid = model.patch_embed.grid_size
+    probs = resolve_layers(model, "blocks.*.attn.probs")
+    embed, prefix = model.patch_embed, model.num_prefix_tokens
+    dynamic = getattr(model, "dynamic_img_size", False) and hasattr(embed, "dynamic_feat_size")
+    layers = probs + ([INPUT] if dynamic else [])                          # the image size sets a dynamic grid
 
     def per_image(feats):                                                   # (B, blocks, heads)
-        return torch.stack([attention_distance_per_image(feats[name], patch_size, grid, model.num_prefix_tokens,
-                                                         renormalize) for name in layers], dim=1)
+        grid = tuple(embed.dynamic_feat_size(tuple(feats[INPUT].shape[-2:])) if dynamic else embed.grid_size)
+        tokens = feats[probs[0]].shape[-1]
+        if tokens != prefix + grid[0] * grid[1]:
+            size = "×".join(map(str, feats[INPUT].shape[-2:])) if dynamic else "these"
+            raise ValueError(f"{type(model).__name__} attends over {tokens} tokens for {size} images, but its patch "
+                             f"grid {grid[0]}×{grid[1]} (patch_embed) and {prefix} prefix token(s) make "
+                             f"{prefix + grid[0] * grid[1]}: pass images of the size the model was built for "
+                             f"({'×'.join(map(str, getattr(embed, 'img_size', None) or ('?', '?')))})")
+        return torch.stack([attention_distance_per_image(feats[name], embed.patch_size, grid, prefix, renormalize)
+                            for name in probs], dim=1)
     return mean_over_images(model, batches, layers, per_image, device=device)
 
 
@@ -110,6 +126,11 @@ def head_subset_cka(vit: torch.nn.Module, other: torch.nn.Module, batches, other
         ``{"heads": [[head indices], ...], "distance": float64 (subsets,) mean distance of each subset in
         pixels, "cka": float64 (subsets, len(other_layers)), "layers": other_layers}``.
     """
+    _require_global_attention(vit)
+    n_blocks = len(getattr(vit, "blocks", ()))
+    if isinstance(block, bool) or not isinstance(block, numbers.Integral) or not 0 <= block < n_blocks:
+        raise ValueError(f"block must be a block index of this {n_blocks}-block {type(vit).__name__}, between 0 "
+                         f"and {n_blocks - 1}, got {block!r}")
     distances, _ = attention_distances(vit, batches, device=device)
     per_head = distances[block]
     heads = len(per_head)
@@ -138,9 +159,10 @@ def _require_global_attention(model: torch.nn.Module) -> None:
 
 
 def uniform_distance(model: torch.nn.Module) -> float:
-    """Mean attention distance (pixels) of a head attending uniformly to all patches of ``model``'s grid."""
+    """Mean attention distance (pixels) of a head attending uniformly to all patches of ``model``'s grid
+    (``patch_embed.grid_size``; per axis for non-square patches)."""
     _require_global_attention(model)
-    return patch_distances(tuple(model.patch_embed.grid_size), model.patch_embed.patch_size[0]).mean().item()
+    return patch_distances(tuple(model.patch_embed.grid_size), model.patch_embed.patch_size).mean().item()
 
 
 def token_patch_cka(model: torch.nn.Module, batches: Iterable, layer: str, patch_size: int,
@@ -157,6 +179,7 @@ def token_patch_cka(model: torch.nn.Module, batches: Iterable, layer: str, patch
     Returns:
         float64 ``(gh·gw tokens, gh·gw positions)``.
     """
+    patch_size, grid = _patch_side(patch_size), _grid(grid)
     cka = MinibatchCKA(device=device)
     for feats, _ in features(model, batches, [INPUT, layer], device=device):     # INPUT: the images the model saw
         tokens = grid_tokens(feats[layer], grid, num_prefix_tokens)
@@ -175,18 +198,25 @@ def effective_receptive_field(model: torch.nn.Module, images: torch.Tensor, laye
     features and the model when not given. Returns float64 ``(H, W)``.
 
     The one measurement with a backward pass, so it captures directly rather than through the (gradient-free)
-    :func:`~vitcnn_utils.runner.forward_passes`.
+    :func:`~vitcnn_utils.runner.forward_passes`. The model is left as it was: training flags, parameters'
+    ``requires_grad`` and ``.grad`` are restored (:func:`~vitcnn_utils.runner.preserved_state`); only the
+    input's gradient is computed.
     """
     if num_prefix_tokens is None:
         num_prefix_tokens = getattr(model, "num_prefix_tokens", 0)
-    model.eval().to(device)
-    x = preprocessor(model)(images.to(device)).detach().requires_grad_(True)
-    with Capture(model, layer, detach=False) as cap, torch.enable_grad():
-        out = cap(x)[layer]
-        gh, gw = grid or infer_grid(out, num_prefix_tokens)
-        tokens = grid_tokens(out, (gh, gw), num_prefix_tokens)
-        tokens[:, (gh // 2) * gw + gw // 2].sum().backward()
-    erf = x.grad.abs().sum(1).mean(0).double()
+    if grid is not None:
+        grid = _grid(grid)
+    with preserved_state(model):
+        model.eval().to(device)
+        for p in model.parameters():
+            p.requires_grad_(False)                     # no parameter gradients: the input's alone is wanted
+        x = preprocessor(model)(images.to(device)).detach().requires_grad_(True)
+        with Capture(model, layer, detach=False) as cap, torch.enable_grad():
+            out = cap(x)[layer]
+            gh, gw = grid or infer_grid(out, num_prefix_tokens)
+            tokens = grid_tokens(out, (gh, gw), num_prefix_tokens)
+            (grad,) = torch.autograd.grad(tokens[:, (gh // 2) * gw + gw // 2].sum(), x)
+    erf = grad.abs().sum(1).mean(0).double()
     peak = erf.max()
     if peak == 0:
         raise ValueError(f"the centre of {layer!r} does not depend on the input (zero gradient)")
@@ -210,7 +240,7 @@ def token_geometry(model: torch.nn.Module, layer: str, batches: Iterable,
             raise ValueError(f"non-square patches {ph}×{pw} are not supported")
         return {"patch_size": int(ph), "grid": tuple(int(g) for g in embed.grid_size),
                 "num_prefix_tokens": int(getattr(model, "num_prefix_tokens", 0))}
-    images, labels = next(iter(batches))
+    images, labels = minibatch_pair(next(iter(batches)))
     fmap = next(features(model, [(images[:1], labels[:1])], layer, device=device))[0][layer]
     if fmap.ndim != 4:
         raise ValueError(f"{layer!r} gives {tuple(fmap.shape)}, not a (B, C, H, W) map; for token models "
@@ -232,12 +262,14 @@ def probe_layers(model: torch.nn.Module, layers: Sequence[str], fit: Iterable, v
         num_classes: number of classes ``C``.
         pool_grid: CNN maps are average-pooled to this ``(h, w)`` (default: the smallest map among
             ``layers``, i.e. the last stage's size).
-        aggregations: see :func:`vitcnn_utils.probes.aggregate`; ``"first"`` is skipped for CNN maps.
+        aggregations: see :func:`vitcnn_utils.probes.aggregate`; ``"first"`` is skipped for CNN maps, and is
+            an error for a token model without a class token (a GAP ViT, with or without register tokens).
 
     Memory: per-token probes keep ``2 · tokens · (d+1)²`` float64 sums per layer (ViT-B/16: ~1.9 GB a
     layer); probe aggregates only for large models.
     """
     num_prefix = getattr(model, "num_prefix_tokens", 0)
+    class_token = has_class_token(model)
     probes = RidgeProbes(num_classes, device=device)
     counts = {}
 
@@ -250,7 +282,7 @@ def probe_layers(model: torch.nn.Module, layers: Sequence[str], fit: Iterable, v
         for layer in layers:
             f = feats[layer]
             aggs = [a for a in aggregations if not (a == "first" and f.ndim == 4)]
-            for agg, x in aggregate(f, num_prefix, pool_grid, aggs).items():
+            for agg, x in aggregate(f, num_prefix, pool_grid, aggs, class_token=class_token).items():
                 out[f"{layer}/{agg}"] = x
         return out
 
@@ -274,19 +306,34 @@ def probe_layers(model: torch.nn.Module, layers: Sequence[str], fit: Iterable, v
     return ProbeResult(list(layers), accuracy, lambdas, counts["fit"], counts["val"], counts["test"])
 
 
+def has_class_token(model: torch.nn.Module) -> bool:
+    """Whether token 0 of ``model``'s token sequence is a class (CLS) token: timm's ``has_class_token``, else a
+    ``cls_token`` that is not None, else any prefix token (``num_prefix_tokens > 0``)."""
+    flag = getattr(model, "has_class_token", None)
+    if flag is not None:
+        return bool(flag)
+    if hasattr(model, "cls_token"):
+        return model.cls_token is not None
+    return getattr(model, "num_prefix_tokens", 0) > 0
+
+
 def probe_aggregations(model: torch.nn.Module) -> tuple[str, ...]:
-    """The probe inputs of paper Fig 11 for ``model``: for a model with prefix tokens (a CLS ViT), the CLS
+    """The probe inputs of paper Fig 11 for ``model``: for a model with a class token (a CLS ViT), the CLS
     token (``"first"``), the mean of the spatial tokens (``"gap_spatial"``) and one probe per token
-    (``"tokens"``); for a GAP ViT or a CNN, the global average (``"gap"``) and one probe per token."""
-    if getattr(model, "num_prefix_tokens", 0) > 0:
+    (``"tokens"``); for a GAP ViT or a CNN, the global average (``"gap"``) and one probe per token, and for a
+    GAP ViT with register tokens also the mean of the spatial tokens (``"gap_spatial"``, registers left out).
+    ``"first"`` is only offered with a class token: a register token is not one."""
+    if has_class_token(model):
         return ("first", "gap_spatial", "tokens")
+    if getattr(model, "num_prefix_tokens", 0) > 0:
+        return ("gap", "gap_spatial", "tokens")
     return ("gap", "tokens")
 
 
 def count_classes(batches: Iterable) -> int:
     """``1 +`` the largest label in raw ``(images, labels)`` batches (the probes' fit set, which holds
     every class)."""
-    labels = [int(y.max()) for _, y in batches if len(y)]
+    labels = [int(y.max()) for y in (minibatch_pair(batch)[1] for batch in batches) if len(y)]
     if not labels:
         raise ValueError("no labelled batches to count classes from")
     return 1 + max(labels)
@@ -328,12 +375,26 @@ def block_probes(models: Mapping[str, torch.nn.Module], fit, val, test, num_clas
 
 
 def vit_skip_ratios(model: VisionTransformer, batches: Iterable, device="cpu") -> tuple[torch.Tensor, list[str]]:
-    """Ratios ``(2·blocks, tokens)`` float64 and their row names (``"blocks.i attn"``, ``"blocks.i mlp"``)."""
+    """Ratios ``(2·blocks, tokens)`` float64 and their row names (``"blocks.i attn"``, ``"blocks.i mlp"``).
+    A block without skip connections (:func:`vitcnn_utils.architectures.removed_blocks`) has no ratio: its two
+    rows are NaN, with a warning."""
+    blocks = getattr(model, "blocks", None)
+    if not blocks or not all(hasattr(b, n) for b in blocks for n in ("ls1", "norm2", "ls2")):
+        raise ValueError(f"vit_skip_ratios needs a timm VisionTransformer (blocks with ls1, norm2 and ls2), not a "
+                         f"{type(model).__name__}: for a timm bottleneck ResNet use resnet_skip_ratios")
     taps, names = [], []
-    for i in range(len(model.blocks)):
+    for i in range(len(blocks)):
         taps += [(f"blocks.{i}:in", f"blocks.{i}.ls1"), (f"blocks.{i}.norm2:in", f"blocks.{i}.ls2")]
         names += [f"blocks.{i} attn", f"blocks.{i} mlp"]
-    return _ratios(model, batches, taps, per_token=True, device=device), names
+    ratios = _ratios(model, batches, taps, per_token=True, device=device)
+    removed = removed_blocks(model)
+    if removed:
+        which = ", ".join(f"blocks.{i}" for i in removed)
+        warnings.warn(f"{which} {'has' if len(removed) == 1 else 'have'} no skip connections (NoSkipBlock): "
+                      "‖z‖/‖f(z)‖ is undefined there, so its rows are NaN", stacklevel=2)
+        for i in removed:
+            ratios[2 * i:2 * i + 2] = float("nan")
+    return ratios, names
 
 
 def resnet_skip_ratios(model: ResNet, batches: Iterable, device="cpu") -> tuple[torch.Tensor, list[str]]:
