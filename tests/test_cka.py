@@ -435,3 +435,64 @@ def test_update_errors_name_the_layer_and_the_fix():
         c.update({"x": torch.randn(8, 3), "y": torch.randn(8, 3)}, {"w": torch.randn(8, 3)})
     c.update({"x": torch.randn(8, 3), "y": torch.randn(8, 3)})   # the refused updates changed nothing
     assert c.num_batches == 2
+
+
+# ---- issue 21: impossible arguments refused, errors that say what was wrong -------------------------------------
+def test_heatmap_helpers_refuse_impossible_arguments_and_never_invent_values():
+    from vitcnn_utils.cka import band_mean, best_match, nanmax
+    square = torch.rand(5, 5, dtype=torch.float64)
+    for bad in (7, 5, 0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"num_a must be an int in \[1, 4\]"):
+            split_heatmap(square, bad)
+    with pytest.raises(ValueError, match=r"square .* got \(5, 4\)"):
+        split_heatmap(torch.rand(5, 4), 2)
+    assert [tuple(b.shape) for b in split_heatmap(square, 2)] == [(2, 2), (3, 3), (2, 3)]
+
+    nan = float("nan")
+    m = torch.tensor([[0.1, nan, 0.5], [0.9, nan, nan], [0.3, nan, 0.2]], dtype=torch.float64)
+    assert best_match(m).tolist() == [1, -1, 0]          # an all-NaN column (a constant layer) matches nothing
+    assert math.isnan(nanmax(torch.full((3, 2), nan)))   # was -inf
+    assert nanmax(m) == 0.9
+    along = nanmax(m, 0)
+    assert along[0].item() == 0.9 and math.isnan(along[1].item()) and along[2].item() == 0.5
+
+    for rows in ((0.75, 0.25), (1.5, 2), (-0.1, 0.5), (0.5, 0.5), (0.25,), "ab"):
+        with pytest.raises(ValueError, match="rows must be .start, end. fractions"):
+            band_mean(square, rows, (0, 1))
+    with pytest.raises(ValueError, match="cols must be"):
+        band_mean(square, (0, 1), (0.5, 0.2))
+    assert band_mean(square, (0, 1), (0, 1)) == pytest.approx(square.mean().item())
+
+
+def test_cka_errors_that_misled_now_say_what_was_wrong():
+    with pytest.raises(ValueError, match=r"layer 'x' has no features \(shape \(8, 0\)\)"):
+        MinibatchCKA().update({"x": torch.randn(8, 0)})
+    with pytest.raises(ValueError, match="'y' has no features"):
+        linear_cka(torch.randn(8, 3), torch.randn(8, 0))
+    assert MinibatchCKA(gram_dtype="float32").gram_dtype is torch.float32
+    assert MinibatchCKA(gram_dtype="float64").gram_dtype is torch.float64
+    with pytest.raises(ValueError, match=r"gram_dtype must be torch.float64 or torch.float32 \(or the strings "
+                                         r"'float64', 'float32'\), got 'half'"):
+        MinibatchCKA(gram_dtype="half")
+    with pytest.raises(ValueError, match="gram_dtype must be"):
+        MinibatchCKA(gram_dtype=torch.float16)
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="device='mps' is not available on this machine"):
+            MinibatchCKA(device="mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' is not available on this machine"):
+            MinibatchCKA(device="cuda")
+    with pytest.raises(ValueError, match="device='meta' holds no data"):
+        MinibatchCKA(device="meta")
+    assert MinibatchCKA(device="cpu").device == torch.device("cpu")
+    with pytest.raises(TypeError, match="layer 'a.0.' is torch.complex64: CKA takes real features"):
+        MinibatchCKA().update([torch.randn(8, 3, dtype=torch.complex64)])
+    with pytest.raises(TypeError, match="complex"):
+        MinibatchCKA().gram(torch.randn(8, 3, dtype=torch.complex128))
+    for unbiased in (False, True):
+        with pytest.raises(TypeError, match="layer 'x' is a numpy.ndarray.*torch.from_numpy"):
+            linear_cka(np.zeros((8, 3)), np.zeros((8, 3)), unbiased=unbiased)
+        with pytest.raises(ValueError, match="layer 'x' is a 0-d tensor"):
+            linear_cka(torch.tensor(1.0), torch.tensor(2.0), unbiased=unbiased)
+        with pytest.raises(TypeError, match="complex"):
+            linear_cka(torch.randn(8, 3), torch.randn(8, 3, dtype=torch.complex64), unbiased=unbiased)

@@ -193,3 +193,59 @@ def test_probe_layers_on_models(fixture, request):
     # class brightness is linearly decodable from the embedding: the mean-token probe must find it
     assert result.accuracy["gap"][0].item() > 0.9
     assert ((tokens >= 0) & (tokens <= 1)).all()
+
+
+# ---- issue 21: errors that say what was wrong; no NaN accuracy under torch.distributed ---------------------------
+def _solved(classes=3, n=30, d=4):
+    x, y = _structured(2 * n, d, classes, seed=7)
+    probes = RidgeProbes(classes)
+    probes.update("fit", {"s": torch.from_numpy(x[:n, None])}, torch.from_numpy(y[:n]))
+    probes.update("val", {"s": torch.from_numpy(x[n:, None])}, torch.from_numpy(y[n:]))
+    probes.solve()
+    return probes, x, y
+
+
+def test_probe_errors_say_what_was_wrong():
+    x = torch.randn(6, 1, 3, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    for bad in (float("nan"), float("inf")):
+        x_bad = x.clone()
+        x_bad[2, 0, 1] = bad
+        with pytest.raises(ValueError, match="site 's': the features contain NaN or inf"):
+            RidgeProbes(3).update("fit", {"s": x_bad}, labels)
+    with pytest.raises(TypeError, match=r"labels must be integer class indices, got torch.float32 .*labels.long"):
+        RidgeProbes(3).update("fit", {"s": x}, labels.float())
+    RidgeProbes(3).update("fit", {"s": x}, labels.to(torch.uint8))      # any integer dtype is a label
+    with pytest.raises(ValueError, match="num_classes must be at least 2, got 1.*fit set holds a single class"):
+        RidgeProbes(1)
+    probes, xs, ys = _solved(classes=2)
+    with pytest.raises(ValueError, match=r"labels range over \[0, 2\], but the probes are for 2 classes.*a class is "
+                                         "missing from the fit set"):
+        probes.score({"s": x}, labels)
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A gloo process group of one process: torch.distributed is initialised, as under torchrun."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_accuracy_under_distributed_refuses_what_it_refuses_on_one_process(one_process_group):
+    with pytest.raises(RuntimeError, match=r"call solve\(\) \(and score\(\)\) before accuracy"):
+        RidgeProbes(3).accuracy()                    # was an IndexError
+    probes, x, y = _solved()
+    with pytest.raises(RuntimeError, match="no test batches were scored"):
+        probes.accuracy()                            # was NaN
+    probes.score({"s": torch.from_numpy(x[:10, None])}, torch.from_numpy(y[:10]))
+    assert 0 <= probes.accuracy()["s"].item() <= 1
+
+
+def test_accuracy_without_a_process_group_refuses_too():
+    with pytest.raises(RuntimeError, match="call solve"):
+        RidgeProbes(3).accuracy()
+    probes, _, _ = _solved()
+    with pytest.raises(RuntimeError, match="no test batches were scored"):
+        probes.accuracy()

@@ -37,14 +37,16 @@ Implementation notes:
   common offset (tested ≤ 1e-6 with offsets 1e3, 1e6, 1e7, a 1e-8 spread on a 1e6 offset, scales 1e±25 and,
   for float64 features, 1e±80). Memory does not grow with the number of examples.
 * Inputs are checked once per minibatch (one host synchronisation): fewer than 4 examples, different ``n``
-  across layers, a 0-d layer, or non-finite values (named by layer) raise ``ValueError``; anything but a
-  torch tensor (e.g. a NumPy array) raises ``TypeError``. A layer that is constant over all examples has
+  across layers, a 0-d layer, a layer with no features ``(n, 0)``, or non-finite values (named by layer) raise
+  ``ValueError``; anything but a torch tensor (e.g. a NumPy array), or complex features, raise ``TypeError``.
+  A layer that is constant over all examples has
   HSIC(K, K) = 0 exactly; its CKA is undefined and reported as NaN with a warning (so is a layer that varies
   but whose HSIC(K, K) still vanishes, e.g. 4 examples of which 3 are equal).
 """
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -73,6 +75,7 @@ def u_centre_(grams: torch.Tensor) -> torch.Tensor:
 
 
 _NORMAL_EXPONENTS = {torch.float64: (-1022, 1023), torch.float32: (-126, 127)}
+_NEVER = -(2 ** 40)               # the exponent of a layer not (yet) seen to vary: far below any float exponent
 
 
 def _pow2(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -163,10 +166,39 @@ def _split_names(features: Features, prefix: str) -> tuple[list[str], list[torch
             hint = " (convert it with torch.from_numpy)" if kind == "numpy.ndarray" else ""
             raise TypeError(f"layer {name!r} is a {kind}, not a torch.Tensor{hint}: pass one (n, ...) tensor "
                             "per layer")
-        if value.ndim == 0:
-            raise ValueError(f"layer {name!r} is a 0-d tensor: each layer must be (n, ...), its first dimension "
-                             "the n examples of the minibatch (use x.reshape(-1, 1) for one number per example)")
+        if not isinstance(value, Gram):
+            _check_layer(name, value)
     return names, values
+
+
+def _check_layer(name: str, value: torch.Tensor) -> None:
+    """One clear error for a tensor that cannot be a layer's ``(n, ...)`` features."""
+    if value.ndim == 0:
+        raise ValueError(f"layer {name!r} is a 0-d tensor: each layer must be (n, ...), its first dimension "
+                         "the n examples of the minibatch (use x.reshape(-1, 1) for one number per example)")
+    if value.is_complex():
+        raise TypeError(f"layer {name!r} is {value.dtype}: CKA takes real features (pass x.real, x.abs() or "
+                        "torch.view_as_real(x))")
+    if value.numel() == 0 and value.shape[0] > 0:
+        raise ValueError(f"layer {name!r} has no features (shape {tuple(value.shape)}): each example needs at "
+                         "least one number")
+
+
+def _usable_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` if tensors can be made there; else one line naming it and the fix."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device ({err}); use e.g. 'cpu' or 'cuda'") from None
+    if dev.type == "meta":
+        raise ValueError("device='meta' holds no data: CKA needs real values; use 'cpu' or 'cuda'")
+    try:
+        torch.zeros(1, device=dev)
+    except (RuntimeError, NotImplementedError, AssertionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"device={device!r} is not available on this machine ({first[:160]}); use 'cpu', or "
+                         "None for the features' own device") from None
+    return dev
 
 
 def _describe_change(now: list[str], before: list[str], side: str) -> str | None:
@@ -191,6 +223,12 @@ class MinibatchCKA:
             feats_b = capture(model_b, batch)
             cka.update(feats_a, feats_b)             # or cka.update(feats_a) for a within-model heatmap
         heatmap = cka.compute()                      # float64 (L_a, L_b)
+        low, high = cka.interval(0.95)               # float64 (L_a, L_b) each: a 95% interval per entry
+
+    :meth:`interval` is a delete-one-minibatch jackknife of the CKA ratio over the per-minibatch HSIC terms
+    that :meth:`update` keeps (``L_a × L_b + L_a + L_b`` float64 numbers per minibatch; no extra forward
+    passes), with a Student ``t`` quantile on ``k − 1`` degrees of freedom for ``k >= 2`` minibatches. It
+    measures image-sampling noise only (which images were drawn), not training-seed noise.
 
     For the within-A, within-B and A×B heatmaps of two models with every Gram matrix computed once per
     minibatch, pass the concatenation ``{**feats_a, **feats_b}`` (or ``list_a + list_b``) to
@@ -201,19 +239,26 @@ class MinibatchCKA:
     use equal batch sizes (e.g. ``drop_last=True``).
 
     Args:
-        gram_dtype: dtype of the Gram products ``X Xᵀ`` (float64 by default; float32 is about 2x faster on a
+        gram_dtype: dtype of the Gram products ``X Xᵀ``, a ``torch.dtype`` or its name (``"float64"``, the
+            default, or ``"float32"``; float32 is about 2x faster on a
             CPU, more on a GPU, and within 1e-6 of float64 for the CKA values, for features of any precision,
             offset and scale: they are centred and rescaled before the cast). U-centring, the HSIC products
             and the sums are always float64.
         device: where Gram matrices and accumulators live; default: the device of the first features.
-        sync_distributed: in :meth:`compute`, sum the accumulators over all ranks of the default
-            ``torch.distributed`` process group when one is initialised (every rank must call it).
+        sync_distributed: in :meth:`compute` (and :meth:`interval`), sum the accumulators over all ranks of
+            the default ``torch.distributed`` process group when one is initialised (every rank must call it;
+            :meth:`interval` gathers every rank's per-minibatch terms).
     """
 
     def __init__(self, gram_dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
                  sync_distributed: bool = True):
-        if gram_dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"gram_dtype must be torch.float32 or torch.float64, got {gram_dtype}")
+        if isinstance(gram_dtype, str) and gram_dtype.removeprefix("torch.") in GRAM_DTYPES:
+            gram_dtype = GRAM_DTYPES[gram_dtype.removeprefix("torch.")]
+        if not isinstance(gram_dtype, torch.dtype) or gram_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"gram_dtype must be torch.float64 or torch.float32 (or the strings "
+                             f"{', '.join(map(repr, GRAM_DTYPES))}), got {gram_dtype!r}")
+        if device is not None:
+            device = _usable_device(device)
         self.gram_dtype, self.device, self.sync_distributed = gram_dtype, device, sync_distributed
         self.reset()
 
@@ -227,7 +272,10 @@ class MinibatchCKA:
         self.hsic_xy = self.hsic_xx = self.hsic_yy = None
         self.exponent_a = self.exponent_b = None
         self.nonconstant_a = self.nonconstant_b = None
-        self.num_batches = self.num_examples = self.total_examples = 0
+        self.num_batches = self.num_examples = self.total_examples = self.total_batches = 0
+        # every minibatch's own terms, for interval(): (xy (L_a, L_b), xx (L_a,), yy (L_b,), exponent_a (L_a,),
+        # exponent_b (L_b,)), each in units of its own exponents (NEVER where the layer was constant)
+        self._terms: list[tuple[torch.Tensor, ...]] = []
 
     # -- per minibatch ------------------------------------------------------------------------------
     def gram(self, x: torch.Tensor) -> Gram:
@@ -237,6 +285,7 @@ class MinibatchCKA:
         if not isinstance(x, torch.Tensor) or x.ndim == 0:
             raise TypeError(f"MinibatchCKA.gram takes one layer's (n, ...) torch.Tensor, got "
                             f"{'a 0-d tensor' if isinstance(x, torch.Tensor) else type(x).__name__}")
+        _check_layer("x", x)
         with torch.autocast(x.device.type, enabled=False):   # hooks run inside the forward's autocast
             return Gram(*_centred_gram(x, self.gram_dtype, self.device or x.device))
 
@@ -303,9 +352,12 @@ class MinibatchCKA:
         xx = xy.diagonal().clone() if within else (flat_a * flat_a).sum(1) * scale
         yy = xx.clone() if within else (flat_b * flat_b).sum(1) * scale  # never alias xx
         varying_a, varying_b = (flags_a & 2).bool(), (flags_b & 2).bool()
+        never = _NEVER
+        own_a = torch.where(varying_a, exps_a, never)
+        own_b = own_a if within else torch.where(varying_b, exps_b, never)
+        self._terms.append((xy, xx, yy, own_a, own_b))
         if self.hsic_xy is None:
             # a layer constant so far gets its reference exponent from the first minibatch in which it varies
-            never = -(2 ** 40)                              # far below any float exponent
             self.hsic_xy, self.hsic_xx, self.hsic_yy = (torch.zeros_like(t) for t in (xy, xx, yy))
             self.exponent_a = torch.full_like(exps_a, never)
             self.exponent_b = self.exponent_a if within else torch.full_like(exps_b, never)
@@ -362,6 +414,7 @@ class MinibatchCKA:
         seen by all ranks (``num_examples`` counts this process's only)."""
         s = self.sums()
         self.total_examples = int(s["examples"].item())
+        self.total_batches = int(s["batches"].item())
         groups = [(self.names_a, s["nonconstant_a"])]
         if not self.within:
             groups.append((self.names_b, s["nonconstant_b"]))
@@ -370,9 +423,7 @@ class MinibatchCKA:
             if constant:
                 warnings.warn(f"layer(s) {', '.join(map(repr, constant))} are constant over all "
                               f"{int(s['examples'].item())} examples: their CKA is undefined (NaN)", stacklevel=2)
-        denom = torch.sqrt(torch.outer(s["xx"], s["yy"]))
-        cka = s["xy"] / denom
-        cka[denom == 0] = float("nan")
+        cka = _ratio(s["xy"], s["xx"], s["yy"])
         # a layer that varies has HSIC(K, K) > 0 unless its U-centred Gram matrix vanishes (a degenerate minibatch,
         # e.g. 4 examples of which 3 are equal): say so rather than return a bare NaN
         for names, self_hsic, varying in ((self.names_a, s["xx"], s["nonconstant_a"]),
@@ -385,9 +436,164 @@ class MinibatchCKA:
                               stacklevel=2)
         return cka.cpu()
 
+    def interval(self, level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""A ``level`` confidence interval for every entry of :meth:`compute`, from image sampling alone.
+
+        Delete-one-minibatch jackknife of the CKA ratio, from the per-minibatch HSIC terms kept by
+        :meth:`update` (no extra forward passes): with ``k`` minibatches, :math:`\theta_i` is the CKA of the
+        sums without minibatch ``i`` and the standard error is
+        :math:`\sqrt{\tfrac{k-1}{k}\sum_i (\theta_i - \bar\theta)^2}`; the interval is
+        :meth:`compute`'s value ± the two-sided Student ``t`` quantile with ``k − 1`` degrees of freedom times
+        that error. Minibatches are the sampling units, so they should be independent draws of images of
+        equal size (as :func:`vitcnn_utils.data.analysis_batches` gives). Tested for coverage by simulation
+        (``tests/test_cka_interval.py``). It covers image-sampling noise only, not training-seed noise.
+
+        Under ``torch.distributed`` every rank must call it: the minibatches of all ranks are gathered and are
+        the jackknife's units, giving the single-process interval of the same minibatches.
+
+        Args:
+            level: the confidence level, in (0, 1).
+
+        Returns:
+            ``(low, high)``: float64 CPU tensors ``(L_a, L_b)``, like :meth:`compute`. NaN where the CKA, or the
+            CKA without one of the minibatches, is undefined (a layer constant, or varying in one minibatch
+            only). Not clamped: like the estimate, the bounds can lie slightly outside [0, 1].
+
+        Raises:
+            ValueError: fewer than 2 minibatches in all (the jackknife needs ``k >= 2``), or a bad ``level``.
+        """
+        if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+            raise ValueError(f"level must be a number in (0, 1), e.g. 0.95; got {level!r}")
+        s = self.sums()
+        k = int(s["batches"].item())
+        if k < 2:
+            raise ValueError(f"interval() needs at least 2 minibatches (a delete-one-minibatch jackknife), got {k}: "
+                             "split the images into several minibatches")
+        xy, xx, yy = self._batch_terms(s["exponent_a"], s["exponent_b"])     # (k, ...), in the sums' units
+        k = xy.shape[0]
+        def without_each(t):                         # Σ_{j≠i} t_j for every i, without cancellation
+            zero = torch.zeros_like(t[:1])
+            before = torch.cat([zero, t.cumsum(0)[:-1]])
+            after = torch.cat([t.flip(0).cumsum(0).flip(0)[1:], zero])
+            return before + after
+        loo = _ratio(without_each(xy), without_each(xx), without_each(yy))       # (k, L_a, L_b)
+        spread = loo - loo.mean(0)
+        error = torch.sqrt((k - 1) / k * spread.square().sum(0))
+        half = student_t_quantile(level, k - 1) * error
+        centre = _ratio(s["xy"], s["xx"], s["yy"])
+        return (centre - half).cpu(), (centre + half).cpu()
+
+    def _batch_terms(self, exponent_a: torch.Tensor, exponent_b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every minibatch's ``(xy, xx, yy)`` HSIC terms stacked ``(k, L_a, L_b), (k, L_a), (k, L_b)`` in the
+        units of ``exponent_a``/``exponent_b`` (those of :meth:`sums`); gathered from all ranks when
+        distributed."""
+        xy, xx, yy, own_a, own_b = (torch.stack(t) for t in zip(*self._terms))
+        da, db = own_a - exponent_a, own_b - exponent_b                     # <= 0 where the layer varied
+        xy = _ldexp(xy, 2 * (da[:, :, None] + db[:, None, :]))
+        xx, yy = _ldexp(xx, 4 * da), _ldexp(yy, 4 * db)
+        dist = torch.distributed
+        if (self.sync_distributed and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            k, la, lb = xy.shape
+            rows = _all_gather_rows(torch.cat([xy.flatten(1), xx, yy], 1))
+            xy, xx, yy = rows[:, :la * lb].view(-1, la, lb), rows[:, la * lb:la * lb + la], rows[:, la * lb + la:]
+        return xy, xx, yy
+
+
+def _ratio(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+    """CKA ``xy / sqrt(xx yy)`` from (stacks of) sums ``(..., L_a, L_b)``, ``(..., L_a)``, ``(..., L_b)``; NaN
+    where a self-HSIC is not positive."""
+    denom = xx[..., :, None] * yy[..., None, :]
+    cka = xy / torch.sqrt(denom.clamp_min(0))
+    return cka.masked_fill_(~(denom > 0), float("nan"))
+
+
+def _all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``(k_r, m)`` rows of every rank, concatenated in rank order (ranks may hold different ``k_r``)."""
+    dist = torch.distributed
+    world = dist.get_world_size()
+    count = torch.tensor([rows.shape[0]], dtype=torch.int64, device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c.item()) for c in counts]
+    padded = rows.new_zeros(max(counts), rows.shape[1])
+    padded[:rows.shape[0]] = rows
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:c] for g, c in zip(gathered, counts)])
+
+
+def student_t_quantile(level: float, df: int | float) -> float:
+    """The two-sided Student ``t`` quantile: ``t`` with ``P(|T| <= t) = level`` for ``df`` degrees of freedom
+    (the ``(1 + level) / 2`` quantile; e.g. 2.3646 for 0.95 and 7), without SciPy: bisection on
+    ``P(|T| > t) = I_{df/(df+t²)}(df/2, 1/2)``, the regularised incomplete beta function by its continued
+    fraction. Accurate to about 1e-12 relative."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    if not df > 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df!r}")
+    a, tail = df / 2.0, 1.0 - level
+
+    def beyond(t):                                   # P(|T| > t)
+        t2 = t * t
+        return _betainc(a, 0.5, df / (df + t2), t2 / (df + t2))
+
+    low, high = 0.0, 1.0
+    while beyond(high) > tail:
+        low, high = high, 2 * high
+    for _ in range(200):
+        mid = (low + high) / 2
+        if beyond(mid) > tail:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-14 * high:
+            break
+    return (low + high) / 2
+
+
+def _betainc(a: float, b: float, x: float, one_minus_x: float) -> float:
+    """Regularised incomplete beta ``I_x(a, b)`` (``1 - x`` given separately, exact where ``x`` is near 1)."""
+    if x <= 0:
+        return 0.0
+    if one_minus_x <= 0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
+                     + b * math.log(one_minus_x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, one_minus_x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of ``I_x(a, b)`` (modified Lentz; Numerical Recipes' ``betacf``)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 100_000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-16:
+            break
+    return h
+
 
 def split_heatmap(cka: torch.Tensor, num_a: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cut the square heatmap of ``A + B`` layers into ``(within A, within B, A × B)``."""
+    """Cut the square heatmap of ``A + B`` layers into ``(within A, within B, A × B)``; ``num_a`` (the layers of
+    A) must leave at least one layer to each model."""
+    if not isinstance(cka, torch.Tensor) or cka.ndim != 2 or cka.shape[0] != cka.shape[1]:
+        shape = tuple(cka.shape) if hasattr(cka, "shape") else type(cka).__name__
+        raise ValueError(f"split_heatmap takes the square (A + B, A + B) heatmap of one joint update, got {shape}")
+    n = cka.shape[0]
+    if isinstance(num_a, bool) or not isinstance(num_a, numbers.Integral) or not 0 < num_a < n:
+        raise ValueError(f"num_a must be an int in [1, {n - 1}] (the layers of A in a heatmap of {n} layers), "
+                         f"got {num_a!r}")
     return cka[:num_a, :num_a], cka[num_a:, num_a:], cka[:num_a, num_a:]
 
 
@@ -404,6 +610,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> floa
     Returns:
         The CKA value; NaN (with a warning) if either representation is constant over the examples.
     """
+    _split_names({"x": x, "y": y}, "")              # one clear error for NumPy, 0-d, complex or empty input
     if not unbiased:
         x, y = x.detach().reshape(len(x), -1).double(), y.detach().reshape(len(y), -1).double()
         if x.shape[0] != y.shape[0]:
@@ -442,7 +649,13 @@ class Heatmaps:
 
 def band_mean(matrix: torch.Tensor, rows: tuple[float, float], cols: tuple[float, float]) -> float:
     """Mean CKA over a block of a heatmap given as fractions of depth, e.g. ``rows=(0, 0.25)`` = the lowest
-    quarter of the row model's layers (NaNs ignored)."""
+    quarter of the row model's layers (NaNs ignored). Each band is ``(start, end)`` with ``0 <= start < end <= 1``."""
+    for label, band in (("rows", rows), ("cols", cols)):
+        ok = isinstance(band, Sequence) and len(band) == 2 and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in band)
+        if not (ok and 0 <= band[0] < band[1] <= 1):
+            raise ValueError(f"{label} must be (start, end) fractions of depth with 0 <= start < end <= 1, e.g. "
+                             f"(0, 0.25); got {band!r}")
     r, c = matrix.shape
     block = matrix[int(rows[0] * r):max(int(rows[0] * r) + 1, round(rows[1] * r)),
                    int(cols[0] * c):max(int(cols[0] * c) + 1, round(cols[1] * c))]
@@ -450,14 +663,20 @@ def band_mean(matrix: torch.Tensor, rows: tuple[float, float], cols: tuple[float
 
 
 def best_match(matrix: torch.Tensor) -> torch.Tensor:
-    """For each column layer, the row layer with the highest CKA: ``(columns,)`` int64 indices."""
-    return _nan_to_minus_inf(matrix).argmax(0)
+    """For each column layer, the row layer with the highest CKA (NaNs ignored): ``(columns,)`` int64 indices;
+    ``-1`` for a column that is NaN throughout (a constant layer: no layer matches it). A caller counting
+    matches must count only indices ``>= 0`` (``-1 < half`` is true)."""
+    match = _nan_to_minus_inf(matrix).argmax(0)
+    return match.masked_fill_(torch.isnan(matrix).all(0), -1)
 
 
 def nanmax(matrix: torch.Tensor, dim: int | None = None):
-    """Maximum ignoring NaN (undefined CKA of constant layers): a float, or values along ``dim``."""
+    """Maximum ignoring NaN (undefined CKA of constant layers): a float, or values along ``dim``; NaN where
+    every value is NaN (never ``-inf``)."""
     filled = _nan_to_minus_inf(matrix)
-    return filled.max().item() if dim is None else filled.max(dim).values
+    if dim is None:
+        return float("nan") if bool(torch.isnan(matrix).all()) else filled.max().item()
+    return filled.max(dim).values.masked_fill_(torch.isnan(matrix).all(dim), float("nan"))
 
 
 def _nan_to_minus_inf(matrix: torch.Tensor) -> torch.Tensor:

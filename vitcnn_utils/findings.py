@@ -43,6 +43,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cka import student_t_quantile
+
 RESULTS_DIR = "book/chapters/results"
 
 REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly", "not reproduced"
@@ -162,41 +164,14 @@ def diff(a, b) -> list[float]:
 # Intervals over training seeds and image draws
 
 def t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile of Student's t distribution with ``df`` degrees of freedom (bisection on the CDF,
-    which is written with the regularised incomplete beta function; accurate to ~1e-10)."""
+    """The ``p`` quantile of Student's t distribution with ``df`` degrees of freedom
+    (:func:`vitcnn_utils.cka.student_t_quantile`, which gives the two-sided one)."""
     if not 0.0 < p < 1.0 or df < 1:
         raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1, got p={p}, df={df}")
-
-    def betacf(a, b, x):                     # continued fraction of the incomplete beta (modified Lentz)
-        tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        h = d
-        for m in range(1, 300):
-            for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                        -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-                d = 1.0 + num * d
-                d = 1.0 / (d if abs(d) > tiny else tiny)
-                c = 1.0 + num / c
-                c = c if abs(c) > tiny else tiny
-                h *= d * c
-            if abs(d * c - 1.0) < 1e-15:
-                break
-        return h
-
-    def cdf(t):
-        if t == 0:
-            return 0.5
-        x, y = df / (df + t * t), t * t / (df + t * t)        # x + y = 1, y without cancellation
-        a, b = df / 2.0, 0.5
-        front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y))
-        ib = front * betacf(a, b, x) / a if x < (a + 1) / (a + b + 2) else 1.0 - front * betacf(b, a, y) / b
-        return 1.0 - 0.5 * ib if t > 0 else 0.5 * ib
-
-    lo, hi = -1e3, 1e3
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return 0.5 * (lo + hi)
+    if p == 0.5:
+        return 0.0
+    t = student_t_quantile(abs(2.0 * p - 1.0), df)
+    return t if p > 0.5 else -t
 
 
 LEVEL = 0.95   # the confidence level of every interval a verdict reads

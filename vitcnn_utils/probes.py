@@ -37,9 +37,15 @@ def signed_one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float64) 
     """``(B,)`` integer labels → ``(B, C)`` targets, ``+1`` at the class and ``−1`` elsewhere."""
     if labels.ndim != 1:
         raise ValueError(f"labels must be (B,), got {tuple(labels.shape)}")
+    _require_integer(labels)
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
-    return 2 * F.one_hot(labels, num_classes).to(dtype) - 1
+    return 2 * F.one_hot(labels.long(), num_classes).to(dtype) - 1     # any integer dtype
+
+
+def _require_integer(labels: torch.Tensor) -> None:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype} (pass labels.long())")
 
 
 class RidgeProbes:
@@ -58,7 +64,9 @@ class RidgeProbes:
     def __init__(self, num_classes: int, relative_lambdas: Sequence[float] = RELATIVE_LAMBDAS,
                  device: str | torch.device | None = None):
         if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}: a probe separates classes (if "
+                             "num_classes was counted from the fit labels, as spatial_probes does without "
+                             "num_classes, the fit set holds a single class: fit on images of every class)")
         if not relative_lambdas or min(relative_lambdas) <= 0:
             raise ValueError(f"relative_lambdas must be positive, got {tuple(relative_lambdas)}")
         self.num_classes, self.device = num_classes, device
@@ -89,7 +97,15 @@ class RidgeProbes:
             raise ValueError(f"site {site!r}: features must be (B, P, d), got {tuple(x.shape)}")
         if x.shape[0] != labels.shape[0]:
             raise ValueError(f"site {site!r}: {x.shape[0]} feature rows but {labels.shape[0]} labels")
+        _require_integer(labels)
+        if labels.ndim == 1 and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"site {site!r}: labels range over [{int(labels.min())}, {int(labels.max())}], but the "
+                             f"probes are for {self.num_classes} classes (0 to {self.num_classes - 1}); if "
+                             "num_classes was counted from the fit labels (1 + the largest), a class is missing from "
+                             "the fit set: fit on every class, or pass num_classes")
         x = x.to(self.device, torch.float64)
+        if not torch.isfinite(x).all():
+            raise ValueError(f"site {site!r}: the features contain NaN or inf values; probes need finite features")
         x_aug = torch.cat([x, x.new_ones(x.shape[:-1] + (1,))], dim=-1)
         return x_aug, signed_one_hot(labels.to(x.device), self.num_classes)
 
@@ -134,14 +150,16 @@ class RidgeProbes:
 
     def accuracy(self) -> OrderedDict[str, torch.Tensor]:
         """Test accuracy ``{site: (P,) float64}`` over everything scored (all-reduced across processes)."""
-        if not self._seen and not torch.distributed.is_initialized():
-            raise RuntimeError("no test batches were scored")
+        if not self.weights:
+            raise RuntimeError("call solve() (and score()) before accuracy()")
         sites = list(self.weights)
         device = self.weights[sites[0]].device
         counts = all_reduce_sum([self._correct.get(s, torch.zeros(len(self.chosen[s]), dtype=torch.float64,
                                                                    device=device)) for s in sites]
                                 + [torch.tensor([float(self._seen)], dtype=torch.float64, device=device)])
         seen = counts.pop()
+        if not seen.item():                              # on every process: the sums are all-reduced
+            raise RuntimeError("no test batches were scored (on any process): call score() before accuracy()")
         return OrderedDict((s, (c / seen).cpu()) for s, c in zip(sites, counts))
 
 
@@ -256,7 +274,8 @@ def _ridge_path(fit: _Moments, relative_lambdas: torch.Tensor):
 
 
 def aggregate(features: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int] | None = None,
-              aggregations: Sequence[str] = AGGREGATIONS) -> OrderedDict[str, torch.Tensor]:
+              aggregations: Sequence[str] = AGGREGATIONS, class_token: bool | None = None
+              ) -> OrderedDict[str, torch.Tensor]:
     """Probe inputs ``{aggregation: (B, P, d)}`` from one layer's features.
 
     Args:
@@ -265,10 +284,17 @@ def aggregate(features: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, i
         aggregations: any of ``"first"`` (token 0: the CLS token of a CLS model), ``"gap"`` (mean of all
             tokens), ``"gap_spatial"`` (mean of the non-prefix tokens) and ``"tokens"`` (one probe per token,
             ``P = N``); for a map ``"first"`` is not defined and ``"gap_spatial"`` equals ``"gap"``.
+        class_token: whether token 0 is a class (CLS) token (timm: ``model.has_class_token``). ``False``
+            refuses ``"first"``: without a class token, token 0 is a register token or a patch. ``None``
+            (unknown, the default) reads token 0 as asked.
     """
     unknown = set(aggregations) - set(AGGREGATIONS)
     if unknown:
         raise ValueError(f"unknown aggregation(s) {sorted(unknown)}; choose from {AGGREGATIONS}")
+    if "first" in aggregations and class_token is False and features.ndim == 3:
+        token0 = "a register token" if num_prefix_tokens > 0 else "a patch token"
+        raise ValueError(f"aggregation 'first' reads the class (CLS) token, but the model has no class token (its "
+                         f"token 0 is {token0}): use 'gap_spatial', 'gap' or 'tokens'")
     if features.ndim == 4:
         if grid is not None:
             features = F.adaptive_avg_pool2d(features.float(), grid)
