@@ -10,7 +10,7 @@ import torch
 from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
 from vitcnn_utils.chapters import data_scale
-from vitcnn_utils.chapters.data_scale import FULL, MATCHED, SEED
+from vitcnn_utils.chapters.data_scale import FULL, MATCHED, OTHER, SEED
 
 SIZES = dict(n_images=16, batch_size=8, shots=2, val_per_class=2, n_test=16)
 
@@ -34,7 +34,7 @@ def _perturbed(model, scale, seed, steps=None):
 def groups(tiny_vit, tiny_resnet):
     vit = {"3%": _perturbed(tiny_vit, 1.0, 1, (100, 1800)), "30%": _perturbed(tiny_vit, 0.3, 2, (10, 18000)),
            FULL: _perturbed(tiny_vit, 0.0, 3, (20, 60000)), MATCHED: _perturbed(tiny_vit, 0.1, 4, (3, 60000)),
-           SEED: _perturbed(tiny_vit, 0.05, 7, (20, 60000))}
+           SEED: _perturbed(tiny_vit, 0.05, 7, (20, 60000)), OTHER: _perturbed(tiny_vit, 0.1, 8, (3, 60000))}
     resnet = {"3%": _perturbed(tiny_resnet, 1.0, 5), "30%": _perturbed(tiny_resnet, 0.3, 6), FULL: tiny_resnet}
     return vit, resnet
 
@@ -43,7 +43,7 @@ def groups(tiny_vit, tiny_resnet):
 def result(groups):
     vit, resnet = groups
     return data_scale.run(vit=vit[FULL], vit_matched=vit[MATCHED], resnet=resnet[FULL], vit_seed=vit[SEED],
-                          vit_fractions={"3%": vit["3%"], "30%": vit["30%"]},
+                          vit_matched_seed=vit[OTHER], vit_fractions={"3%": vit["3%"], "30%": vit["30%"]},
                           resnet_fractions={"3%": resnet["3%"], "30%": resnet["30%"]},
                           n_draws=2, use_cache=False, **SIZES)
 
@@ -94,7 +94,8 @@ def test_draw_0_is_the_plain_library_call(result, groups):
     gap = measure.block_probes(resnet, fit, val, test, 10, "gap")
     mid = result.mid_index
     assert mid == {"ViT": 0, "ResNet": 1}                     # 2 ViT blocks, 4 ResNet units: (n - 1) // 2
-    for label in vit:
+    assert OTHER not in result.probe["ViT"]["spatial"]      # the other-seed reference is compared by CKA only
+    for label in (lb for lb in vit if lb != OTHER):
         assert torch.equal(result.probe["ViT"]["spatial"][label][0], spatial[label])
         assert torch.equal(result.probe["ViT"]["cls"][label][0], cls[label])
     assert rec["probe_mid_gain_points_long"]["vit"][0] == 100 * (spatial[FULL][0].item() - spatial["3%"][0].item())
@@ -107,12 +108,25 @@ def test_draw_0_is_the_plain_library_call(result, groups):
 
 def test_without_a_matched_model(groups):
     vit, resnet = groups
-    r = data_scale.run(vit=vit[FULL], vit_matched=None, vit_seed=None, resnet=resnet[FULL], vit_fractions={"3%": vit["3%"]},
+    r = data_scale.run(vit=vit[FULL], vit_matched=None, vit_seed=None, vit_matched_seed=None, resnet=resnet[FULL], vit_fractions={"3%": vit["3%"]},
                        resnet_fractions={"3%": resnet["3%"]}, n_draws=1, use_cache=False, **SIZES)
     rec = r.to_record()
     assert rec["vit_matched"] is None and rec["probe_mid_gain_points_matched"] is None
     assert rec["reference"]["matched"] is None and rec["reference"]["matched_steps"] is None
     assert len(rec["vit_long"]["cka_first_block"]["3%"]) == 1
     with pytest.raises(ValueError, match="fractions"):
-        data_scale.run(vit=vit[FULL], vit_matched=None, vit_seed=None, resnet=resnet[FULL], vit_fractions={FULL: vit["3%"]},
+        data_scale.run(vit=vit[FULL], vit_matched=None, vit_seed=None, vit_matched_seed=None, resnet=resnet[FULL], vit_fractions={FULL: vit["3%"]},
                        **SIZES)
+
+
+def test_the_matched_reference_of_the_other_seed_is_compared_with_every_small_model_and_the_matched_one(result, groups):
+    """F11's seed baseline: CKA with the other seed's matched 100% model, as the plain library call gives it."""
+    vit, _ = groups
+    rec = result.to_record()["vit_matched_other_seed"]
+    assert set(rec["cka"]) == {"3%", "30%"} and len(rec["baseline"]["cka_last_block"]) == 2
+    batches = vdata.analysis_batches("fashion-mnist", SIZES["n_images"], SIZES["batch_size"], seed=0)
+    h = measure.block_heatmaps({OTHER: vit[OTHER], MATCHED: vit[MATCHED], "3%": vit["3%"], "30%": vit["30%"]},
+                               batches, progress=False)
+    diag = h["3%", OTHER].diagonal()
+    assert rec["cka"]["3%"]["cka_first_block"][0] == pytest.approx(diag[1].item(), abs=1e-12)
+    assert rec["baseline"]["cka_last_block"][0] == pytest.approx(h[MATCHED, OTHER].diagonal()[-1].item(), abs=1e-12)

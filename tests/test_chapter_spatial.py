@@ -81,10 +81,6 @@ def test_second_seeds_are_measured_like_their_models(result, tiny_vit_seed1):
     assert rec["vit_cls"]["interior_own_patch_count"][0] == \
         localisation.own_patch_counts(matrix, g["grid"])["interior_own_patch_count"]
     assert set(rec["vit_cls"]) == {"model", "interior_own_patch_count", *result.probe_curves["ViT-CLS"]}   # cls, spatial_gap, tokens
-    n, gap = 25, [result.interior_count("ViT-GAP"), rec["vit_gap"]["interior_own_patch_count"]]
-    held = [sum(all(5 * (c - g[d]) >= n for g in gap) for d, c in enumerate(counts))
-            for counts in (result.interior_count("ViT-CLS"), rec["vit_cls"]["interior_own_patch_count"])]
-    assert f"ViT-CLS seed 0: {held[0]} of 2 draws; ViT-CLS seed 1: {held[1]} of 2 draws" in result.measured_localisation()
     text = result.measured_probes() + result.measured_localisation()
     assert "Seed-to-seed baseline" in text and "second training seed" in text
     others = result.interior_count("ViT-GAP") + result.interior_count("ResNet") + rec["vit_gap"]["interior_own_patch_count"]

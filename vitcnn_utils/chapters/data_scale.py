@@ -36,6 +36,7 @@ from ..models import load_named
 ARCHS = ("ViT", "ResNet")
 FULL, MATCHED = "100%", "100%, matched steps"      # labels of the long-schedule and matched-compute references
 SEED = "100%, seed 1"                               # the long-schedule ViT's second training seed (seed baseline)
+OTHER = "100%, matched steps, other seed"           # the matched reference's seed twin: F11's seed baseline
 SPATIAL, CLS = "spatial", "cls"                     # probe readouts: mean of spatial tokens / GAP, and CLS token
 
 
@@ -128,12 +129,13 @@ class DataScaleResult:
         """Words for a model in legends and titles: "3% of the data (1,500 steps)", "100% of the data, 20 epochs
         (9,380 steps)", "100% of the data, 3 epochs (1,407 steps: matched)"."""
         steps, epochs = self.steps[arch].get(label), self.training[arch][label]["epochs"]
-        fraction = FULL if label in (MATCHED, SEED) else label
+        fraction = FULL if label in (MATCHED, SEED, OTHER) else label
         text = f"{fraction} of the data" if fraction.endswith("%") else fraction
-        if label in (FULL, MATCHED, SEED) and epochs is not None:
+        if label in (FULL, MATCHED, SEED, OTHER) and epochs is not None:
             text += f", {epochs} epochs"
         if steps is not None:
-            text += f" ({steps:,} steps{': matched' if label == MATCHED else ''}{', seed 1' if label == SEED else ''})"
+            text += (f" ({steps:,} steps{': matched' if label in (MATCHED, OTHER) else ''}"
+                     f"{', seed 1' if label == SEED else ', other seed' if label == OTHER else ''})")
         elif label == MATCHED:
             text += " (matched steps)"
         return text
@@ -297,6 +299,14 @@ class DataScaleResult:
             "cka_long_vs_matched": ({"cka_first_block": self.cka_block("vit_long", MATCHED, "first"),
                                      "cka_last_block": self.cka_block("vit_long", MATCHED, "last")}
                                     if self.has_matched else None),
+            "vit_matched_other_seed": ({
+                "reference": self.model_names["ViT"][OTHER],
+                "baseline": {"model": self.model_names["ViT"][MATCHED],
+                             "cka_first_block": self.cka_block("vit_other_seed", MATCHED, "first"),
+                             "cka_last_block": self.cka_block("vit_other_seed", MATCHED, "last")},
+                "cka": {lb: {"cka_first_block": self.cka_block("vit_other_seed", lb, "first"),
+                             "cka_last_block": self.cka_block("vit_other_seed", lb, "last")}
+                        for lb in self.fractions["ViT"]}} if "vit_other_seed" in self.cka else None),
             "seed_baseline": ({"model": self.model_names["ViT"][SEED], "reference": self.model_names["ViT"][FULL],
                                "cka_first_block": self.cka_block("vit_long", SEED, "first"),
                                "cka_last_block": self.cka_block("vit_long", SEED, "last"),
@@ -337,7 +347,11 @@ def _steps(model) -> int | None:
     return zoo.optimisation_steps(entry) if entry else None
 
 
+MODEL_ARGUMENTS = ("vit", "vit_matched", "resnet", "vit_seed", "vit_matched_seed", "vit_fractions", "resnet_fractions")   # run()'s model arguments: swapped for their seed twins (vitcnn_utils.seeds)
+
+
 def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet", vit_seed="zoo:vit-cls-s1",
+        vit_matched_seed="zoo:vit-cls-e3-s1",
         vit_fractions: Mapping | None = None, resnet_fractions: Mapping | None = None,
         weights: Mapping[str, str] | None = None, pretrained: bool = False, data: str = "fashion-mnist",
         data_dir: str | None = None, image_size: int | None = None, n_images: int = 1000, batch_size: int = 250,
@@ -348,7 +362,9 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet", vi
     Models are :func:`~vitcnn_utils.models.load_named` names or models: ``vit`` and ``resnet`` trained on all the
     data (the long-schedule references), ``vit_matched`` the ViT trained on all the data for the small-data
     models' number of steps (``None``: no matched reference), ``vit_seed`` the long-schedule ViT's second training
-    seed (``None``: no seed baseline), and ``{label: model}`` fractions, least data first (default: the zoo's 3%,
+    seed (``None``: no seed baseline), ``vit_matched_seed`` the matched reference's other training seed (``None``:
+    none; every small-data model and ``vit_matched`` are compared with it by CKA, so the data effect is measured
+    against two independently trained 100% models: F11), and ``{label: model}`` fractions, least data first (default: the zoo's 3%,
     10% and 30% models).
     """
     if n_draws < 1:
@@ -356,10 +372,15 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet", vi
     vit_fractions = dict(vit_fractions or {"3%": "zoo:vit-cls-f03", "10%": "zoo:vit-cls-f10", "30%": "zoo:vit-cls-f30"})
     resnet_fractions = dict(resnet_fractions or {"3%": "zoo:resnet-f03", "10%": "zoo:resnet-f10",
                                                  "30%": "zoo:resnet-f30"})
-    if not vit_fractions or not resnet_fractions or {FULL, MATCHED, SEED} & (set(vit_fractions) | set(resnet_fractions)):
-        raise ValueError(f"fractions need at least one label each, none of them {FULL!r}, {MATCHED!r} or {SEED!r}")
+    if not vit_fractions or not resnet_fractions or {FULL, MATCHED, SEED, OTHER} & (set(vit_fractions) | set(resnet_fractions)):
+        raise ValueError(f"fractions need at least one label each, none of them {FULL!r}, {MATCHED!r}, {SEED!r} or "
+                         f"{OTHER!r}")
+    if vit_matched_seed is not None and vit_matched is None:
+        raise ValueError("vit_matched_seed is the matched reference's other training seed: give vit_matched too, or "
+                         "set vit_matched_seed=None")
     specs = {"ViT": {**vit_fractions, FULL: vit, **({MATCHED: vit_matched} if vit_matched is not None else {}),
-                     **({SEED: vit_seed} if vit_seed is not None else {})},
+                     **({SEED: vit_seed} if vit_seed is not None else {}),
+                     **({OTHER: vit_matched_seed} if vit_matched_seed is not None else {})},
              "ResNet": {**resnet_fractions, FULL: resnet}}
     models, names, prints = {}, {}, {}
     for arch, group in specs.items():
@@ -368,37 +389,44 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet", vi
             m, name = _model(spec, f"{arch} {label}", weights, pretrained, device)
             models[arch][label], names[arch][label] = m, name
             prints[arch][label] = cache.model_fingerprint(m, name)
+    data_key = cache.data_fingerprint(data, data_dir)          # the data's location and files, in every key
     num_classes = None              # the data's classes, from the probes' images (a timm head has ImageNet-1k's 1,000)
     has_cls = getattr(models["ViT"][FULL], "num_prefix_tokens", 0) > 0
     readouts = {"ViT": {SPATIAL: "gap_spatial" if has_cls else "gap", **({CLS: "first"} if has_cls else {})},
                 "ResNet": {SPATIAL: "gap"}}
     seeds = [seed + d for d in range(n_draws)]
 
-    heat = {"vit_long": {}, "vit_matched": {}, "resnet": {}}
-    acc = {arch: {ro: {label: [] for label in models[arch]} for ro in readouts[arch]} for arch in ARCHS}
+    heat = {"vit_long": {}, "vit_matched": {}, "resnet": {}, "vit_other_seed": {}}
+    acc = {arch: {ro: {label: [] for label in models[arch] if label != OTHER} for ro in readouts[arch]}
+           for arch in ARCHS}
     layers = {}
     for s in seeds:
         batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
         fit, val, test = vdata.probe_batches(data, shots, val_per_class, n_test, batch_size, seed=s,
                                              data_dir=data_dir, image_size=image_size)
         num_classes = num_classes or measure.count_classes(fit)
-        base = {"data": data, "seed": s, "image_size": image_size, "batch": batch_size}
+        base = {"data": data_key, "seed": s, "image_size": image_size, "batch": batch_size}
         for arch, group in models.items():
             # the seed baseline is a separate pair (FULL, SEED), so that the other models' heatmaps stay as they were
-            cka_groups = [{k: m for k, m in group.items() if k != SEED}] + ([{FULL: group[FULL], SEED: group[SEED]}]
-                                                                            if SEED in group else [])
+            # and so is the other-seed matched reference with the small-data models and the matched reference
+            cka_groups = ([{k: m for k, m in group.items() if k not in (SEED, OTHER)}]
+                          + ([{FULL: group[FULL], SEED: group[SEED]}] if SEED in group else [])
+                          + ([{OTHER: group[OTHER], MATCHED: group[MATCHED], **{k: group[k] for k in vit_fractions}}]
+                             if OTHER in group else []))
             for g in cka_groups:
                 h = cache.cached("data-scale-cka", {**base, "n": n_images, "models": [prints[arch][k] for k in g]},
                                  lambda g=g: measure.block_heatmaps(g, batches, device=device, progress=False),
                                  use_cache)
-                layers[arch] = h.names[FULL]
-                refs = ({"vit_long": FULL, **({"vit_matched": MATCHED} if MATCHED in g else {})} if arch == "ViT"
-                        else {"resnet": FULL})
+                layers[arch] = h.names[MATCHED if OTHER in g else FULL]
+                refs = ({"resnet": FULL} if arch != "ViT" else {"vit_other_seed": OTHER} if OTHER in g else
+                        {"vit_long": FULL, **({"vit_matched": MATCHED} if MATCHED in g else {})})
                 for ref, label in refs.items():
                     for other, values in matched_layer_cka(h, label).items():
                         heat[ref].setdefault(other, []).append(values.double())
             aggs = tuple(readouts[arch].values())
             for label, model in group.items():
+                if label == OTHER:          # compared by CKA only (its probes would repeat vit_matched's twin's)
+                    continue
                 result = cache.cached(
                     "data-scale-block-probes", {**base, "shots": shots, "val": val_per_class, "n_test": n_test,
                                                 "aggregations": list(aggs), "model": prints[arch][label]},
@@ -407,8 +435,9 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet", vi
                     use_cache)
                 for ro, agg in readouts[arch].items():
                     acc[arch][ro][label].append(result.accuracy[agg][:, 0].double())
-    if not heat["vit_matched"]:
-        del heat["vit_matched"]
+    for ref in ("vit_matched", "vit_other_seed"):
+        if not heat[ref]:
+            del heat[ref]
     n_blocks = {arch: len(layers[arch]) - 1 for arch in ARCHS}
     mid = {arch: middle_index(n) for arch, n in n_blocks.items()}
     words = {SPATIAL: "mean of spatial tokens" if has_cls else "mean of all tokens", CLS: "CLS token"}

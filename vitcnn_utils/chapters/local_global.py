@@ -408,6 +408,9 @@ def _nested(t: torch.Tensor) -> list:
     return t.double().tolist()
 
 
+MODEL_ARGUMENTS = ("vit", "vit_small_data", "resnet")   # run()'s model arguments: swapped for their seed twins (vitcnn_utils.seeds)
+
+
 def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet",
         resnet_low_layers: Sequence[str] = ("maxpool", "layer1.0", "layer2.0", "layer2.1"),
         vit_erf_layers: Sequence[str] = ("blocks.0", "blocks.2", "blocks.5"),
@@ -429,6 +432,7 @@ def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet"
     res = load(resnet)
     fp = {label: cache.model_fingerprint(m, label) for label, m in vits.items()}
     fp_vit, fp_res = cache.model_fingerprint(vits["all data"], "vit"), cache.model_fingerprint(res, "resnet")
+    data_key = cache.data_fingerprint(data, data_dir)          # the data's location and files, in every key
     resnet_low_layers, vit_erf_layers, resnet_erf_layers = (list(x) for x in (resnet_low_layers, vit_erf_layers,
                                                                               resnet_erf_layers))
     seeds = [seed + d for d in range(n_draws)]
@@ -441,7 +445,7 @@ def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet"
     distances = {label: [] for label in vits}
     head_distance, head_cka, rho = [], [], []
     for s in seeds:
-        key = {"data": data, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
+        key = {"data": data_key, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
         for label, m in vits.items():
             d = cache.cached("attention-distance", {**key, "model": fp[label]},
                              lambda m=m: measure.attention_distances(m, batches(s), device=device)[0],
@@ -469,7 +473,7 @@ def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet"
                 return measure.effective_receptive_field(model, images, layer, device=device)
             fp_model = fp_vit if kind == "ViT" else fp_res
             erf_draws[f"{kind} {layer}"].append(cache.cached(
-                "erf", {"data": data, "n": n_erf_images, "seed": s, "image_size": image_size, "model": fp_model,
+                "erf", {"data": data_key, "n": n_erf_images, "seed": s, "image_size": image_size, "model": fp_model,
                         "layer": layer}, compute, use_cache))
     erf_maps = {}
     for name, maps in erf_draws.items():

@@ -306,6 +306,9 @@ def _model(name_or_model, label, weights, pretrained, device) -> tuple[torch.nn.
     return load_named(name_or_model, weights=weights, pretrained=pretrained, device=device), name_or_model
 
 
+MODEL_ARGUMENTS = ("vit", "resnet", "vit_control", "vit_no_skip")   # run()'s model arguments: swapped for their seed twins (vitcnn_utils.seeds)
+
+
 def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Module = "zoo:resnet",
         vit_control: str | torch.nn.Module | None = "zoo:vit-cls-e3",
         vit_no_skip: Sequence[str | torch.nn.Module] = ("zoo:vit-cls-noskip1", "zoo:vit-cls-noskip3",
@@ -333,6 +336,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
     if len(vits) != 1 + (control_model is not None) + len(no_skip):
         raise ValueError(f"the ViTs need distinct names: {[intact_name, vit_name] + list(no_skip)}")
     fp = {label: cache.model_fingerprint(m, label) for label, m in {**vits, res_name: res_model}.items()}
+    data_key = cache.data_fingerprint(data, data_dir)          # the data's location and files, in every key
     seeds = [seed + d for d in range(n_draws)]
 
     vit_ratios, res_ratios, summaries, within, accuracy, comparisons, long_split = [], [], [], [], [], [], []
@@ -340,7 +344,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
     n_seen = None
     for s in seeds:
         batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
-        base = {"data": data, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
+        base = {"data": data_key, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
         vr, sublayers = cache.cached("skip-ratios", {**base, "model": fp[vit_name]},
                                      lambda: measure.vit_skip_ratios(vit_model, batches, device), use_cache)
         rr, units = cache.cached("skip-ratios", {**base, "model": fp[res_name]},
