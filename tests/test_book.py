@@ -13,7 +13,7 @@ TINY = {"vit": "arch:vit-cls", "vit_small_data": "arch:vit-cls-f03", "vit_gap": 
         "vit_control": "arch:vit-cls-e3", "vit_matched": "arch:vit-cls-e3", "vit_seed": "arch:vit-cls-s1",
         "vit_gap_seed": "arch:vit-gap-s1",
         "n_images": 48, "batch_size": 24, "n_erf_images": 4, "shots": 2, "val_per_class": 2, "n_test": 48,
-        "n_draws": 2, "use_cache": False}
+        "n_draws": 1, "use_cache": False, "seed_twins": False}
 FIGURES = {"representation_within", "representation_across", "attention_distance", "head_subset_cka",
            "receptive_fields", "skip_ratios", "no_skip_cka", "token_patch_cka", "probes_tokens", "data_scale_cka",
            "data_scale_probes"}

@@ -260,3 +260,14 @@ def test_patch_size_and_grid_are_checked(tiny_vit):
             localisation.grid_tokens(torch.zeros(2, 16, 3), grid)
         with pytest.raises(ValueError, match=r"grid must be"):
             measure.token_patch_cka(tiny_vit, _batches(), "blocks.0", 4, grid, 1)
+
+
+def test_probes_refuse_a_generator_of_batches_and_a_single_class():
+    """Issue 21: spatial_probes(fit=<generator>) said "every site needs fit (fit: [])" (counting consumed it)."""
+    images = torch.randint(0, 255, (8, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    with pytest.raises(TypeError, match="re-iterable.*list"):
+        measure.count_classes(b for b in [(images, labels)])
+    with pytest.raises(ValueError, match="single class"):
+        measure.count_classes([(images, torch.zeros(8, dtype=torch.long))])
+    assert measure.count_classes([(images, labels)]) == 4

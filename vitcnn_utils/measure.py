@@ -333,9 +333,15 @@ def probe_aggregations(model: torch.nn.Module) -> tuple[str, ...]:
 def count_classes(batches: Iterable) -> int:
     """``1 +`` the largest label in raw ``(images, labels)`` batches (the probes' fit set, which holds
     every class)."""
+    if iter(batches) is batches:     # an iterator (e.g. a generator) would be used up by counting
+        raise TypeError("the probes' batches must be a re-iterable collection (a list of (images, labels) pairs), "
+                        "not an iterator or generator: it is read once to count the classes and again to fit; "
+                        "wrap it in list(...)")
     labels = [int(y.max()) for y in (minibatch_pair(batch)[1] for batch in batches) if len(y)]
     if not labels:
         raise ValueError("no labelled batches to count classes from")
+    if max(labels) < 1:
+        raise ValueError("the probes' fit set holds a single class (label 0 only): a probe needs at least 2 classes")
     return 1 + max(labels)
 
 
