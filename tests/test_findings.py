@@ -260,10 +260,23 @@ def test_record_and_load_round_trip_with_replicates(tmp_path):
     assert loaded == {"spatial": {"a": [1.0, None], "replicates": [{"a": [2.0, 3.0]}]}}
 
 
-def test_intro_outcome_table_lists_every_finding_with_its_verdict_and_the_tally(tmp_path):
-    rows = findings.table(paper_like())
-    path = findings.write_outcomes(rows, tmp_path)
-    text = path.read_text()
-    assert "Of 12 findings: 12 reproduced." in text
-    assert text.count("| **reproduced** |") == 12
+def test_intro_summary_names_every_finding_under_its_verdict_with_the_tally(tmp_path):
+    results = paper_like()
+    results["spatial"]["vit_cls"]["interior_own_patch_count"] = d(12, 13, 12, 12, 13)   # F9: direction only
+    rows = findings.table(results)
+    text = findings.write_outcomes(rows, tmp_path).read_text()
+    assert "Of 12 findings: 11 reproduced, 1 direction only." in text
+    assert text.count("(Finding ") == 12
+    direction = next(line for line in text.splitlines() if line.startswith("- **The paper's direction"))
+    assert "(Finding 9, Figs 9–10: " in direction and "points [" in direction
     assert all(v in findings.vocabulary() for v in findings.VERDICTS)
+
+
+def test_the_summary_figure_draws_every_finding(tmp_path):
+    from vitcnn_utils import plotting
+    results = paper_like()
+    del results["spatial"]                                       # a not-measured row has no interval
+    fig = plotting.findings_forest(findings.table(results))
+    assert len(fig.axes) == 12
+    assert fig.axes[8].texts and "no results from spatial" in fig.axes[8].texts[0].get_text()
+    plotting.save(fig, "summary", tmp_path)

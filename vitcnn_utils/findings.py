@@ -236,6 +236,11 @@ class Check:
     state: str
     value: str = ""
     origin: str = ""
+    interval: Interval | None = None      # what was judged (None for a fact such as matched steps)
+    side: str = ""
+    threshold: object = None
+    scale: float = 1.0                    # display: value × scale, in ``unit``
+    unit: str = ""
 
     @property
     def met(self) -> bool:
@@ -265,7 +270,8 @@ def check(rule: str, per_seed, side: str, threshold, origin: str = PROJECT, digi
     """A criterion on a quantity measured per training seed and draw (``per_seed``: one list of per-draw values
     per seed), judged on its :class:`Interval`."""
     iv = interval(per_seed)
-    return Check(rule, decide(iv, side, threshold), iv.text(digits, scale, unit), origin)
+    return Check(rule, decide(iv, side, threshold), iv.text(digits, scale, unit), origin, iv, side, threshold, scale,
+                 unit)
 
 
 def flag(rule: str, met: bool, value: str = "", origin: str = PROJECT) -> Check:
@@ -401,7 +407,8 @@ def _f2(v):
         f"half: {interval(share).text(0, 100, '%')} (a random match: {chance:.0%}); best CKA of the ViT's last "
         f"third with any ResNet layer {interval(per_seed(reps, lambda r: r['max_cka_vit_last_third'])).text()} "
         f"({_seeds_text(reps)})",
-        central=check(f"more of them than a random match would give ({chance:.0%})", share, ">", chance, digits=0,
+        central=check(f"ViT lowest-quarter layers best matched in the ResNet's lower half: share above a random "
+                      f"match's {chance:.0%}", share, ">", chance, digits=0,
                       scale=100, unit="%"),
         size=(check("at least 75% of them", share, "≥", 0.75, PROJECT + " of Fig 2", 0, 100, "%"),),
         secondary=(check("the ViT's last third matches no ResNet layer: max CKA < 0.5",
@@ -464,7 +471,8 @@ def _f5(v):
         f"rank correlation of a block-0 head's distance with its CKA to low ResNet layers {interval(rho).text()}; "
         + _distance_text(reps),
         preconditions=(_local_precondition(reps),),
-        central=check("negative", rho, "<", 0.0),
+        central=check("rank correlation of block-0 head distance with CKA to low ResNet layers negative", rho, "<",
+                      0.0),
         size=(check("≤ −0.5", rho, "≤", -0.5, PROJECT + " of Fig 5"),))
 
 
@@ -722,6 +730,7 @@ def table(results: dict, chapter: str | None = None) -> list[dict]:
         rows.append({"finding": f.number, "figure": f.figure, "chapter": f.chapter, "paper": f.paper,
                      "measured": j.measured, "verdict": j.verdict,
                      "checks": [(kind, c.rule, c.state, c.value, c.origin) for kind, c in j.checks()],
+                     "judged": {kind: c for kind, c in reversed(j.checks())},   # the first check of each kind
                      "not_measured": j.not_measured,
                      "hypothesis": f.hypothesis if j.verdict not in (REPRODUCED, NOT_MEASURED) else ""})
     return rows
@@ -804,21 +813,42 @@ CHAPTER_TITLES = {"representation_structure": "Representation structure", "local
 OUTCOMES_FILE = "outcomes.md"   # written beside the results by the conclusion; the intro includes it
 
 
+_PLAIN = {  # the intro's plain sentence for each verdict group
+    REPRODUCED: "Reproduced, direction and size, beyond the seed-to-seed noise",
+    DIRECTION_ONLY: "The paper's direction, beyond the noise, but smaller than the paper's effect",
+    PARTLY: "The central claim holds beyond the noise; another part of the finding does not",
+    NOT_DISTINGUISHABLE: "Not told apart from the noise between training seeds",
+    OPPOSITE: "The opposite of the paper's direction, beyond the noise",
+    NOT_REPRODUCED: "Not reproduced: the quantity lies beyond the noise on the wrong side of the paper's level",
+    UNTESTABLE: "Untestable at this scale (a precondition is absent)",
+    CONFOUNDED: "Confounded (a comparison the claim needs is not matched)",
+    NOT_MEASURED: "Not measured in this build",
+}
+
+
 def outcome_table(rows: list[dict]) -> str:
-    """The intro's short table: per finding, the paper's claim, its chapter and the verdict, with the tally."""
-    lines = [f"**Outcome in this build.** {tally_text(rows)} The conclusion chapter shows every measured value with "
-             "its spread and each criterion.", "", "| # | The paper (figure) | Chapter | Verdict |", "|---|---|---|---|"]
-    lines += [f"| {r['finding']} | {_cell(r['paper'])} ({r['figure']}) | {CHAPTER_TITLES.get(r['chapter'], r['chapter'])} "
-              f"| **{r['verdict']}** |" for r in rows]
+    """The intro's summary: the tally, then per verdict (in :data:`VERDICTS` order) one plain sentence naming
+    its findings, the paper's claim and this build's central number."""
+    lines = [f"**{tally_text(rows)}**", ""]
+    for verdict in VERDICTS:
+        group = [r for r in rows if r["verdict"] == verdict]
+        if not group:
+            continue
+        lines.append(f"- **{_PLAIN[verdict]}:** " + "; ".join(
+            f"{r['paper']} (Finding {r['finding']}, {r['figure']}"
+            + (f": {r['judged']['central'].value}" if r["judged"].get("central") is not None
+               and r["judged"]["central"].value else "") + ")" for r in group) + ".")
+    lines += ["", "The conclusion chapter gives every criterion with its interval and the origin of its threshold."]
     return "\n".join(lines) + "\n"
 
 
-def write_outcomes(rows: list[dict], folder: str | os.PathLike = RESULTS_DIR) -> Path:
-    """Write :func:`outcome_table` to ``folder/outcomes.md`` (atomically) and return its path."""
-    path = Path(folder) / OUTCOMES_FILE
+def write_outcomes(rows: list[dict], folder: str | os.PathLike = RESULTS_DIR, name: str = OUTCOMES_FILE,
+                   text: str | None = None) -> Path:
+    """Write :func:`outcome_table` (or ``text``) to ``folder/name`` (atomically) and return its path."""
+    path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(outcome_table(rows))
+    tmp.write_text(outcome_table(rows) if text is None else text)
     tmp.replace(path)
     return path
 

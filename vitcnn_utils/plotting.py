@@ -600,3 +600,105 @@ def probe_by_depth_over_draws(ax, curves: dict, title: str, chance: float | None
     ax.title.set_fontsize(10)
     ax.legend(fontsize=7.5, loc="lower right")
     return ax
+
+
+def cka_estimator_bias(ax, result):
+    """Biased and unbiased linear CKA of independent random features against their width (background chapter):
+    ``result`` is a :class:`vitcnn_utils.baselines.EstimatorBias`; each estimator's mean over the seeds (line)
+    with ± 1 SD error bars, the true value 0, and the large-sample expectation of the biased estimator
+    ``w / (w + n)`` (ratio of the expected HSIC terms of two independent Gaussian representations of width ``w``)."""
+    widths = np.asarray(result.widths, dtype=float)
+    styles = {"biased": ("#d1495b", "o", "biased CKA (Kornblith et al. 2019)"),
+              "unbiased": ("#3b6fb6", "s", "unbiased CKA (this project, the paper)")}
+    for estimator, (colour, marker, label) in styles.items():
+        ax.errorbar(widths, result.mean(estimator).numpy(), yerr=result.sd(estimator).numpy(), color=colour,
+                    marker=marker, ms=5, lw=1.8, capsize=3, label=label)
+    grid = np.geomspace(widths.min(), widths.max(), 200)
+    ax.plot(grid, grid / (grid + result.n), color="#d1495b", lw=1, ls=":", label=f"w / (w + n), n = {result.n}")
+    ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.axvline(result.n, color="0.55", lw=0.8, ls="--")
+    ax.text(result.n * 1.08, 0.8, "width = n", color="0.4", fontsize=8, rotation=90, va="center")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths)
+    ax.set_xticklabels([str(int(w)) for w in widths])
+    ax.set_ylim(-0.08, 1.05)
+    ax.set_xlabel("width of each representation (features)")
+    ax.set_ylabel("linear CKA")
+    ax.set_title(f"CKA of two independent random representations\n(n = {result.n} examples, mean ± SD of "
+                 f"{len(result.seeds)} seeds; the true value is 0)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    return ax
+
+
+def twin_cka_by_block(ax, curves: dict, title: str, colours: dict | None = None):
+    """CKA of each block output of a trained model with the same block of its seed twin (same architecture and
+    recipe, another training seed): ``curves`` maps a label to ``(block names, CKA per block)``; x is the block
+    number (1 = first block), one line per model."""
+    colours = colours or {}
+    default = iter(sns.color_palette("deep"))
+    for i, (label, (names, values)) in enumerate(curves.items()):
+        values = np.asarray(values, dtype=float)
+        ax.plot(np.arange(1, len(values) + 1), values, marker=_FRACTION_MARKERS[i % len(_FRACTION_MARKERS)],
+                lw=1.8, color=colours.get(label) or next(default), label=label)
+    longest = max((len(v[1]) for v in curves.values()), default=0)
+    ax.set_xticks(np.arange(1, longest + 1))
+    ax.axhline(1.0, color="0.6", lw=0.8, ls=":")
+    ax.set_ylim(min([0.0] + [np.nanmin(np.asarray(v[1], dtype=float)) - 0.05 for v in curves.values()]), 1.03)
+    ax.set_xlabel("block (residual stream: block / residual-unit output)")
+    ax.set_ylabel("CKA with the seed twin")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
+    return ax
+
+
+VERDICT_COLOURS = {"reproduced": "#2e9e6e", "direction only": "#7fb7e3", "partly": "#7fb7e3",
+                   "not distinguishable from noise": "#a0a0a0", "opposite": "#d1495b", "not reproduced": "#d1495b",
+                   "untestable at this scale": "#c9c9c9", "confounded": "#e0a458", "not measured": "#e6e6e6"}
+
+
+def findings_forest(rows: list[dict], width: float = 10.0, row_inches: float = 0.95):
+    """The summary figure: one small panel per finding (rows of :func:`vitcnn_utils.findings.table`), each on its
+    own axis in its own unit. Dots with thin bars: each training seed's mean and 95% draw interval; the wide band:
+    the interval the verdict reads (their union), coloured by the verdict; solid line: the central criterion's
+    threshold (0 = no effect, or the level the claim needs); dashed line: the paper's size. Returns the figure."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width, row_inches * len(rows) + 0.6), layout="constrained")
+    axes = np.atleast_1d(axes)
+    for ax, row in zip(axes, rows):
+        central, size = row["judged"].get("central"), row["judged"].get("size")
+        colour = VERDICT_COLOURS.get(row["verdict"], "#888888")
+        ax.set_yticks([])
+        ax.grid(axis="y", visible=False)
+        ax.set_ylabel(f"F{row['finding']}", rotation=0, ha="right", va="center", fontsize=11, fontweight="bold")
+        ax.set_title(f"{row['paper']}", loc="left", fontsize=9.5, fontweight="normal", color="#333333")
+        ax.set_title(row["verdict"], loc="right", fontsize=9.5, fontweight="bold", color=colour if colour not in
+                     ("#c9c9c9", "#e6e6e6", "#a0a0a0") else "#666666")
+        if central is None or central.interval is None:
+            ax.set_xticks([])
+            ax.text(0.5, 0.5, row["not_measured"] or "no measured effect", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=9, color="#555555")
+            continue
+        iv, k = central.interval, central.scale
+        band = (k * iv.low, k * iv.high)
+        for y, (m, lo, hi) in zip(np.linspace(0.35, 0.65, max(iv.n_seeds, 2))[:iv.n_seeds], iv.seeds):
+            ax.plot([k * lo, k * hi], [y, y], color="#222222", lw=1.2)
+            ax.plot([k * m], [y], "o", color="#222222", ms=4)
+        marks = [k * iv.low, k * iv.high]
+        for check, style, label in ((central, "-", "threshold"), (size, "--", "paper's size")):
+            if check is None or check.threshold is None:
+                continue
+            for t in (check.threshold if isinstance(check.threshold, tuple) else (check.threshold,)):
+                ax.axvline(check.scale * t, color="#444444", ls=style, lw=1.1)
+                marks.append(check.scale * t)
+        lo, hi = min(marks), max(marks)
+        pad = 0.08 * (hi - lo or 1.0)
+        ax.set_xlim(lo - pad, hi + pad)
+        grow = max(0.0, 0.006 * (hi - lo + 2 * pad) - (band[1] - band[0])) / 2     # a zero-width band stays visible
+        ax.axvspan(band[0] - grow, band[1] + grow, ymin=0.15, ymax=0.85, color=colour, alpha=0.6, lw=0, zorder=0)
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelsize=8.5)
+        ax.set_xlabel(central.rule + (f" ({central.unit.strip()})" if central.unit.strip() else ""), fontsize=8.5,
+                      labelpad=1)
+    fig.suptitle("Each finding's effect against its noise: per-seed means (dots) with 95% draw intervals; band = "
+                 "interval over seeds and draws;\nsolid line = the criterion's threshold, dashed = the paper's size",
+                 fontsize=10)
+    return fig

@@ -174,3 +174,33 @@ def training_summary(models: Mapping[str, torch.nn.Module]) -> dict[str, dict]:
         entry = getattr(model, "zoo_entry", None) or {}
         out[label] = {k: entry.get(k) for k in keys}
     return out
+
+
+CARD_MODELS = {"vit-cls": "ViT, CLS token", "vit-gap": "ViT, global average pooling", "resnet": "ResNet"}
+
+
+def model_card() -> str:
+    """Markdown: the zoo's main models (architecture, parameters, training, test accuracy of each training seed),
+    from the manifest; the small-data and no-skip variants in one closing sentence."""
+    entries = manifest()
+    lines = ["| Model | Architecture | Parameters | Trained on | Test accuracy (seed 0 / seed 1) |",
+             "|---|---|---:|---|---|"]
+    for name, label in CARD_MODELS.items():
+        entry = entries.get(name)
+        if entry is None:
+            continue
+        a = entry["arch"]
+        arch = (f"{a['depth']} blocks, width {a['embed_dim']}, {a['num_heads']} heads, {a['patch_size']}×"
+                f"{a['patch_size']} patches ({(28 // a['patch_size']) ** 2} tokens)" if a["kind"] == "vit" else
+                f"bottleneck units {'-'.join(map(str, a['layers']))}, widths {'-'.join(map(str, a['channels']))}")
+        accs = [f"{100 * entries[n]['test_accuracy']:.1f}%" for n in (name, f"{name}-s1") if n in entries]
+        lines.append(f"| {label} | {arch} | {entry['parameters']:,} | {entry['train_images']:,} images, "
+                     f"{entry['epochs']} epochs | {' / '.join(accs)} |")
+    twins = [n for n in SEED_REPLICATED if f"{n}-s1" in entries]
+    seeds = ("every model a finding compares was trained with two training seeds" if len(twins) == len(SEED_REPLICATED)
+             else f"a second training seed exists of {len(twins)} of the {len(SEED_REPLICATED)} models findings "
+                  f"compare (missing: {', '.join(n for n in SEED_REPLICATED if n not in twins)})")
+    return "\n".join(lines) + ("\n\nAll models see 28 × 28 grey Fashion-MNIST images (10 classes). Variants of the CLS "
+                               "ViT trained on 3%, 10% and 30% of the images, without the skip connections of one "
+                               "block, or for 3 epochs only, and ResNets on 3–30% of the images, are described in "
+                               f"the chapters that use them; {seeds}.\n")
