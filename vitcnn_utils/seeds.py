@@ -54,6 +54,46 @@ def twin_arguments(arguments: Mapping[str, Any], model_keys: tuple[str, ...]) ->
     return out
 
 
-def replicate(run: Callable[..., Any], arguments: Mapping[str, Any], model_keys: tuple[str, ...]) -> list:
-    """``[run(**twin arguments)]``: the chapter's second training seed (see the module docstring)."""
+def _names(arguments: Mapping[str, Any], model_keys: tuple[str, ...]) -> list[str]:
+    names = []
+    for key in model_keys:
+        value = arguments.get(key)
+        if value is None:
+            continue
+        values = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else [value]
+        names += list(values)
+    return names
+
+
+def missing_twins(arguments: Mapping[str, Any], model_keys: tuple[str, ...]) -> list[str]:
+    """The seed twins of the models in ``arguments`` that are specified but not trained yet (zoo names without
+    ``zoo:``); a model that cannot have a twin raises :class:`ValueError` (see :func:`twin`)."""
+    trained = zoo.manifest()
+    return sorted({twin(n)[len("zoo:"):] for n in _names(arguments, model_keys)} - set(trained))
+
+
+def replicate(run: Callable[..., Any], arguments: Mapping[str, Any], model_keys: tuple[str, ...],
+              require: bool = False) -> list:
+    """``[run(**twin arguments)]``: the chapter's second training seed (see the module docstring); ``[]`` when a
+    twin is not trained yet (the verdicts then cover image draws only, and :func:`note` says so on the page), or
+    a :class:`ValueError` naming the command that trains them with ``require=True``."""
+    missing = missing_twins(arguments, model_keys)
+    if missing:
+        if require:
+            raise ValueError(f"seed twins not trained yet: {', '.join(missing)}; train them with "
+                             f"python -m vitcnn_utils.zoo --only {' '.join(missing)}")
+        return []
     return [run(**twin_arguments(arguments, model_keys))]
+
+
+def note(arguments: Mapping[str, Any], model_keys: tuple[str, ...], seed_twins: bool) -> str:
+    """Markdown for the chapter page: which training seeds its numbers cover."""
+    if not seed_twins:
+        return ("*One training seed per model in this run (`seed_twins` is off): the intervals cover image draws "
+                "only, not the larger differences between trainings.*")
+    missing = missing_twins(arguments, model_keys)
+    if missing:
+        return (f"*Second training seeds not trained yet: {', '.join(f'`{m}`' for m in missing)} (`python -m "
+                f"vitcnn_utils.zoo --only {' '.join(missing)}`). Until they are, this chapter's intervals cover image "
+                "draws only, not the larger differences between trainings.*")
+    return "*Every model here was also run as its seed-1 twin: the intervals cover training seeds and image draws.*"
