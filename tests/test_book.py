@@ -11,12 +11,13 @@ TINY = {"vit": "arch:vit-cls", "vit_small_data": "arch:vit-cls-f03", "vit_gap": 
         "vit_fractions": {"3%": "arch:vit-cls-f03", "10%": "arch:vit-cls-f10", "30%": "arch:vit-cls-f30"},
         "resnet_fractions": {"3%": "arch:resnet-f03", "10%": "arch:resnet-f10", "30%": "arch:resnet-f30"},
         "vit_control": "arch:vit-cls-e3", "vit_matched": "arch:vit-cls-e3", "vit_seed": "arch:vit-cls-s1",
-        "vit_gap_seed": "arch:vit-gap-s1",
+        "vit_gap_seed": "arch:vit-gap-s1", "vit_twin": "arch:vit-cls-s1", "resnet_twin": "arch:resnet-s1",
+        "init_seeds": [0],
         "n_images": 48, "batch_size": 24, "n_erf_images": 4, "shots": 2, "val_per_class": 2, "n_test": 48,
         "n_draws": 1, "use_cache": False, "seed_twins": False}
 FIGURES = {"representation_within", "representation_across", "attention_distance", "head_subset_cka",
            "receptive_fields", "skip_ratios", "no_skip_cka", "token_patch_cka", "probes_tokens", "data_scale_cka",
-           "data_scale_probes"}
+           "data_scale_probes", "representation_twin_cka", "cka_estimator_bias"}
 WITHOUT_FIGURES = {"conclusion"}
 
 
@@ -73,6 +74,7 @@ def test_book_pages_exist_with_images_and_no_cdn(built_book):
         assert "injected-parameters" not in page
     background = (html / "book" / "background.html").read_text()
     assert "_static/mathjax/tex-chtml.js" in background and "cdn.jsdelivr.net" not in background
+    assert "cka_estimator_bias.png" in background                  # drawn by the Sphinx extension, not a chapter
     assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
 
 

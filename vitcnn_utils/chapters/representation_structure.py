@@ -14,22 +14,63 @@ model_heatmaps`) and reads from each draw:
 
 Each draw's heatmaps are cached (:func:`vitcnn_utils.cache.cached`, namespace ``"heatmaps"``, the draw's seed in
 the key), so draw 0 is the plain library call on ``seed``'s images and a rebuild after a text edit is instant.
+
+Two baselines to read those numbers against, both on the first draw's images only (image-draw noise is small
+beside what they measure) and cached the same way:
+
+* **Random initialisation** (:func:`init_baseline`, ``init_seeds``): the same F1/F2 numbers for the same
+  architectures untrained, rebuilt from the zoo manifest entry (``model.zoo_entry["arch"]``, or the spec of an
+  ``arch:`` name) under ``torch.manual_seed(init seed)``: how much of the structure comes from the architecture
+  and the input alone. A model with no architecture to rebuild (a timm model) gets ``None``.
+* **Seed-to-seed CKA** (:func:`twin_block_cka`, ``vit_twin``/``resnet_twin``): per block output, the CKA of each
+  trained model with the same block of its seed twin (same spec, another training seed): the noise floor of
+  "similar". The pair is put in a fixed order for the cache key, so the twin run of the chapter
+  (:mod:`vitcnn_utils.seeds`, which swaps model and twin) reuses it.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .. import cache, cka, measure
+from .. import cache, cka, measure, zoo
 from .. import data as vdata
+from ..architectures import build_architecture
 from ..hooks import block_outputs
 from ..findings import fmt as _fmt
 from ..models import load_named
 
 MODELS = ("ViT", "ResNet")
 LOW, HIGH = (0.0, 0.25), (0.75, 1.0)      # the quarters compared by F1 (fractions of a model's layers)
+
+
+# The F1/F2 numbers of the random-initialisation baseline: record key -> (draw_summary field, model label or
+# None for a number of both models, what the row of the chapter's table says; {q}: the lowest quarter's size).
+INIT_FIELDS = {
+    "vit_low_high": ("low_high", "ViT", "F1: ViT, lowest vs highest quarter (all layers)"),
+    "resnet_low_high": ("low_high", "ResNet", "F1: ResNet, lowest vs highest quarter (all layers)"),
+    "vit_low_high_blocks": ("low_high_blocks", "ViT", "F1: ViT, lowest vs highest quarter (block outputs)"),
+    "resnet_low_high_blocks": ("low_high_blocks", "ResNet", "F1: ResNet, lowest vs highest quarter (block outputs)"),
+    "vit_overall": ("overall", "ViT", "ViT, mean over the whole heatmap"),
+    "resnet_overall": ("overall", "ResNet", "ResNet, mean over the whole heatmap"),
+    "vit_lowest_quarter_best_in_resnet_lower_half_count":
+        ("lowest_quarter_count", None, "F2: ViT lowest-quarter layers matched in the ResNet's lower half (of {q})"),
+    "max_cka_vit_last_third": ("max_last_third", None, "F2: highest CKA of the ViT's last third with a ResNet layer"),
+    "mean_max_cka_vit_last_third":
+        ("mean_max_last_third", None, "F2: mean of the ViT last third's per-layer maxima"),
+}
+COUNT_FIELDS = {"vit_lowest_quarter_best_in_resnet_lower_half_count"}     # integers
+
+
+def _span(values) -> str:
+    """``0.53`` for one value or equal values, else ``0.41–0.53`` (smallest–largest)."""
+    lo, hi = min(values), max(values)
+    if f"{lo:.2f}" == f"{hi:.2f}":
+        return f"{lo:.2f}"
+    return f"{lo:.2f} to {hi:.2f}" if lo < 0 else f"{lo:.2f}–{hi:.2f}"
 
 
 def _counts(values) -> str:
@@ -80,6 +121,12 @@ class RepresentationStructureResult:
         max_cka_per_vit_layer: float64 ``(draws, ViT layers)``: the highest CKA of each ViT layer with any
             ResNet layer (NaN-safe maximum over the rows of ``cross``).
         max_cka_vit_last_third, mean_max_cka_vit_last_third, max_cka_cross: ``[per draw]``.
+        init_baseline: the F1/F2 numbers at random initialisation (:func:`init_baseline`): ``{"init_seeds",
+            "seed", "n_images", "architectures": {label: arch dict or None}, <record key>: [per init seed] or
+            None}`` with the record keys of :data:`INIT_FIELDS`; ``None`` when no init seeds were asked for.
+        twin_cka: the seed-to-seed CKA per block output (:func:`twin_block_cka`): ``{"seed", "n_images",
+            "vit": {"twin", "blocks", "cka"} or None, "resnet": ...}`` (and ``"skipped": {key: why}`` for a twin
+            of another architecture than its model's); ``None`` when no twin was given.
     """
     models: dict[str, str]
     n_draws: int
@@ -103,6 +150,8 @@ class RepresentationStructureResult:
     max_cka_vit_last_third: list[float]
     mean_max_cka_vit_last_third: list[float]
     max_cka_cross: list[float]
+    init_baseline: dict | None = None
+    twin_cka: dict | None = None
 
     # -- views the notebook uses ------------------------------------------------------------------------------
     @property
@@ -175,9 +224,83 @@ class RepresentationStructureResult:
                 f"heatmap. The paper: the lower half of ResNet-50 matches the lowest quarter of the ViT, and the "
                 f"last third of the ViT matches no ResNet layer.")
 
+    # -- the baselines ------------------------------------------------------------------------------------------
+    def init_baseline_rows(self) -> list[tuple[str, str, float, list[float] | None]]:
+        """``(record key, what, trained value (mean over the draws), [value per init seed] or None)`` for each
+        number of :data:`INIT_FIELDS` (empty when the baseline was not computed)."""
+        if self.init_baseline is None:
+            return []
+        record = self.to_record()
+        return [(key, what.format(q=self.vit_lowest_quarter_layers),
+                 sum(float(v) for v in record[key]) / len(record[key]), self.init_baseline[key])
+                for key, (_, _, what) in INIT_FIELDS.items()]
+
+    def measured_init_baseline(self) -> str:
+        """Markdown: the F1/F2 numbers of the trained models beside those of the same architectures at random
+        initialisation (a table, one column per init seed), and one sentence reading it."""
+        b = self.init_baseline
+        if b is None:
+            return "*The random-initialisation baseline was not computed (`init_seeds` is empty).*"
+        seeds = b["init_seeds"]
+
+        def cell(v, count=False):             # counts: an integer, or the mean over the draws to one decimal
+            if v is None:
+                return "—"
+            return (str(int(v)) if float(v).is_integer() else f"{v:.1f}") if count else f"{v:.2f}"
+        lines = ["| | trained (mean of draws) | " + " | ".join(f"init seed {s}" for s in seeds) + " |",
+                 "|:--|--:|" + "--:|" * len(seeds)]
+        for key, what, trained, init in self.init_baseline_rows():
+            values = init if init is not None else [None] * len(seeds)
+            lines.append(f"| {what} | {cell(trained, key in COUNT_FIELDS)} | "
+                         + " | ".join(cell(v, key in COUNT_FIELDS) for v in values) + " |")
+        missing = [label for label, arch in b["architectures"].items() if arch is None]
+        note = (f" {' and '.join(missing)}: no architecture to rebuild (not a zoo or `arch:` model), so no "
+                f"random-initialisation values (—)." if missing else "")
+        lead = (f"**Baseline: random initialisation** (the same architectures untrained, init seeds "
+                f"{', '.join(map(str, seeds))}; the images of the first draw, seed {b['seed']}, {b['n_images']} "
+                f"images).")
+        reading = ""
+        if b["vit_low_high"] is not None and b["resnet_low_high"] is not None:
+            vit, res = b["vit_low_high"], b["resnet_low_high"]
+            t_vit, t_res = (sum(self.low_high[m]) / self.n_draws for m in MODELS)
+            reading = (f" Untrained, the mean CKA between the lowest and the highest quarter of the layers is "
+                       f"{_span(vit)} in the ViT and {_span(res)} in the ResNet (ViT minus ResNet "
+                       f"{_span([a - b for a, b in zip(vit, res)])}), against {t_vit:.2f} and {t_res:.2f} after "
+                       f"training (difference {t_vit - t_res:.2f}): what training adds to F1 is the change from "
+                       f"the one column to the other, not the trained value alone.")
+        return lead + reading + note + "\n\n" + "\n".join(lines)
+
+    def twin_curves(self) -> dict[str, tuple[list[str], list[float]]]:
+        """``{"ViT vs <twin>": (block names, CKA per block), ...}`` for the models that have a twin (figure)."""
+        if self.twin_cka is None:
+            return {}
+        return {f"{label} vs {t['twin']}": (t["blocks"], t["cka"])
+                for label, t in (("ViT", self.twin_cka["vit"]), ("ResNet", self.twin_cka["resnet"]))
+                if t is not None}
+
+    def measured_twins(self) -> str:
+        """Markdown: one sentence with the seed-to-seed CKA of each model with its twin."""
+        t = self.twin_cka
+        if t is None:
+            return "*The seed-to-seed baseline was not computed (no `vit_twin` or `resnet_twin`).*"
+        parts = []
+        for label, key in (("ViT", "vit"), ("ResNet", "resnet")):
+            if t[key] is None:
+                why = (t.get("skipped") or {}).get(key)
+                parts.append(f"the {label} has no twin in this run" + (f" ({why})" if why else ""))
+                continue
+            values = t[key]["cka"]
+            parts.append(f"the {label} (`{self.models[label]}`) with `{t[key]['twin']}` {_span(values)} over its "
+                         f"{len(values)} block outputs (last block {values[-1]:.2f})")
+        return (f"**Baseline: another training seed** (the images of the first draw, seed {t['seed']}). CKA of each "
+                f"block output with the same block of the model's seed twin (same architecture and recipe, another "
+                f"training seed): {'; '.join(parts)}. Two layers of different models or conditions that reach "
+                f"these values are as similar as two training runs of one model; a gap smaller than the twins' "
+                f"distance from 1 is within what the training seed alone changes.")
+
     def to_record(self) -> dict:
         """The numbers :func:`vitcnn_utils.findings.record` stores for the conclusion (see the results schema:
-        counts as ints, every per-draw value a list over draws)."""
+        counts as ints, every per-draw value a list over draws; ``init_baseline`` per init seed)."""
         return {
             "n_draws": self.n_draws, "seeds": self.seeds, "n_images": self.n_images,
             "models": self.models, "vit_layers": self.n_layers["ViT"], "resnet_layers": self.n_layers["ResNet"],
@@ -194,6 +317,7 @@ class RepresentationStructureResult:
             "max_cka_vit_last_third": self.max_cka_vit_last_third,
             "mean_max_cka_vit_last_third": self.mean_max_cka_vit_last_third,
             "max_cka_cross": self.max_cka_cross,
+            "init_baseline": self.init_baseline, "twin_cka": self.twin_cka,
         }
 
 
@@ -207,34 +331,129 @@ def draw_summary(heatmaps: cka.Heatmaps, block_names: Mapping[str, list[str]]) -
     """The F1/F2 numbers of one draw's :class:`~vitcnn_utils.cka.Heatmaps` of ``"ViT"`` and ``"ResNet"``."""
     names = heatmaps.names
     out = {"low_high": {}, "low_high_blocks": {}, "overall": {}}
-    for label in MODELS:
+    for label in (m for m in MODELS if m in names):        # one model alone: its F1 numbers only
         matrix = heatmaps[label, label]
         out["low_high"][label] = cka.band_mean(matrix, LOW, HIGH)
         out["overall"][label] = cka.band_mean(matrix, (0, 1), (0, 1))
         idx = [names[label].index(n) for n in block_names[label]]
         out["low_high_blocks"][label] = cka.band_mean(matrix[idx][:, idx], LOW, HIGH)
+    if not all(m in names for m in MODELS):
+        return out
     cross = heatmaps["ResNet", "ViT"]
     n_res, n_vit = cross.shape
     match = cka.best_match(cross)
     half, quarter, third = n_res // 2, lowest_quarter(n_vit), last_third_start(n_vit)
     top = cross[:, third:]
     out |= {"best_match": match, "max_per_vit_layer": cka.nanmax(cross, 0),
-            "lowest_quarter_count": int((match[:quarter] < half).sum().item()),
-            "best_in_lower_half": int((match < half).sum().item()),
+            "lowest_quarter_count": int(((match[:quarter] >= 0) & (match[:quarter] < half)).sum().item()),
+            "best_in_lower_half": int(((match >= 0) & (match < half)).sum().item()),   # -1: no defined match
             "max_last_third": cka.nanmax(top), "mean_max_last_third": cka.nanmax(top, 0).mean().item(),
             "max_cross": cka.nanmax(cross)}
     return out
 
 
+MODEL_ARGUMENTS = ("vit", "resnet", "vit_twin", "resnet_twin")   # run()'s model arguments: swapped for their
+                                                                  # seed twins (vitcnn_utils.seeds)
+
+
+def architecture_of(model: torch.nn.Module, name) -> dict | None:
+    """The zoo architecture dict that rebuilds ``model`` untrained: its zoo manifest entry's ``"arch"``, or the
+    spec of an ``arch:<name>``; ``None`` for anything else (a timm model, a model object without an entry)."""
+    entry = getattr(model, "zoo_entry", None) or {}
+    if entry.get("arch") is not None:
+        return dict(entry["arch"])
+    if isinstance(name, str) and name.startswith("arch:") and name[len("arch:"):] in zoo.SPECS:
+        return dict(zoo.SPECS[name[len("arch:"):]].arch)
+    return None
+
+
+def random_init(arch: dict, init_seed: int, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """``build_architecture(arch)`` under ``torch.manual_seed(init_seed)`` (the global RNG is restored after),
+    in eval mode on ``device``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        model = build_architecture(arch)
+    return model.eval().to(device)
+
+
+def init_baseline(architectures: Mapping[str, dict | None], init_seeds: Sequence[int], batches, key: dict,
+                  device: str | torch.device = "cpu", use_cache: bool = True) -> dict:
+    """The F1/F2 numbers (:func:`draw_summary`) of the architectures ``{"ViT": arch, "ResNet": arch}`` at
+    random initialisation, one heatmap (default layers, as the chapter's) per init seed on ``batches``.
+
+    ``key`` identifies the images (data fingerprint, ``n``, batch size, seed, image size); each init seed's
+    heatmaps are cached under it with the architectures and the seed (namespace ``"heatmaps-init"``), so the
+    twin run of the chapter (same architectures) reuses them. An architecture that is ``None`` leaves its
+    numbers ``None`` (and F2's, which need both models).
+
+    Returns:
+        ``{"init_seeds", "architectures", <record key of INIT_FIELDS>: [per init seed] or None}``.
+    """
+    present = [label for label in MODELS if architectures.get(label) is not None]
+    out = {"init_seeds": [int(s) for s in init_seeds], "architectures": {m: architectures.get(m) for m in MODELS}}
+    values: dict[str, list] = {k: [] for k in INIT_FIELDS}
+    for s in out["init_seeds"]:
+        if not present:
+            break
+        models = {label: random_init(architectures[label], s, device) for label in present}
+        spec = {**key, "arch": {label: architectures[label] for label in present}, "init_seed": s}
+        with warnings.catch_warnings():      # timm zero-initialises each ResNet branch's last BN: constant layers
+            warnings.filterwarnings("ignore", message=r".*constant over all", category=UserWarning)
+            heatmaps = cache.cached("heatmaps-init", spec,
+                                    lambda: measure.model_heatmaps(models, batches, device=device), use_cache)
+        summary = draw_summary(heatmaps, {label: block_outputs(m) for label, m in models.items()})
+        for k, (field, label, _) in INIT_FIELDS.items():
+            got = summary.get(field)
+            got = got.get(label) if label is not None and got is not None else got
+            values[k].append(got)
+    for k, (field, label, _) in INIT_FIELDS.items():
+        needs = [label] if label is not None else list(MODELS)
+        ok = all(m in present for m in needs) and values[k]
+        out[k] = ([int(v) for v in values[k]] if k in COUNT_FIELDS else [float(v) for v in values[k]]) if ok else None
+    return out
+
+
+def twin_block_cka(model: torch.nn.Module, twin: torch.nn.Module, fingerprints: tuple[dict, dict], batches,
+                   key: dict, device: str | torch.device = "cpu", use_cache: bool = True
+                   ) -> tuple[list[str], list[float]]:
+    """CKA of each block output (:func:`~vitcnn_utils.hooks.block_outputs`) of ``model`` with the same block of
+    ``twin`` on ``batches``: ``(block names, [CKA per block])``, the diagonal of their cross heatmap.
+
+    ``fingerprints`` are the two models' :func:`~vitcnn_utils.cache.model_fingerprint`; the pair is sorted by
+    them for the computation and its cache key (namespace ``"twin-cka"``, with ``key`` identifying the images),
+    so ``(a, b)`` and ``(b, a)`` are one computation (CKA is symmetric).
+
+    Raises:
+        ValueError: the two models have different block outputs (``twin`` is not the same architecture).
+    """
+    blocks, twin_blocks = block_outputs(model), block_outputs(twin)
+    if blocks != twin_blocks:
+        raise ValueError(f"a seed twin must have the same block outputs as its model: {len(blocks)} blocks "
+                         f"({', '.join(blocks[:3])}...) against {len(twin_blocks)} ({', '.join(twin_blocks[:3])}...)")
+    pair = sorted(zip(fingerprints, (model, twin)), key=lambda p: json.dumps(p[0], sort_keys=True))
+    spec = {**key, "models": [fp for fp, _ in pair], "layers": "block_outputs"}
+    models = {"a": pair[0][1], "b": pair[1][1]}
+    heatmaps = cache.cached("twin-cka", spec, lambda: measure.model_heatmaps(
+        models, batches, layers={"a": blocks, "b": blocks}, device=device), use_cache)
+    return list(blocks), [float(v) for v in torch.diagonal(heatmaps["a", "b"])]
+
+
 def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Module = "zoo:resnet",
         weights: Mapping[str, str] | None = None, pretrained: bool = False, data: str = "fashion-mnist",
         data_dir: str | None = None, image_size: int | None = None, n_images: int = 2048, batch_size: int = 256,
-        device: str = "cpu", seed: int = 0, n_draws: int = 5, use_cache: bool = True
-        ) -> RepresentationStructureResult:
+        device: str = "cpu", seed: int = 0, n_draws: int = 5, use_cache: bool = True,
+        vit_twin: str | torch.nn.Module | None = None, resnet_twin: str | torch.nn.Module | None = None,
+        init_seeds: Sequence[int] | None = (0, 1, 2)) -> RepresentationStructureResult:
     """Compute the chapter: the notebook's parameters in, a :class:`RepresentationStructureResult` out.
 
     ``vit`` and ``resnet`` are :func:`~vitcnn_utils.models.load_named` names or model objects. Draw ``d`` runs
     :func:`~vitcnn_utils.measure.model_heatmaps` on :func:`~vitcnn_utils.data.analysis_batches` with ``seed + d``.
+
+    Baselines, on the first draw's images: ``init_seeds`` (``None`` or empty: skipped) the same architectures at
+    random initialisation (:func:`init_baseline`); ``vit_twin`` / ``resnet_twin`` (names or models; ``None``:
+    skipped; the notebook passes ``zoo:vit-cls-s1`` and ``zoo:resnet-s1``) each model's seed twin, compared block
+    by block (:func:`twin_block_cka`); a twin whose architecture (:func:`architecture_of`) is not its model's
+    (a zoo twin beside a timm model) is skipped, with the reason under ``twin_cka["skipped"]``.
     """
     if n_draws < 1:
         raise ValueError(f"n_draws must be at least 1, got {n_draws}")
@@ -242,13 +461,14 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
     for label, spec in zip(MODELS, (vit, resnet)):
         models[label], names_given[label] = _model(spec, label, weights, pretrained, device)
     fingerprints = [cache.model_fingerprint(m, names_given[label]) for label, m in models.items()]
+    data_key = cache.data_fingerprint(data, data_dir)          # the data's location and files, in every key
     block_names = {label: block_outputs(m) for label, m in models.items()}
     seeds = [seed + d for d in range(n_draws)]
 
-    draws, summaries = [], []
+    draws, summaries, first_batches = [], [], None
     for s in seeds:
         batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
-        key = {"models": fingerprints, "data": data, "n": n_images, "batch": batch_size, "seed": s,
+        key = {"models": fingerprints, "data": data_key, "n": n_images, "batch": batch_size, "seed": s,
                "image_size": image_size}
         heatmaps = cache.cached("heatmaps", key, lambda: measure.model_heatmaps(models, batches, device=device),
                                 use_cache)
@@ -256,6 +476,33 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
             raise RuntimeError("the captured layers differ between draws")
         draws.append(heatmaps)
         summaries.append(draw_summary(heatmaps, block_names))
+        first_batches = batches if first_batches is None else first_batches
+
+    images = {"data": data_key, "n": n_images, "batch": batch_size, "seed": seeds[0], "image_size": image_size}
+    baseline = None
+    if init_seeds:
+        architectures = {label: architecture_of(models[label], names_given[label]) for label in MODELS}
+        baseline = {**init_baseline(architectures, init_seeds, first_batches, images, device, use_cache),
+                    "seed": seeds[0], "n_images": draws[0].n_images}
+    twins = None
+    if vit_twin is not None or resnet_twin is not None:
+        twins = {"seed": seeds[0], "n_images": draws[0].n_images}
+        for label, spec in zip(MODELS, (vit_twin, resnet_twin)):
+            if spec is None:
+                twins[label.lower()] = None
+                continue
+            twin_model, twin_name = _model(spec, f"{label} twin", weights, pretrained, device)
+            arch, twin_arch = (architecture_of(m, n) for m, n in ((models[label], names_given[label]),
+                                                                   (twin_model, twin_name)))
+            if arch != twin_arch:                # e.g. the zoo default twin beside a timm model: no twin of it
+                twins[label.lower()] = None
+                twins.setdefault("skipped", {})[label.lower()] = (
+                    f"`{twin_name}` is not the same architecture as `{names_given[label]}`")
+                continue
+            fingerprint = cache.model_fingerprint(twin_model, twin_name)
+            blocks, values = twin_block_cka(models[label], twin_model, (fingerprints[MODELS.index(label)],
+                                            fingerprint), first_batches, images, device, use_cache)
+            twins[label.lower()] = {"twin": twin_name, "blocks": blocks, "cka": values}
 
     names = draws[0].names
     n_vit, n_res = len(names["ViT"]), len(names["ResNet"])
@@ -278,4 +525,4 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
         max_cka_per_vit_layer=torch.stack(per_draw("max_per_vit_layer")),
         max_cka_vit_last_third=per_draw("max_last_third"),
         mean_max_cka_vit_last_third=per_draw("mean_max_last_third"),
-        max_cka_cross=per_draw("max_cross"))
+        max_cka_cross=per_draw("max_cross"), init_baseline=baseline, twin_cka=twins)

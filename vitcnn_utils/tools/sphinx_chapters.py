@@ -7,7 +7,10 @@ conclusion last: the same runner, fingerprints and results cache as ``make book`
 date are not re-executed and a cold build executes them all. A chapter that fails stops the build with a
 non-zero exit and one line naming it (papermill's error is printed above it).
 
-Two cases run nothing:
+It also draws the figure of the static background page (:func:`background_figures`) in every build, the two
+cases below included: it needs no model and no chapter.
+
+Two cases run no chapter:
 
 * ``make book`` (``python -m vitcnn_utils.tools.book``) has just executed the chapters it was asked for and calls
   ``jupyter-book`` with ``VITCNN_CHAPTERS_EXECUTED=1`` in the environment;
@@ -21,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 EXECUTED_ENV = "VITCNN_CHAPTERS_EXECUTED"
 CHAPTERS_DIR = PurePosixPath("book/chapters")      # where the toc expects executed chapters (book.main's default)
+FIGURES_DIR = CHAPTERS_DIR / "figures"             # the chapters' figures_dir default; also the static pages'
 
 
 def toc_chapters(site_map) -> list[str]:
@@ -91,7 +95,18 @@ def execute_chapters(app, config) -> None:
                                 else " (its error is above)")) from None
 
 
+def background_figures(app, config) -> None:
+    """``config-inited`` handler: draw the figures of the static pages (``book/background.md``: the CKA estimators
+    on independent random features, :func:`vitcnn_utils.baselines.write_background_figure`) into
+    ``book/chapters/figures/``. They depend on no model or chapter, take seconds, and are drawn in every build
+    (also after ``make book``), so a page never refers to a figure that no executed chapter has written."""
+    from .. import baselines
+
+    baselines.write_background_figure(Path(app.srcdir) / FIGURES_DIR)
+
+
 def setup(app):
     # after sphinx-external-toc (priority 900) has parsed _toc.yml into config.external_site_map
     app.connect("config-inited", execute_chapters, priority=950)
+    app.connect("config-inited", background_figures, priority=960)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
