@@ -181,7 +181,8 @@ def test_paper_path_conclusion(paper_book, imagenet_folder, paper_weights):
     for chapter in ANALYSES:
         _run(paper_book, imagenet_folder, paper_weights, chapter)
     results_dir = paper_book["chapters"] / "results"
-    out = book.run_chapter("conclusion", {"results_dir": str(results_dir)}, paper_book["chapters"])
+    out = book.run_chapter("conclusion", {"results_dir": str(results_dir), "figures_dir": str(paper_book["chapters"] / "figures")},
+                           paper_book["chapters"])
     nb = nbformat.read(out, as_version=4)
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     rows = findings.table(findings.load_results(results_dir))

@@ -1,4 +1,5 @@
 """Fashion-MNIST loading and subsets; the trained zoo (checksums, accuracy); the training loop."""
+import math
 import shutil
 
 import pytest
@@ -107,7 +108,11 @@ def test_full_data_models_reach_their_recorded_accuracy(name, test_set):
     model = zoo.load(name)
     accuracy = evaluate(model, analysis_subset(test_set, CHECK_IMAGES, seed=0))
     recorded = zoo.manifest()[name]["test_accuracy"]
-    assert abs(accuracy - recorded) <= 0.015, f"{name}: {accuracy:.4f} on {CHECK_IMAGES} images, recorded {recorded:.4f}"
+    # the 1,000 images are a subset of the 10,000 the accuracy was recorded on: allow 3 standard errors of a
+    # subset mean drawn without replacement (1.2 points at 80% accuracy; a model that loaded wrongly is far off)
+    se = math.sqrt(recorded * (1 - recorded) / CHECK_IMAGES * (1 - CHECK_IMAGES / 10_000))
+    assert abs(accuracy - recorded) <= 3 * se, (f"{name}: {accuracy:.4f} on {CHECK_IMAGES} images, recorded "
+                                                f"{recorded:.4f} (3 SE = {3 * se:.4f})")
 
 
 FLOORS = {"vit-cls": 0.88, "vit-gap": 0.88, "resnet": 0.91}    # issue 3: test accuracy on all 10,000 images

@@ -360,8 +360,11 @@ def architecture_of(model: torch.nn.Module, name) -> dict | None:
     """The zoo architecture dict that rebuilds ``model`` untrained: its zoo manifest entry's ``"arch"``, or the
     spec of an ``arch:<name>``; ``None`` for anything else (a timm model, a model object without an entry)."""
     entry = getattr(model, "zoo_entry", None) or {}
-    if entry.get("arch") is not None:
-        return dict(entry["arch"])
+    arch = entry.get("arch")
+    if isinstance(arch, dict):
+        return dict(arch)
+    if isinstance(arch, str) and arch in zoo.SPECS:          # a zoo spec's name
+        return dict(zoo.SPECS[arch].arch)
     if isinstance(name, str) and name.startswith("arch:") and name[len("arch:"):] in zoo.SPECS:
         return dict(zoo.SPECS[name[len("arch:"):]].arch)
     return None
