@@ -55,6 +55,16 @@ def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mappi
     Returns:
         :class:`Heatmaps`; each layer's Gram matrix is computed once per minibatch for all heatmaps.
     """
+    cka, names = model_cka(models, batches, layers, device, gram_dtype, amp_dtype, progress)
+    return Heatmaps(names, cka.compute(), cka.total_examples)
+
+
+def model_cka(models: Mapping[str, torch.nn.Module], batches, layers: Mapping[str, object] | None = None,
+              device: str | torch.device = "cpu", gram_dtype: torch.dtype = torch.float64,
+              amp_dtype: torch.dtype | None = None, progress: bool = True) -> tuple[MinibatchCKA, dict[str, list[str]]]:
+    """The accumulation behind :func:`model_heatmaps` (same arguments): ``(cka, names)``, the filled
+    :class:`~vitcnn_utils.cka.MinibatchCKA` over the layers ``"<model>/<layer>"`` and ``{model: layers}`` in
+    execution order, for callers that want more than the heatmap (e.g. ``cka.interval()``)."""
     device = torch.device(device)
     cka = MinibatchCKA(gram_dtype=gram_dtype, device=device)
     names: dict[str, list[str]] = {}
@@ -66,8 +76,7 @@ def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mappi
             names.setdefault(name, list(feats))                 # execution order
             joint.update({f"{name}/{layer}": feats[layer] for layer in names[name]})
         cka.update(joint)
-    matrix = cka.compute()
-    return Heatmaps(names, matrix, cka.total_examples)
+    return cka, names
 
 
 def block_heatmaps(models: Mapping[str, torch.nn.Module], batches, with_input: bool = True,

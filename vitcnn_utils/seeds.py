@@ -37,39 +37,30 @@ def twin(name: str) -> str:
     return "zoo:" + other
 
 
+def _each(value, fn):
+    """``fn`` applied to a model argument's name(s): a name, a list of names, or a ``{label: name}`` mapping."""
+    if isinstance(value, Mapping):
+        return {k: fn(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [fn(v) for v in value]
+    return fn(value)
+
+
 def twin_arguments(arguments: Mapping[str, Any], model_keys: tuple[str, ...]) -> dict[str, Any]:
     """``arguments`` of a chapter's ``run`` with every model named under ``model_keys`` swapped for its twin
     (a key's value may be a name, ``None``, a list of names, or a ``{label: name}`` mapping of names)."""
-    out = dict(arguments)
-    for key in model_keys:
-        value = arguments.get(key)
-        if value is None:
-            continue
-        if isinstance(value, Mapping):
-            out[key] = {k: twin(v) for k, v in value.items()}
-        elif isinstance(value, (list, tuple)):
-            out[key] = [twin(v) for v in value]
-        else:
-            out[key] = twin(value)
-    return out
-
-
-def _names(arguments: Mapping[str, Any], model_keys: tuple[str, ...]) -> list[str]:
-    names = []
-    for key in model_keys:
-        value = arguments.get(key)
-        if value is None:
-            continue
-        values = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else [value]
-        names += list(values)
-    return names
+    return {**arguments, **{key: _each(arguments[key], twin) for key in model_keys
+                            if arguments.get(key) is not None}}
 
 
 def missing_twins(arguments: Mapping[str, Any], model_keys: tuple[str, ...]) -> list[str]:
     """The seed twins of the models in ``arguments`` that are specified but not trained yet (zoo names without
     ``zoo:``); a model that cannot have a twin raises :class:`ValueError` (see :func:`twin`)."""
-    trained = zoo.manifest()
-    return sorted({twin(n)[len("zoo:"):] for n in _names(arguments, model_keys)} - set(trained))
+    twins = set()
+    for key in model_keys:
+        if arguments.get(key) is not None:
+            _each(arguments[key], lambda name: twins.add(twin(name)[len("zoo:"):]))
+    return sorted(twins - set(zoo.manifest()))
 
 
 def replicate(run: Callable[..., Any], arguments: Mapping[str, Any], model_keys: tuple[str, ...],

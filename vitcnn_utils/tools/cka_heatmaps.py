@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import data
+from .. import data, measure
 from ..cka import GRAM_DTYPES as GRAM
-from ..cka import Heatmaps, MinibatchCKA
+from ..cka import Heatmaps
 from ..models import load_named
 from ..runner import AMP_DTYPES as AMP
-from ..runner import forward_passes
 
 DEFAULTS = {"vit": "zoo:vit-cls", "resnet": "zoo:resnet", "weights": {}, "pretrained": False,
             "data": "fashion-mnist", "data_dir": None, "n_images": 2048, "batch_size": 256, "image_size": None,
@@ -109,18 +108,11 @@ INTERVAL_LEVEL = 0.95
 
 
 def _heatmaps_and_interval(models, batches, device, gram_dtype, amp_dtype, progress) -> tuple[Heatmaps, ...]:
-    """:func:`vitcnn_utils.measure.model_heatmaps` (the same accumulation, the same numbers) with its
+    """:func:`vitcnn_utils.measure.model_heatmaps` (the same accumulation, :func:`~vitcnn_utils.measure.model_cka`) with its
     :data:`INTERVAL_LEVEL` interval: ``(heatmaps, low, high)``, the bounds as :class:`~vitcnn_utils.cka.Heatmaps`
     (NaN, with a note, for fewer than 2 minibatches)."""
-    cka = MinibatchCKA(gram_dtype=gram_dtype, device=device)
-    names: dict[str, list[str]] = {}
-    for captured, _ in forward_passes(models, batches, device=torch.device(device), amp_dtype=amp_dtype,
-                                      transform=cka.gram, progress="CKA" if progress else None):
-        joint = {}
-        for name, feats in captured.items():
-            names.setdefault(name, list(feats))
-            joint.update({f"{name}/{layer}": feats[layer] for layer in names[name]})
-        cka.update(joint)
+    cka, names = measure.model_cka(models, batches, device=device, gram_dtype=gram_dtype, amp_dtype=amp_dtype,
+                                   progress=progress)
     matrix = cka.compute()
     if cka.total_batches >= 2:
         low, high = cka.interval(INTERVAL_LEVEL)
