@@ -51,7 +51,7 @@ def data_dirs(tmp_path):
 
 
 def _run(vit, resnet, data_dir, **kw):
-    return rs.run(vit, resnet, data_dir=str(data_dir), n_images=16, batch_size=8, n_draws=1, init_seeds=(), **kw)
+    return rs.run(vit=vit, resnet=resnet, vit_twin=None, resnet_twin=None, data_dir=str(data_dir), n_images=16, batch_size=8, n_draws=1, init_seeds=(), **kw)
 
 
 def test_another_data_dir_recomputes(tiny_vit, tiny_resnet, data_dirs, cache_dir, computed):

@@ -25,7 +25,7 @@ def _run(vit, vit_small, resnet, **kw):
     kw = {"resnet_low_layers": LOW_LAYERS, "vit_erf_layers": ["blocks.0", "blocks.1"],
           "resnet_erf_layers": ["layer1.0", "layer2.0"], "n_images": N_IMAGES, "batch_size": BATCH,
           "n_erf_images": N_ERF, "n_draws": N_DRAWS, "seed": 3, **kw}
-    return lg.run(vit, vit_small, resnet, **kw)
+    return lg.run(vit=vit, vit_small_data=vit_small, resnet=resnet, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ PER_DRAW = SCHEMA - {"n_draws", "n_images", "vit_lowest_quarter_layers"}
 
 
 def test_record_fields_and_draw_zero(tiny_vit, tiny_resnet):
-    result = rs.run(tiny_vit, tiny_resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=N_DRAWS, use_cache=False)
+    result = rs.run(vit=tiny_vit, resnet=tiny_resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=N_DRAWS, use_cache=False,
+                    vit_twin=None, resnet_twin=None)
     rec = result.to_record()
     assert SCHEMA <= set(rec)
     assert rec["n_draws"] == N_DRAWS and rec["n_images"] == N_IMAGES and result.seeds == [0, 1]
@@ -89,7 +90,7 @@ def test_init_baseline_and_twin_cka(tmp_path, monkeypatch):
     state = torch.random.get_rng_state()
     with warnings.catch_warnings():        # the untrained ResNet's constant layers are expected: no warning
         warnings.simplefilter("error")
-        result = rs.run(vit, resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=1, vit_twin=vit_twin,
+        result = rs.run(vit=vit, resnet=resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=1, vit_twin=vit_twin,
                         resnet_twin=resnet_twin, init_seeds=(0, 1))
     assert torch.equal(torch.random.get_rng_state(), state)          # the init seeds did not move the global RNG
     rec = result.to_record()
@@ -153,16 +154,16 @@ def test_init_baseline_and_twin_cka(tmp_path, monkeypatch):
 def test_baselines_skipped_or_partial(tiny_vit, tiny_resnet):
     """No init seeds and no twins: no baselines. A model with no architecture to rebuild (no zoo entry, not an
     ``arch:`` name) leaves its own and F2's random-initialisation numbers None."""
-    result = rs.run(tiny_vit, tiny_resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=1, use_cache=False,
-                    init_seeds=())
+    result = rs.run(vit=tiny_vit, resnet=tiny_resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=1, use_cache=False,
+                    init_seeds=(), vit_twin=None, resnet_twin=None)
     rec = result.to_record()
     assert rec["init_baseline"] is None and rec["twin_cka"] is None
     assert "not computed" in result.measured_init_baseline() and "not computed" in result.measured_twins()
     assert result.twin_curves() == {} and result.init_baseline_rows() == []
 
     resnet = _zoo_like(TINY_RESNET, 11)
-    result = rs.run(tiny_vit, resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=1, use_cache=False,
-                    init_seeds=[0], resnet_twin=_zoo_like(TINY_RESNET, 13))
+    result = rs.run(vit=tiny_vit, resnet=resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=1, use_cache=False,
+                    init_seeds=[0], vit_twin=None, resnet_twin=_zoo_like(TINY_RESNET, 13))
     init = result.to_record()["init_baseline"]
     assert init["architectures"]["ViT"] is None and len(init["resnet_low_high"]) == 1
     assert init["vit_low_high"] is None and init["max_cka_vit_last_third"] is None
@@ -187,7 +188,7 @@ def test_a_twin_of_another_architecture_is_skipped(tiny_vit, tiny_resnet):
     """The notebook's default twins are zoo models: beside a model of another architecture (a timm model, here a
     tiny ViT without a zoo entry) they are no twin of it, and are skipped with the reason on the page."""
     other = _zoo_like({**TINY_VIT, "pool": "gap"}, 12)
-    result = rs.run(_zoo_like(TINY_VIT, 10), tiny_resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=1,
+    result = rs.run(vit=_zoo_like(TINY_VIT, 10), resnet=tiny_resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=1,
                     use_cache=False, init_seeds=None, vit_twin=other, resnet_twin=_zoo_like(TINY_RESNET, 13))
     assert result.twin_cka["vit"] is None and result.twin_cka["resnet"] is None
     assert set(result.twin_cka["skipped"]) == {"vit", "resnet"}

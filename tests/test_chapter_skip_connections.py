@@ -41,7 +41,7 @@ def vits():
 
 def test_record_fields_and_draw_zero(vits, tiny_resnet):
     long, control, no_skip = vits
-    result = sc.run(long, tiny_resnet, control, no_skip, n_images=N_IMAGES, batch_size=BATCH, n_draws=N_DRAWS,
+    result = sc.run(vit=long, resnet=tiny_resnet, vit_control=control, vit_no_skip=no_skip, n_images=N_IMAGES, batch_size=BATCH, n_draws=N_DRAWS,
                     use_cache=False)
     rec = result.to_record()
     assert {"n_draws", "n_images", "control", "no_skip"} | RATIOS <= set(rec)
@@ -96,7 +96,7 @@ def test_record_fields_and_draw_zero(vits, tiny_resnet):
 
 def test_without_control_or_no_skip_models(vits, tiny_resnet):
     long, _, no_skip = vits
-    result = sc.run(long, tiny_resnet, None, no_skip[:1], n_images=N_IMAGES, batch_size=BATCH, n_draws=1,
+    result = sc.run(vit=long, resnet=tiny_resnet, vit_control=None, vit_no_skip=no_skip[:1], n_images=N_IMAGES, batch_size=BATCH, n_draws=1,
                     use_cache=False)
     rec = result.to_record()
     assert rec["control"] == {"name": None, "steps": None} and result.intact.name == "ViT"
@@ -104,5 +104,5 @@ def test_without_control_or_no_skip_models(vits, tiny_resnet):
     assert row["split_cka_intact"] == row["split_cka_long"]
     rows = {r["finding"]: r for r in findings.table({"skip_connections": findings._plain(rec)})}
     assert rows[8]["verdict"] == findings.CONFOUNDED                   # no matched control
-    empty = sc.run(long, tiny_resnet, None, [], n_images=N_IMAGES, batch_size=BATCH, n_draws=1, use_cache=False)
+    empty = sc.run(vit=long, resnet=tiny_resnet, vit_control=None, vit_no_skip=[], n_images=N_IMAGES, batch_size=BATCH, n_draws=1, use_cache=False)
     assert empty.to_record()["no_skip"] == [] and "measures nothing" in empty.measured_no_skip()

@@ -22,7 +22,7 @@ architecture, probes per draw and model.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +32,7 @@ from .. import data as vdata
 from ..findings import F11_FIRST_BLOCK, fmt, pct
 from ..hooks import middle_index, normalised_depth
 from ..models import load_named
+from .params import ChapterParams
 
 ARCHS = ("ViT", "ResNet")
 FULL, MATCHED = "100%", "100%, matched steps"      # labels of the long-schedule and matched-compute references
@@ -347,16 +348,44 @@ def _steps(model) -> int | None:
     return zoo.optimisation_steps(entry) if entry else None
 
 
+
+@dataclass(frozen=True)
+class Params(ChapterParams):
+    """The chapter's parameters (see :class:`~vitcnn_utils.chapters.params.ChapterParams` for the common ones).
+
+    Attributes:
+        vit, resnet: trained on all the data (the long-schedule references).
+        vit_matched: the ViT trained on all the data for the small-data models' number of steps (``None``: no
+            matched reference).
+        vit_seed: the long-schedule ViT's second training seed (``None``: no seed baseline).
+        vit_matched_seed: the matched reference's other training seed (``None``: none); every small-data model
+            and ``vit_matched`` are compared with it by CKA, so the data effect is measured against two
+            independently trained 100% models (F11).
+        vit_fractions, resnet_fractions: ``{label: model}`` trained on less data, least data first.
+        n_images, batch_size: test images per draw for CKA, in minibatches.
+        shots: probe training images per class; ``val_per_class``: held-out training images per class (choose the
+            regularisation); ``n_test``: probe test images.
+    """
+    vit: str | torch.nn.Module = "zoo:vit-cls"
+    vit_matched: str | torch.nn.Module | None = "zoo:vit-cls-e3"
+    resnet: str | torch.nn.Module = "zoo:resnet"
+    vit_seed: str | torch.nn.Module | None = "zoo:vit-cls-s1"
+    vit_matched_seed: str | torch.nn.Module | None = "zoo:vit-cls-e3-s1"
+    vit_fractions: Mapping[str, str | torch.nn.Module] = field(default_factory=lambda: {
+        "3%": "zoo:vit-cls-f03", "10%": "zoo:vit-cls-f10", "30%": "zoo:vit-cls-f30"})
+    resnet_fractions: Mapping[str, str | torch.nn.Module] = field(default_factory=lambda: {
+        "3%": "zoo:resnet-f03", "10%": "zoo:resnet-f10", "30%": "zoo:resnet-f30"})
+    n_images: int = 1000
+    batch_size: int = 250
+    shots: int = 10
+    val_per_class: int = 50
+    n_test: int = 1000
+
+
 MODEL_ARGUMENTS = ("vit", "vit_matched", "resnet", "vit_seed", "vit_matched_seed", "vit_fractions", "resnet_fractions")   # run()'s model arguments: swapped for their seed twins (vitcnn_utils.seeds)
 
 
-def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet", vit_seed="zoo:vit-cls-s1",
-        vit_matched_seed="zoo:vit-cls-e3-s1",
-        vit_fractions: Mapping | None = None, resnet_fractions: Mapping | None = None,
-        weights: Mapping[str, str] | None = None, pretrained: bool = False, data: str = "fashion-mnist",
-        data_dir: str | None = None, image_size: int | None = None, n_images: int = 1000, batch_size: int = 250,
-        shots: int = 10, val_per_class: int = 50, n_test: int = 1000, device: str = "cpu", seed: int = 0,
-        n_draws: int = 5, use_cache: bool = True) -> DataScaleResult:
+def run(params: Params | None = None, **overrides) -> DataScaleResult:
     """Compute the chapter: the notebook's parameters in, a :class:`DataScaleResult` out.
 
     Models are :func:`~vitcnn_utils.models.load_named` names or models: ``vit`` and ``resnet`` trained on all the
@@ -367,56 +396,52 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet", vi
     against two independently trained 100% models: F11), and ``{label: model}`` fractions, least data first (default: the zoo's 3%,
     10% and 30% models).
     """
-    if n_draws < 1:
-        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
-    vit_fractions = dict(vit_fractions or {"3%": "zoo:vit-cls-f03", "10%": "zoo:vit-cls-f10", "30%": "zoo:vit-cls-f30"})
-    resnet_fractions = dict(resnet_fractions or {"3%": "zoo:resnet-f03", "10%": "zoo:resnet-f10",
-                                                 "30%": "zoo:resnet-f30"})
-    if not vit_fractions or not resnet_fractions or {FULL, MATCHED, SEED, OTHER} & (set(vit_fractions) | set(resnet_fractions)):
+    p = Params.resolve(params, overrides)
+    if not p.vit_fractions or not p.resnet_fractions or {FULL, MATCHED, SEED, OTHER} & (set(p.vit_fractions) | set(p.resnet_fractions)):
         raise ValueError(f"fractions need at least one label each, none of them {FULL!r}, {MATCHED!r}, {SEED!r} or "
                          f"{OTHER!r}")
-    if vit_matched_seed is not None and vit_matched is None:
+    if p.vit_matched_seed is not None and p.vit_matched is None:
         raise ValueError("vit_matched_seed is the matched reference's other training seed: give vit_matched too, or "
                          "set vit_matched_seed=None")
-    specs = {"ViT": {**vit_fractions, FULL: vit, **({MATCHED: vit_matched} if vit_matched is not None else {}),
-                     **({SEED: vit_seed} if vit_seed is not None else {}),
-                     **({OTHER: vit_matched_seed} if vit_matched_seed is not None else {})},
-             "ResNet": {**resnet_fractions, FULL: resnet}}
+    specs = {"ViT": {**p.vit_fractions, FULL: p.vit, **({MATCHED: p.vit_matched} if p.vit_matched is not None else {}),
+                     **({SEED: p.vit_seed} if p.vit_seed is not None else {}),
+                     **({OTHER: p.vit_matched_seed} if p.vit_matched_seed is not None else {})},
+             "ResNet": {**p.resnet_fractions, FULL: p.resnet}}
     models, names, prints = {}, {}, {}
     for arch, group in specs.items():
         models[arch], names[arch], prints[arch] = {}, {}, {}
         for label, spec in group.items():
-            m, name = _model(spec, f"{arch} {label}", weights, pretrained, device)
+            m, name = _model(spec, f"{arch} {label}", p.weights, p.pretrained, p.device)
             models[arch][label], names[arch][label] = m, name
             prints[arch][label] = cache.model_fingerprint(m, name)
-    data_key = cache.data_fingerprint(data, data_dir)          # the data's location and files, in every key
+    data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
     num_classes = None              # the data's classes, from the probes' images (a timm head has ImageNet-1k's 1,000)
     has_cls = getattr(models["ViT"][FULL], "num_prefix_tokens", 0) > 0
     readouts = {"ViT": {SPATIAL: "gap_spatial" if has_cls else "gap", **({CLS: "first"} if has_cls else {})},
                 "ResNet": {SPATIAL: "gap"}}
-    seeds = [seed + d for d in range(n_draws)]
+    seeds = [p.seed + d for d in range(p.n_draws)]
 
     heat = {"vit_long": {}, "vit_matched": {}, "resnet": {}, "vit_other_seed": {}}
     acc = {arch: {ro: {label: [] for label in models[arch] if label != OTHER} for ro in readouts[arch]}
            for arch in ARCHS}
     layers = {}
     for s in seeds:
-        batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
-        fit, val, test = vdata.probe_batches(data, shots, val_per_class, n_test, batch_size, seed=s,
-                                             data_dir=data_dir, image_size=image_size)
+        batches = vdata.analysis_batches(p.data, p.n_images, p.batch_size, seed=s, data_dir=p.data_dir, image_size=p.image_size)
+        fit, val, test = vdata.probe_batches(p.data, p.shots, p.val_per_class, p.n_test, p.batch_size, seed=s,
+                                             data_dir=p.data_dir, image_size=p.image_size)
         num_classes = num_classes or measure.count_classes(fit)
-        base = {"data": data_key, "seed": s, "image_size": image_size, "batch": batch_size}
+        base = {"data": data_key, "seed": s, "image_size": p.image_size, "batch": p.batch_size}
         for arch, group in models.items():
             # the seed baseline is a separate pair (FULL, SEED), so that the other models' heatmaps stay as they were
             # and so is the other-seed matched reference with the small-data models and the matched reference
             cka_groups = ([{k: m for k, m in group.items() if k not in (SEED, OTHER)}]
                           + ([{FULL: group[FULL], SEED: group[SEED]}] if SEED in group else [])
-                          + ([{OTHER: group[OTHER], MATCHED: group[MATCHED], **{k: group[k] for k in vit_fractions}}]
+                          + ([{OTHER: group[OTHER], MATCHED: group[MATCHED], **{k: group[k] for k in p.vit_fractions}}]
                              if OTHER in group else []))
             for g in cka_groups:
-                h = cache.cached("data-scale-cka", {**base, "n": n_images, "models": [prints[arch][k] for k in g]},
-                                 lambda g=g: measure.block_heatmaps(g, batches, device=device, progress=False),
-                                 use_cache)
+                h = cache.cached("data-scale-cka", {**base, "n": p.n_images, "models": [prints[arch][k] for k in g]},
+                                 lambda g=g: measure.block_heatmaps(g, batches, device=p.device, progress=False),
+                                 p.use_cache)
                 layers[arch] = h.names[MATCHED if OTHER in g else FULL]
                 refs = ({"resnet": FULL} if arch != "ViT" else {"vit_other_seed": OTHER} if OTHER in g else
                         {"vit_long": FULL, **({"vit_matched": MATCHED} if MATCHED in g else {})})
@@ -428,11 +453,11 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet", vi
                 if label == OTHER:          # compared by CKA only (its probes would repeat vit_matched's twin's)
                     continue
                 result = cache.cached(
-                    "data-scale-block-probes", {**base, "shots": shots, "val": val_per_class, "n_test": n_test,
+                    "data-scale-block-probes", {**base, "shots": p.shots, "val": p.val_per_class, "n_test": p.n_test,
                                                 "aggregations": list(aggs), "model": prints[arch][label]},
                     lambda model=model, aggs=aggs: measure.spatial_probes(model, fit, val, test, num_classes=num_classes,
-                                                                         device=device, aggregations=aggs),
-                    use_cache)
+                                                                         device=p.device, aggregations=aggs),
+                    p.use_cache)
                 for ro, agg in readouts[arch].items():
                     acc[arch][ro][label].append(result.accuracy[agg][:, 0].double())
     for ref in ("vit_matched", "vit_other_seed"):
@@ -442,9 +467,9 @@ def run(vit="zoo:vit-cls", vit_matched="zoo:vit-cls-e3", resnet="zoo:resnet", vi
     mid = {arch: middle_index(n) for arch, n in n_blocks.items()}
     words = {SPATIAL: "mean of spatial tokens" if has_cls else "mean of all tokens", CLS: "CLS token"}
     return DataScaleResult(
-        n_draws=n_draws, seeds=seeds, n_images=n_images, shots=shots, val_per_class=val_per_class, n_test=n_test,
+        n_draws=p.n_draws, seeds=seeds, n_images=p.n_images, shots=p.shots, val_per_class=p.val_per_class, n_test=p.n_test,
         num_classes=num_classes, model_names=names,
-        fractions={"ViT": list(vit_fractions), "ResNet": list(resnet_fractions)}, layers=layers,
+        fractions={"ViT": list(p.vit_fractions), "ResNet": list(p.resnet_fractions)}, layers=layers,
         training={arch: zoo.training_summary(group) for arch, group in models.items()},
         steps={arch: {label: _steps(m) for label, m in group.items()} for arch, group in models.items()},
         cka={ref: {label: torch.stack(v) for label, v in per.items()} for ref, per in heat.items()},

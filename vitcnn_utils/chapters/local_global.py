@@ -32,6 +32,7 @@ from ..findings import GLOBAL_HEAD, LOCAL_HEAD
 from ..findings import fmt as _fmt
 from ..models import load_named
 from ..zoo import ablation
+from .params import ChapterParams
 
 ERF_SEED_OFFSET = 1000          # receptive-field images of draw d: seed + ERF_SEED_OFFSET + d
 ADOPTION = ablation.ADOPTION    # issue 25's rule for adopting a recipe, stated before its results
@@ -439,52 +440,69 @@ def _nested(t: torch.Tensor) -> list:
     return t.double().tolist()
 
 
+
+@dataclass(frozen=True)
+class Params(ChapterParams):
+    """The chapter's parameters (see :class:`~vitcnn_utils.chapters.params.ChapterParams` for the common ones).
+
+    Attributes:
+        vit, resnet: the models compared (names or model objects); ``vit_small_data``: the same ViT architecture
+            trained on less data.
+        resnet_low_layers: the ResNet's lower layers (Fig 5's head-subset CKA).
+        vit_erf_layers, resnet_erf_layers: low, middle and high layers whose effective receptive fields are shown.
+        n_images, batch_size: test images per draw, in minibatches; ``n_erf_images``: images per receptive field.
+        ablation_results: the recipe ablation's measurements (``None``: ``vitcnn_utils/zoo/recipe_ablation.json``).
+    """
+    vit: str | torch.nn.Module = "zoo:vit-cls"
+    vit_small_data: str | torch.nn.Module = "zoo:vit-cls-f03"
+    resnet: str | torch.nn.Module = "zoo:resnet"
+    resnet_low_layers: Sequence[str] = ("maxpool", "layer1.0", "layer2.0", "layer2.1")
+    vit_erf_layers: Sequence[str] = ("blocks.0", "blocks.2", "blocks.5")
+    resnet_erf_layers: Sequence[str] = ("layer1.0", "layer2.1", "layer4.0")
+    n_images: int = 1000
+    batch_size: int = 250
+    n_erf_images: int = 32
+    ablation_results: str | None = None
+
+
 MODEL_ARGUMENTS = ("vit", "vit_small_data", "resnet")   # run()'s model arguments: swapped for their seed twins (vitcnn_utils.seeds)
 
 
-def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet",
-        resnet_low_layers: Sequence[str] = ("maxpool", "layer1.0", "layer2.0", "layer2.1"),
-        vit_erf_layers: Sequence[str] = ("blocks.0", "blocks.2", "blocks.5"),
-        resnet_erf_layers: Sequence[str] = ("layer1.0", "layer2.1", "layer4.0"),
-        weights: dict | None = None, pretrained: bool = False, data: str = "fashion-mnist",
-        data_dir: str | None = None, image_size: int | None = None, n_images: int = 1000, batch_size: int = 250,
-        n_erf_images: int = 32, n_draws: int = 5, device: str = "cpu", seed: int = 0, use_cache: bool = True,
-        ablation_results: str | Path | None = None) -> LocalGlobal:
+def run(params: Params | None = None, **overrides) -> LocalGlobal:
     """Measure the local/global chapter (the notebook's parameters; models are names for
     :func:`vitcnn_utils.models.load_named` or modules). ``ablation_results``: the recipe-ablation JSON
     (default ``vitcnn_utils/zoo/recipe_ablation.json``)."""
-    if n_draws < 1:
-        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
-    names = {"vit": vit, "vit_small_data": vit_small_data, "resnet": resnet}
+    p = Params.resolve(params, overrides)
+    names = {"vit": p.vit, "vit_small_data": p.vit_small_data, "resnet": p.resnet}
 
     def load(x):
-        return load_named(x, weights=weights, pretrained=pretrained, device=device) if isinstance(x, str) else x
-    vits = {"all data": load(vit), "less data": load(vit_small_data)}
-    res = load(resnet)
+        return load_named(x, weights=p.weights, pretrained=p.pretrained, device=p.device) if isinstance(x, str) else x
+    vits = {"all data": load(p.vit), "less data": load(p.vit_small_data)}
+    res = load(p.resnet)
     fp = {label: cache.model_fingerprint(m, label) for label, m in vits.items()}
     fp_vit, fp_res = cache.model_fingerprint(vits["all data"], "vit"), cache.model_fingerprint(res, "resnet")
-    data_key = cache.data_fingerprint(data, data_dir)          # the data's location and files, in every key
-    resnet_low_layers, vit_erf_layers, resnet_erf_layers = (list(x) for x in (resnet_low_layers, vit_erf_layers,
-                                                                              resnet_erf_layers))
-    seeds = [seed + d for d in range(n_draws)]
-    erf_seeds = [seed + ERF_SEED_OFFSET + d for d in range(n_draws)]
+    data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
+    resnet_low_layers, vit_erf_layers, resnet_erf_layers = (list(x) for x in (p.resnet_low_layers, p.vit_erf_layers,
+                                                                              p.resnet_erf_layers))
+    seeds = [p.seed + d for d in range(p.n_draws)]
+    erf_seeds = [p.seed + ERF_SEED_OFFSET + d for d in range(p.n_draws)]
 
     @_memo
     def batches(s):
-        return vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
+        return vdata.analysis_batches(p.data, p.n_images, p.batch_size, seed=s, data_dir=p.data_dir, image_size=p.image_size)
 
     distances = {label: [] for label in vits}
     head_distance, head_cka, rho = [], [], []
     for s in seeds:
-        key = {"data": data_key, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
+        key = {"data": data_key, "n": p.n_images, "batch": p.batch_size, "seed": s, "image_size": p.image_size}
         for label, m in vits.items():
             d = cache.cached("attention-distance", {**key, "model": fp[label]},
-                             lambda m=m: measure.attention_distances(m, batches(s), device=device)[0],
-                             use_cache)
+                             lambda m=m: measure.attention_distances(m, batches(s), device=p.device)[0],
+                             p.use_cache)
             distances[label].append(_nested(d))
         subsets = cache.cached("head-subsets", {**key, "vit": fp_vit, "resnet": fp_res, "layers": resnet_low_layers},
                                lambda: measure.head_subset_cka(vits["all data"], res, batches(s), resnet_low_layers,
-                                                                 device=device), use_cache)
+                                                                 device=p.device), p.use_cache)
         rho.append(attention.rank_correlation(subsets["distance"], subsets["cka"].mean(1)))
         by_head = {heads[0]: i for i, heads in enumerate(subsets["heads"])}          # subsets of one head each
         head_distance.append([subsets["distance"][by_head[h]].item() for h in sorted(by_head)])
@@ -499,13 +517,13 @@ def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet"
             def compute(model=model, layer=layer):
                 nonlocal images
                 if images is None:
-                    images = next(iter(vdata.analysis_batches(data, n_erf_images, n_erf_images, seed=s,
-                                                              data_dir=data_dir, image_size=image_size)))[0]
-                return measure.effective_receptive_field(model, images, layer, device=device)
+                    images = next(iter(vdata.analysis_batches(p.data, p.n_erf_images, p.n_erf_images, seed=s,
+                                                              data_dir=p.data_dir, image_size=p.image_size)))[0]
+                return measure.effective_receptive_field(model, images, layer, device=p.device)
             fp_model = fp_vit if kind == "ViT" else fp_res
             erf_draws[f"{kind} {layer}"].append(cache.cached(
-                "erf", {"data": data_key, "n": n_erf_images, "seed": s, "image_size": image_size, "model": fp_model,
-                        "layer": layer}, compute, use_cache))
+                "erf", {"data": data_key, "n": p.n_erf_images, "seed": s, "image_size": p.image_size, "model": fp_model,
+                        "layer": layer}, compute, p.use_cache))
     erf_maps = {}
     for name, maps in erf_draws.items():
         mean = torch.stack(maps).mean(0)
@@ -516,10 +534,10 @@ def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet"
     entries = {k: getattr(x, "zoo_entry", None) or {} for k, x in
                (("vit", m), ("vit_small_data", vits["less data"]), ("resnet", res))}
     return LocalGlobal(
-        n_draws=n_draws, n_images=n_images, n_erf_images=n_erf_images, seeds=seeds, erf_seeds=erf_seeds,
+        n_draws=p.n_draws, n_images=p.n_images, n_erf_images=p.n_erf_images, seeds=seeds, erf_seeds=erf_seeds,
         models={k: v if isinstance(v, str) else type(v).__name__ for k, v in names.items()},
         data_labels={label: _data_label(x, n if isinstance(n, str) else type(n).__name__)
-                     for (label, x), n in zip(vits.items(), (vit, vit_small_data))},
+                     for (label, x), n in zip(vits.items(), (p.vit, p.vit_small_data))},
         test_accuracy={k: e.get("test_accuracy") for k, e in entries.items()},
         epochs={k: e.get("epochs") for k, e in entries.items()},
         patch_px=int(m.patch_embed.patch_size[0]), image_px=int(m.patch_embed.patch_size[0] * m.patch_embed.grid_size[0]),
@@ -529,4 +547,4 @@ def run(vit="zoo:vit-cls", vit_small_data="zoo:vit-cls-f03", resnet="zoo:resnet"
         head_subset_rank_correlation=rho, vit_erf_layers=vit_erf_layers, resnet_erf_layers=resnet_erf_layers,
         erf_maps=erf_maps, erf_radius={name: [localisation.erf_radius(x) for x in maps] for name, maps in erf_draws.items()},
         uniform_erf_radius=localisation.erf_radius(torch.ones_like(any_map)),
-        ablation=read_ablation(ablation_results))
+        ablation=read_ablation(p.ablation_results))

@@ -42,6 +42,7 @@ from ..architectures import build_architecture
 from ..hooks import block_outputs
 from ..findings import fmt as _fmt
 from ..models import load_named
+from .params import ChapterParams
 
 MODELS = ("ViT", "ResNet")
 LOW, HIGH = (0.0, 0.25), (0.75, 1.0)      # the quarters compared by F1 (fractions of a model's layers)
@@ -352,6 +353,28 @@ def draw_summary(heatmaps: cka.Heatmaps, block_names: Mapping[str, list[str]]) -
     return out
 
 
+
+@dataclass(frozen=True)
+class Params(ChapterParams):
+    """The chapter's parameters (see :class:`~vitcnn_utils.chapters.params.ChapterParams` for the common ones).
+
+    Attributes:
+        vit, resnet: :func:`~vitcnn_utils.models.load_named` names (``zoo:<name>``, ``arch:<name>``, a timm
+            model) or model objects.
+        n_images, batch_size: test images per draw, in minibatches of ``batch_size``.
+        vit_twin, resnet_twin: baselines: each model's seed twin (same spec, training seed 1), compared block by
+            block; ``None``: skipped (e.g. for models without a twin).
+        init_seeds: baseline: the same architectures at random initialisation with these seeds (empty: skipped).
+    """
+    vit: str | torch.nn.Module = "zoo:vit-cls"
+    resnet: str | torch.nn.Module = "zoo:resnet"
+    n_images: int = 2048
+    batch_size: int = 256
+    vit_twin: str | torch.nn.Module | None = "zoo:vit-cls-s1"
+    resnet_twin: str | torch.nn.Module | None = "zoo:resnet-s1"
+    init_seeds: Sequence[int] = (0, 1, 2)
+
+
 MODEL_ARGUMENTS = ("vit", "resnet", "vit_twin", "resnet_twin")   # run()'s model arguments: swapped for their
                                                                   # seed twins (vitcnn_utils.seeds)
 
@@ -441,12 +464,7 @@ def twin_block_cka(model: torch.nn.Module, twin: torch.nn.Module, fingerprints: 
     return list(blocks), [float(v) for v in torch.diagonal(heatmaps["a", "b"])]
 
 
-def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Module = "zoo:resnet",
-        weights: Mapping[str, str] | None = None, pretrained: bool = False, data: str = "fashion-mnist",
-        data_dir: str | None = None, image_size: int | None = None, n_images: int = 2048, batch_size: int = 256,
-        device: str = "cpu", seed: int = 0, n_draws: int = 5, use_cache: bool = True,
-        vit_twin: str | torch.nn.Module | None = None, resnet_twin: str | torch.nn.Module | None = None,
-        init_seeds: Sequence[int] | None = (0, 1, 2)) -> RepresentationStructureResult:
+def run(params: Params | None = None, **overrides) -> RepresentationStructureResult:
     """Compute the chapter: the notebook's parameters in, a :class:`RepresentationStructureResult` out.
 
     ``vit`` and ``resnet`` are :func:`~vitcnn_utils.models.load_named` names or model objects. Draw ``d`` runs
@@ -458,43 +476,42 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
     by block (:func:`twin_block_cka`); a twin whose architecture (:func:`architecture_of`) is not its model's
     (a zoo twin beside a timm model) is skipped, with the reason under ``twin_cka["skipped"]``.
     """
-    if n_draws < 1:
-        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    p = Params.resolve(params, overrides)
     models, names_given = {}, {}
-    for label, spec in zip(MODELS, (vit, resnet)):
-        models[label], names_given[label] = _model(spec, label, weights, pretrained, device)
+    for label, spec in zip(MODELS, (p.vit, p.resnet)):
+        models[label], names_given[label] = _model(spec, label, p.weights, p.pretrained, p.device)
     fingerprints = [cache.model_fingerprint(m, names_given[label]) for label, m in models.items()]
-    data_key = cache.data_fingerprint(data, data_dir)          # the data's location and files, in every key
+    data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
     block_names = {label: block_outputs(m) for label, m in models.items()}
-    seeds = [seed + d for d in range(n_draws)]
+    seeds = [p.seed + d for d in range(p.n_draws)]
 
     draws, summaries, first_batches = [], [], None
     for s in seeds:
-        batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
-        key = {"models": fingerprints, "data": data_key, "n": n_images, "batch": batch_size, "seed": s,
-               "image_size": image_size}
-        heatmaps = cache.cached("heatmaps", key, lambda: measure.model_heatmaps(models, batches, device=device),
-                                use_cache)
+        batches = vdata.analysis_batches(p.data, p.n_images, p.batch_size, seed=s, data_dir=p.data_dir, image_size=p.image_size)
+        key = {"models": fingerprints, "data": data_key, "n": p.n_images, "batch": p.batch_size, "seed": s,
+               "image_size": p.image_size}
+        heatmaps = cache.cached("heatmaps", key, lambda: measure.model_heatmaps(models, batches, device=p.device),
+                                p.use_cache)
         if draws and heatmaps.names != draws[0].names:
             raise RuntimeError("the captured layers differ between draws")
         draws.append(heatmaps)
         summaries.append(draw_summary(heatmaps, block_names))
         first_batches = batches if first_batches is None else first_batches
 
-    images = {"data": data_key, "n": n_images, "batch": batch_size, "seed": seeds[0], "image_size": image_size}
+    images = {"data": data_key, "n": p.n_images, "batch": p.batch_size, "seed": seeds[0], "image_size": p.image_size}
     baseline = None
-    if init_seeds:
+    if p.init_seeds:
         architectures = {label: architecture_of(models[label], names_given[label]) for label in MODELS}
-        baseline = {**init_baseline(architectures, init_seeds, first_batches, images, device, use_cache),
+        baseline = {**init_baseline(architectures, p.init_seeds, first_batches, images, p.device, p.use_cache),
                     "seed": seeds[0], "n_images": draws[0].n_images}
     twins = None
-    if vit_twin is not None or resnet_twin is not None:
+    if p.vit_twin is not None or p.resnet_twin is not None:
         twins = {"seed": seeds[0], "n_images": draws[0].n_images}
-        for label, spec in zip(MODELS, (vit_twin, resnet_twin)):
+        for label, spec in zip(MODELS, (p.vit_twin, p.resnet_twin)):
             if spec is None:
                 twins[label.lower()] = None
                 continue
-            twin_model, twin_name = _model(spec, f"{label} twin", weights, pretrained, device)
+            twin_model, twin_name = _model(spec, f"{label} twin", p.weights, p.pretrained, p.device)
             arch, twin_arch = (architecture_of(m, n) for m, n in ((models[label], names_given[label]),
                                                                    (twin_model, twin_name)))
             if arch != twin_arch:                # e.g. the zoo default twin beside a timm model: no twin of it
@@ -504,7 +521,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
                 continue
             fingerprint = cache.model_fingerprint(twin_model, twin_name)
             blocks, values = twin_block_cka(models[label], twin_model, (fingerprints[MODELS.index(label)],
-                                            fingerprint), first_batches, images, device, use_cache)
+                                            fingerprint), first_batches, images, p.device, p.use_cache)
             twins[label.lower()] = {"twin": twin_name, "blocks": blocks, "cka": values}
 
     names = draws[0].names
@@ -513,7 +530,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
     def per_draw(field, label=None):
         return [s[field][label] if label else s[field] for s in summaries]
     return RepresentationStructureResult(
-        models=names_given, n_draws=n_draws, seeds=seeds, n_images=draws[0].n_images, batch_size=batch_size,
+        models=names_given, n_draws=p.n_draws, seeds=seeds, n_images=draws[0].n_images, batch_size=p.batch_size,
         names={label: list(v) for label, v in names.items()}, block_names=block_names,
         within={label: torch.stack([h[label, label].double() for h in draws]) for label in MODELS},
         cross=torch.stack([h["ResNet", "ViT"].double() for h in draws]),

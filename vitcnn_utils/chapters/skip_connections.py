@@ -34,6 +34,7 @@ from .. import findings
 from ..models import load_named
 from ..train import model_accuracies
 from ..zoo import optimisation_steps
+from .params import ChapterParams
 
 RATIO_FIELDS = ("cls_ratio_first_half", "spatial_ratio_first_half", "cls_ratio_second_half",
                 "spatial_ratio_second_half", "vit_median_ratio", "vit_max_ratio", "vit_min_ratio",
@@ -306,16 +307,30 @@ def _model(name_or_model, label, weights, pretrained, device) -> tuple[torch.nn.
     return load_named(name_or_model, weights=weights, pretrained=pretrained, device=device), name_or_model
 
 
+
+@dataclass(frozen=True)
+class Params(ChapterParams):
+    """The chapter's parameters (see :class:`~vitcnn_utils.chapters.params.ChapterParams` for the common ones).
+
+    Attributes:
+        vit, resnet: the intact models (names or model objects).
+        vit_no_skip: ViTs with one block's skip connections removed each.
+        vit_control: an intact ViT trained with the no-skip models' recipe (``None``: use ``vit``).
+        n_images, batch_size: test images per draw, in minibatches of ``batch_size``.
+    """
+    vit: str | torch.nn.Module = "zoo:vit-cls"
+    resnet: str | torch.nn.Module = "zoo:resnet"
+    vit_no_skip: Sequence[str | torch.nn.Module] = ("zoo:vit-cls-noskip1", "zoo:vit-cls-noskip3",
+                                                    "zoo:vit-cls-noskip5")
+    vit_control: str | torch.nn.Module | None = "zoo:vit-cls-e3"
+    n_images: int = 1000
+    batch_size: int = 250
+
+
 MODEL_ARGUMENTS = ("vit", "resnet", "vit_control", "vit_no_skip")   # run()'s model arguments: swapped for their seed twins (vitcnn_utils.seeds)
 
 
-def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Module = "zoo:resnet",
-        vit_control: str | torch.nn.Module | None = "zoo:vit-cls-e3",
-        vit_no_skip: Sequence[str | torch.nn.Module] = ("zoo:vit-cls-noskip1", "zoo:vit-cls-noskip3",
-                                                        "zoo:vit-cls-noskip5"),
-        weights: Mapping[str, str] | None = None, pretrained: bool = False, data: str = "fashion-mnist",
-        data_dir: str | None = None, image_size: int | None = None, n_images: int = 1000, batch_size: int = 250,
-        device: str = "cpu", seed: int = 0, n_draws: int = 5, use_cache: bool = True) -> SkipConnectionsResult:
+def run(params: Params | None = None, **overrides) -> SkipConnectionsResult:
     """Compute the chapter: the notebook's parameters in, a :class:`SkipConnectionsResult` out.
 
     Models are :func:`~vitcnn_utils.models.load_named` names or model objects (objects are labelled ``"ViT"``,
@@ -323,40 +338,39 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
     the long ViT the intact reference of Fig 8. Draw ``d`` uses :func:`~vitcnn_utils.data.analysis_batches`
     with ``seed + d``.
     """
-    if n_draws < 1:
-        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
-    vit_model, vit_name = _model(vit, "ViT", weights, pretrained, device)
-    res_model, res_name = _model(resnet, "ResNet", weights, pretrained, device)
+    p = Params.resolve(params, overrides)
+    vit_model, vit_name = _model(p.vit, "ViT", p.weights, p.pretrained, p.device)
+    res_model, res_name = _model(p.resnet, "ResNet", p.weights, p.pretrained, p.device)
     control_model = control_name = None
-    if vit_control is not None and vit_control is not vit and vit_control != vit_name:
-        control_model, control_name = _model(vit_control, "control", weights, pretrained, device)
-    no_skip = dict(_model(m, f"no-skip {i}", weights, pretrained, device)[::-1] for i, m in enumerate(vit_no_skip))
+    if p.vit_control is not None and p.vit_control is not p.vit and p.vit_control != vit_name:
+        control_model, control_name = _model(p.vit_control, "control", p.weights, p.pretrained, p.device)
+    no_skip = dict(_model(m, f"no-skip {i}", p.weights, p.pretrained, p.device)[::-1] for i, m in enumerate(p.vit_no_skip))
     intact_name, intact_model = (control_name, control_model) if control_model is not None else (vit_name, vit_model)
     vits = {intact_name: intact_model, **({vit_name: vit_model} if control_model is not None else {}), **no_skip}
     if len(vits) != 1 + (control_model is not None) + len(no_skip):
         raise ValueError(f"the ViTs need distinct names: {[intact_name, vit_name] + list(no_skip)}")
     fp = {label: cache.model_fingerprint(m, label) for label, m in {**vits, res_name: res_model}.items()}
-    data_key = cache.data_fingerprint(data, data_dir)          # the data's location and files, in every key
-    seeds = [seed + d for d in range(n_draws)]
+    data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
+    seeds = [p.seed + d for d in range(p.n_draws)]
 
     vit_ratios, res_ratios, summaries, within, accuracy, comparisons, long_split = [], [], [], [], [], [], []
     sublayers = units = names = None
     n_seen = None
     for s in seeds:
-        batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
-        base = {"data": data_key, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
+        batches = vdata.analysis_batches(p.data, p.n_images, p.batch_size, seed=s, data_dir=p.data_dir, image_size=p.image_size)
+        base = {"data": data_key, "n": p.n_images, "batch": p.batch_size, "seed": s, "image_size": p.image_size}
         vr, sublayers = cache.cached("skip-ratios", {**base, "model": fp[vit_name]},
-                                     lambda: measure.vit_skip_ratios(vit_model, batches, device), use_cache)
+                                     lambda: measure.vit_skip_ratios(vit_model, batches, p.device), p.use_cache)
         rr, units = cache.cached("skip-ratios", {**base, "model": fp[res_name]},
-                                 lambda: measure.resnet_skip_ratios(res_model, batches, device), use_cache)
+                                 lambda: measure.resnet_skip_ratios(res_model, batches, p.device), p.use_cache)
         vit_ratios.append(vr.double())
         res_ratios.append(rr.double())
         summaries.append(skip_ratio_summary(vr, rr, vit_model.num_prefix_tokens))
 
         key = {**base, "models": [fp[label] for label in vits]}
-        heatmaps = cache.cached("no-skip-heatmaps", key, lambda: measure.model_heatmaps(vits, batches, device=device),
-                                use_cache)
-        acc = cache.cached("accuracy", key, lambda: model_accuracies(vits, batches, device), use_cache)
+        heatmaps = cache.cached("no-skip-heatmaps", key, lambda: measure.model_heatmaps(vits, batches, device=p.device),
+                                p.use_cache)
+        acc = cache.cached("accuracy", key, lambda: model_accuracies(vits, batches, p.device), p.use_cache)
         names = heatmaps.names[intact_name] if names is None else names
         n_seen = heatmaps.n_images
         within.append({label: heatmaps[label, label].double() for label in vits})
@@ -381,7 +395,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", resnet: str | torch.nn.Modul
     return SkipConnectionsResult(
         vit=ModelInfo.of(vit_model, vit_name), resnet=ModelInfo.of(res_model, res_name),
         control=ModelInfo.of(control_model, control_name) if control_model is not None else None,
-        n_draws=n_draws, seeds=seeds, n_images=n_seen, batch_size=batch_size,
+        n_draws=p.n_draws, seeds=seeds, n_images=n_seen, batch_size=p.batch_size,
         num_prefix_tokens=int(vit_model.num_prefix_tokens), sublayers=list(sublayers), units=list(units),
         vit_ratios=torch.stack(vit_ratios), resnet_ratios=torch.stack(res_ratios),
         ratio_summary={field: [s.get(field, float("nan")) for s in summaries] for field in RATIO_FIELDS},

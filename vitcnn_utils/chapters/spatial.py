@@ -30,6 +30,7 @@ from ..findings import fmt, pct
 from .. import data as vdata
 from ..hooks import normalised_depth
 from ..models import load_named
+from .params import ChapterParams
 
 LABELS = ("ViT-CLS", "ViT-GAP", "ResNet")
 KEYS = {"ViT-CLS": "vit_cls", "ViT-GAP": "vit_gap", "ResNet": "resnet"}   # labels -> record keys
@@ -263,16 +264,41 @@ def _model(name_or_model, weights, pretrained, device) -> tuple[torch.nn.Module,
     return load_named(name_or_model, weights=weights, pretrained=pretrained, device=device), name_or_model
 
 
+
+@dataclass(frozen=True)
+class Params(ChapterParams):
+    """The chapter's parameters (see :class:`~vitcnn_utils.chapters.params.ChapterParams` for the common ones).
+
+    Attributes:
+        vit: a ViT classifying from a CLS token; ``vit_gap``: the same ViT trained with global average pooling.
+        resnet: the CNN compared.
+        vit_seed, vit_gap_seed: second training seeds of the two ViTs (the seed-to-seed baseline; ``None``: not
+            measured).
+        vit_layer: the ViTs' final block (token-patch CKA); ``resnet_layer``: the ResNet's final stage.
+        token_positions: ``(row, col)`` tokens shown: corner, edge, centre, interior.
+        n_images, batch_size: test images per draw for the token-patch CKA, in minibatches.
+        shots: training images per class that fit each probe; ``val_per_class``: further training images per
+            class that choose its regularisation; ``n_test``: test images that score the probes.
+    """
+    vit: str | torch.nn.Module = "zoo:vit-cls"
+    vit_gap: str | torch.nn.Module = "zoo:vit-gap"
+    resnet: str | torch.nn.Module = "zoo:resnet"
+    vit_seed: str | torch.nn.Module | None = "zoo:vit-cls-s1"
+    vit_gap_seed: str | torch.nn.Module | None = "zoo:vit-gap-s1"
+    vit_layer: str = "blocks.5"
+    resnet_layer: str = "layer4.0"
+    token_positions: Sequence[Sequence[int]] = ((0, 0), (0, 3), (3, 3), (2, 5))
+    n_images: int = 1000
+    batch_size: int = 250
+    shots: int = 10
+    val_per_class: int = 50
+    n_test: int = 1000
+
+
 MODEL_ARGUMENTS = ("vit", "vit_gap", "resnet", "vit_seed", "vit_gap_seed")   # run()'s model arguments: swapped for their seed twins (vitcnn_utils.seeds)
 
 
-def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Module = "zoo:vit-gap",
-        resnet: str | torch.nn.Module = "zoo:resnet", vit_seed: str | torch.nn.Module | None = "zoo:vit-cls-s1",
-        vit_gap_seed: str | torch.nn.Module | None = "zoo:vit-gap-s1", vit_layer: str = "blocks.5", resnet_layer: str = "layer4.0",
-        token_positions: Sequence = ((0, 0), (0, 3), (3, 3), (2, 5)), weights: Mapping[str, str] | None = None,
-        pretrained: bool = False, data: str = "fashion-mnist", data_dir: str | None = None, image_size: int | None = None,
-        n_images: int = 1000, batch_size: int = 250, shots: int = 10, val_per_class: int = 50, n_test: int = 1000,
-        device: str = "cpu", seed: int = 0, n_draws: int = 5, use_cache: bool = True) -> SpatialResult:
+def run(params: Params | None = None, **overrides) -> SpatialResult:
     """Compute the chapter: the notebook's parameters in, a :class:`SpatialResult` out.
 
     ``vit``, ``vit_gap`` and ``resnet`` are :func:`~vitcnn_utils.models.load_named` names or models; the two
@@ -282,22 +308,21 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
     for the analysis images (:func:`~vitcnn_utils.data.analysis_batches`) and for the probes' images
     (:func:`~vitcnn_utils.data.probe_batches`).
     """
-    if n_draws < 1:
-        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    p = Params.resolve(params, overrides)
     models, fingerprints = {}, {}
-    for label, spec in zip(LABELS, (vit, vit_gap, resnet)):
-        models[label], name = _model(spec, weights, pretrained, device)
+    for label, spec in zip(LABELS, (p.vit, p.vit_gap, p.resnet)):
+        models[label], name = _model(spec, p.weights, p.pretrained, p.device)
         fingerprints[label] = cache.model_fingerprint(models[label], name or label)
     seed_models, seed_names = {}, {}
-    for label, spec in zip(SEEDED, (vit_seed, vit_gap_seed)):
+    for label, spec in zip(SEEDED, (p.vit_seed, p.vit_gap_seed)):
         if spec is not None:
-            seed_models[label], name = _model(spec, weights, pretrained, device)
+            seed_models[label], name = _model(spec, p.weights, p.pretrained, p.device)
             seed_names[label] = name or f"{label} seed 1"
             fingerprints[f"{label} seed 1"] = cache.model_fingerprint(seed_models[label], seed_names[label])
-    data_key = cache.data_fingerprint(data, data_dir)          # the data's location and files, in every key
-    layers = {"ViT-CLS": vit_layer, "ViT-GAP": vit_layer, "ResNet": resnet_layer}
-    positions = [tuple(int(v) for v in p) for p in token_positions]
-    seeds = [seed + d for d in range(n_draws)]
+    data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
+    layers = {"ViT-CLS": p.vit_layer, "ViT-GAP": p.vit_layer, "ResNet": p.resnet_layer}
+    positions = [tuple(int(v) for v in p) for p in p.token_positions]
+    seeds = [p.seed + d for d in range(p.n_draws)]
 
     geometry = None
     cka = {label: [] for label in LABELS}
@@ -309,19 +334,19 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
     seed_counts = {label: [] for label in seed_models}
     seed_last = {label: {} for label in seed_models}
     for s in seeds:
-        batches = vdata.analysis_batches(data, n_images, batch_size, seed=s, data_dir=data_dir, image_size=image_size)
+        batches = vdata.analysis_batches(p.data, p.n_images, p.batch_size, seed=s, data_dir=p.data_dir, image_size=p.image_size)
         if geometry is None:         # the layers' grids do not depend on the images
-            geometry = {label: measure.token_geometry(m, layers[label], batches, device=device)
+            geometry = {label: measure.token_geometry(m, layers[label], batches, device=p.device)
                         for label, m in models.items()}
             for label, model in seed_models.items():
-                if measure.token_geometry(model, layers[label], batches, device=device) != geometry[label]:
+                if measure.token_geometry(model, layers[label], batches, device=p.device) != geometry[label]:
                     raise ValueError(f"the second seed of {label} ({seed_names[label]}) has another token geometry "
                                      f"at {layers[label]} than {label}; pass a model of the same architecture")
-        key = {"data": data_key, "n": n_images, "batch": batch_size, "seed": s, "image_size": image_size}
-        fit, val, test = vdata.probe_batches(data, shots, val_per_class, n_test, batch_size, seed=s,
-                                             data_dir=data_dir, image_size=image_size)
-        probe_key = {"data": data_key, "shots": shots, "val_per_class": val_per_class, "n_test": n_test,
-                     "batch": batch_size, "seed": s, "image_size": image_size}
+        key = {"data": data_key, "n": p.n_images, "batch": p.batch_size, "seed": s, "image_size": p.image_size}
+        fit, val, test = vdata.probe_batches(p.data, p.shots, p.val_per_class, p.n_test, p.batch_size, seed=s,
+                                             data_dir=p.data_dir, image_size=p.image_size)
+        probe_key = {"data": data_key, "shots": p.shots, "val_per_class": p.val_per_class, "n_test": p.n_test,
+                     "batch": p.batch_size, "seed": s, "image_size": p.image_size}
 
         def token_patch(model, fingerprint, label):
             """This draw's token–patch CKA matrix of ``model`` at ``label``'s layer (cached)."""
@@ -329,14 +354,14 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
             return cache.cached(
                 "token-patch-cka", {**key, "model": fingerprint, "layer": layers[label], **g},
                 lambda: measure.token_patch_cka(model, batches, layers[label], g["patch_size"], g["grid"],
-                                                g["num_prefix_tokens"], device=device), use_cache)
+                                                g["num_prefix_tokens"], device=p.device), p.use_cache)
 
         def probes(model, fingerprint, only=None):
             """This draw's probes of ``model`` at every block, or at the layers ``only`` (cached)."""
             where = {"layers": only} if only else {}            # every block: the key as it always was
             return cache.cached("spatial-probes", {**probe_key, "model": fingerprint, **where},
-                                lambda: measure.spatial_probes(model, fit, val, test, layers=only, device=device),
-                                use_cache)
+                                lambda: measure.spatial_probes(model, fit, val, test, layers=only, device=p.device),
+                                p.use_cache)
 
         for label, model in models.items():
             g = geometry[label]
@@ -371,7 +396,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
 
     n_classes, n_fit, n_val, n_test_seen = sizes
     return SpatialResult(
-        n_draws=n_draws, seeds=seeds, n_images=n_images, layers=layers,
+        n_draws=p.n_draws, seeds=seeds, n_images=p.n_images, layers=layers,
         geometry={label: {**g, "grid": tuple(g["grid"])} for label, g in geometry.items()},
         token_positions=positions, token_patch_cka={label: torch.stack(v) for label, v in cka.items()},
         counts=counts, mean_own=mean_own, mean_other=mean_other, undefined_fraction=undefined,
@@ -381,7 +406,7 @@ def run(vit: str | torch.nn.Module = "zoo:vit-cls", vit_gap: str | torch.nn.Modu
         token_accuracy_min={label: torch.stack(v) for label, v in tok_min.items()},
         token_accuracy_max={label: torch.stack(v) for label, v in tok_max.items()},
         lambda_range=(min(lo for lo, _ in lambdas), max(hi for _, hi in lambdas)),
-        n_classes=n_classes, shots=shots, val_per_class=val_per_class, n_fit=n_fit, n_val=n_val, n_test=n_test_seen,
+        n_classes=n_classes, shots=p.shots, val_per_class=p.val_per_class, n_fit=n_fit, n_val=n_val, n_test=n_test_seen,
         seed_models=seed_names, seed_counts=seed_counts, seed_last=seed_last)
 
 

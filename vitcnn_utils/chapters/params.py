@@ -1,0 +1,84 @@
+"""A chapter's parameters, declared once.
+
+Each chapter module declares ``Params``, a frozen dataclass extending :class:`ChapterParams` with its models and
+sizes. That declaration is the only place a default is written: the chapter's ``run(params, **overrides)``
+reads it, the notebook's ``parameters`` cell (papermill's) must list exactly its fields with the same defaults,
+and ``params/paper/<chapter>.yaml`` may only set its fields; ``tests/test_params.py`` checks both.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+P = TypeVar("P", bound="ChapterParams")
+
+BOOK_FIELDS = ("figures_dir", "results_dir", "seed_twins")   # read by the notebook around run(), not by run()
+
+
+@dataclass(frozen=True)
+class ChapterParams:
+    """The parameters every measuring chapter takes.
+
+    Attributes:
+        weights: ``{timm model name: local weights file}``, for machines without the model hub.
+        pretrained: fetch timm weights from the hub for names not in ``weights``.
+        data: ``"fashion-mnist"`` or an ImageNet-style folder ``root/<class>/<image>`` (or ``root/val/...``).
+        data_dir: the folder with the Fashion-MNIST IDX files (``None``: searched).
+        image_size: image folders' crop side in pixels (``None``: 224); Fashion-MNIST is 28 px.
+        device: where the models run (``"cpu"``, ``"cuda"``, ...).
+        seed: draw ``d`` of the images uses ``seed + d``.
+        n_draws: independent draws of analysis images.
+        use_cache: reuse results of identical earlier computations (:mod:`vitcnn_utils.cache`).
+        figures_dir, results_dir: where the notebook saves figures and records the measured numbers.
+        seed_twins: the notebook also runs every model's seed twin (same spec, training seed 1), so that the
+            verdicts' intervals cover training seeds; ``False`` for your own models.
+    """
+    weights: Mapping[str, str] = field(default_factory=dict)
+    pretrained: bool = False
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    image_size: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    n_draws: int = 5
+    use_cache: bool = True
+    figures_dir: str = "book/chapters/figures"
+    results_dir: str = "book/chapters/results"
+    seed_twins: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.n_draws, bool) or not isinstance(self.n_draws, int) or self.n_draws < 1:
+            raise ValueError(f"n_draws must be a whole number of at least 1, got {self.n_draws!r}")
+
+    @classmethod
+    def resolve(cls: type[P], params: P | None = None, overrides: Mapping[str, Any] | None = None) -> P:
+        """``params`` (default: all defaults) with ``overrides`` applied; an unknown name is a TypeError that
+        lists the chapter's parameters."""
+        if params is not None and not isinstance(params, cls):
+            raise TypeError(f"params must be a {cls.__module__}.{cls.__qualname__}, got {type(params).__name__}")
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown parameter(s) {', '.join(unknown)}; this chapter's parameters are: "
+                            f"{', '.join(f.name for f in fields(cls))}")
+        return dataclasses.replace(params if params is not None else cls(), **overrides)
+
+    @classmethod
+    def from_namespace(cls: type[P], namespace: Mapping[str, Any]) -> P:
+        """The parameters a notebook's ``parameters`` cell defined (its globals), by field name."""
+        missing = [f.name for f in fields(cls) if f.name not in namespace]
+        if missing:
+            raise NameError(f"the notebook's parameters cell does not define {', '.join(missing)}")
+        return cls(**{f.name: namespace[f.name] for f in fields(cls)})
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """``{name: default}`` of every field, in declaration order."""
+        return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in fields(cls)}
+
+    def run_arguments(self) -> dict[str, Any]:
+        """The fields ``run`` reads (all but :data:`BOOK_FIELDS`), as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in BOOK_FIELDS}
