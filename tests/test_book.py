@@ -231,3 +231,42 @@ def test_runner_prints_progress_and_no_kernel_noise(tmp_path, capfd):
     assert "encryption" not in out + err, err
     assert not trap.exists(), "the kernel was sent SIGINT at shutdown"
     assert nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[4].outputs[0]["text"] == "42\n"
+
+
+def test_run_chapters_runs_measuring_chapters_together_then_the_readers(monkeypatch, tmp_path):
+    """--jobs 2: two measuring chapters at a time (longest first), the conclusion only after all of them, each
+    kernel with cores // 2 threads; the first failure stops the chapters not started yet and is raised."""
+    import threading
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(book.os, "cpu_count", lambda: 4)
+    running, events, lock = set(), [], threading.Lock()
+    both = threading.Barrier(2, timeout=10)
+
+    def fake(chapter, params, out_dir, force=False, step=None):
+        with lock:
+            running.add(chapter)
+            events.append(("start", chapter, frozenset(running)))
+        if chapter in ("data_scale", "representation_structure"):
+            both.wait()                                   # the two longest run at the same time
+        with lock:
+            running.discard(chapter)
+            events.append(("end", chapter))
+    monkeypatch.setattr(book, "run_chapter", fake)
+    seconds = book.run_chapters(book.CHAPTERS, {}, tmp_path, jobs=2)
+    assert set(seconds) == set(book.CHAPTERS)
+    starts = [e[1] for e in events if e[0] == "start"]
+    assert starts[:2] == ["data_scale", "representation_structure"] and starts[-1] == "conclusion"
+    assert all(e[0] == "end" for e in events[-1:]) and events[-2] == ("start", "conclusion", frozenset({"conclusion"}))
+    assert book.os.environ["OMP_NUM_THREADS"] == "2"
+
+    def failing(chapter, params, out_dir, force=False, step=None):
+        if chapter == "data_scale":
+            raise SystemExit("data_scale: a cell produced an error output: ValueError")
+        events.append(("ran", chapter))
+    events.clear()
+    monkeypatch.setattr(book, "run_chapter", failing)
+    with pytest.raises(SystemExit, match="data_scale: a cell produced"):
+        book.run_chapters(book.CHAPTERS, {}, tmp_path, jobs=1)
+    assert events == []                                   # nothing after the failure, no conclusion
+    with pytest.raises(SystemExit, match="--jobs must be a whole number of at least 1, got 0"):
+        book.run_chapters(book.CHAPTERS, {}, tmp_path, jobs=0)

@@ -3,6 +3,7 @@
     python -m vitcnn_utils.tools.book                       # all chapters with their defaults, then the HTML book
     python -m vitcnn_utils.tools.book -c representation_structure -f params/paper/representation_structure.yaml
     python -m vitcnn_utils.tools.book --no-build            # execute only
+    python -m vitcnn_utils.tools.book --jobs 1              # one chapter at a time, with every core
 
 Executed notebooks go to ``book/chapters/<chapter>.ipynb`` (where ``_toc.yml`` points). A chapter whose
 source notebook, parameters, library code and zoo manifest are unchanged since its last successful run is
@@ -12,6 +13,11 @@ chapter for the book, and the command stops with papermill's error.
 
 While a chapter runs, the runner prints its progress: ``[i/n] chapter: cell k/m [elapsed] <first line>`` as
 each code cell starts, a ``still running`` line every minute of a long cell, and the chapter's total time.
+With ``--jobs N`` (default: two on a machine with two or more cores) the measuring chapters run N at a time,
+each kernel with ``cores // N`` threads (``OMP_NUM_THREADS``, unless you set it), longest first; the conclusion,
+which reads what they recorded, runs after them. At the end the runner prints each chapter's time and the wall
+time of the whole run.
+
 The kernel runs with CurveZMQ transport encryption where pyzmq supports it, and a finished notebook's kernel
 is shut down without the interrupt (SIGINT) jupyter_client sends first by default, which ipykernel reported as
 ``KeyboardInterrupt caught in kernel`` when it arrived while a reply was still being sent.
@@ -19,6 +25,7 @@ is shut down without the interrupt (SIGINT) jupyter_client sends first by defaul
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import difflib
 import hashlib
 import json
@@ -38,6 +45,7 @@ PACKAGE = Path(__file__).resolve().parents[1]  # vitcnn_utils/
 CHAPTERS = ["representation_structure", "local_global", "skip_connections", "spatial", "data_scale", "conclusion"]
 READS_RESULTS = {"conclusion"}   # chapters that judge the numbers the others recorded (see vitcnn_utils.findings)
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
+LONGEST_FIRST = ["data_scale", "representation_structure", "skip_connections", "spatial", "local_global"]
 HEARTBEAT_S = 60.0                 # a cell running longer than this prints a "still running" line this often
 
 
@@ -396,6 +404,50 @@ def run_chapter(chapter: str, params: dict, out_dir: Path, force: bool = False,
     return output
 
 
+def default_jobs() -> int:
+    """Chapters run at a time by default: two where there are two or more cores (one thread each on two
+    cores: a chapter's operations gain only 1.4–1.7× from a second thread, docs/benchmarks.md), else one."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def run_chapters(chapters: list[str], params: dict, out_dir: Path, force: bool = False,
+                 jobs: int = 1) -> dict[str, float]:
+    """:func:`run_chapter` for every chapter of ``chapters``: the measuring ones ``jobs`` at a time (longest
+    first, :data:`LONGEST_FIRST`), then those that read their results (:data:`READS_RESULTS`). Each kernel gets
+    ``cores // jobs`` threads unless ``OMP_NUM_THREADS`` is set. The first failure stops chapters not started
+    yet and is raised once the running ones finish. Returns ``{chapter: seconds}``."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise SystemExit(f"--jobs must be a whole number of at least 1, got {jobs!r}")
+    steps = {c: (i, len(chapters)) for i, c in enumerate(chapters, 1)}
+    measuring = sorted((c for c in chapters if c not in READS_RESULTS),
+                       key=lambda c: LONGEST_FIRST.index(c) if c in LONGEST_FIRST else len(LONGEST_FIRST))
+    seconds: dict[str, float] = {}
+
+    def one(chapter):
+        start = time.monotonic()
+        run_chapter(chapter, params, out_dir, force=force, step=steps[chapter])
+        seconds[chapter] = time.monotonic() - start
+    if jobs > 1 and len(measuring) > 1:
+        if "OMP_NUM_THREADS" not in os.environ:       # read by torch in each kernel as it starts
+            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        pool = concurrent.futures.ThreadPoolExecutor(jobs, thread_name_prefix="chapter")
+        futures = [pool.submit(one, c) for c in measuring]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
+    else:
+        for chapter in measuring:
+            one(chapter)
+    for chapter in chapters:
+        if chapter in READS_RESULTS:
+            one(chapter)
+    return seconds
+
+
 def build_html(root: Path = ROOT) -> Path:
     """``jupyter-book build`` of the book whose ``_config.yml`` and ``_toc.yml`` are in ``root``, with
     warnings as errors; returns the HTML folder."""
@@ -414,7 +466,10 @@ def main(argv=None) -> None:
     parser.add_argument("-o", "--output", default=str(ROOT / "book" / "chapters"), help="executed notebooks")
     parser.add_argument("--force", action="store_true", help="re-execute chapters that are up to date")
     parser.add_argument("--no-build", action="store_true", help="execute the notebooks, skip jupyter-book")
+    parser.add_argument("-j", "--jobs", type=int, default=default_jobs(),
+                        help="chapters executed at a time (default: %(default)s on this machine)")
     args = parser.parse_args(argv)
+    start = time.monotonic()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")    # progress bars belong to the terminal (papermill's), not the book
     params = load_params(args.params) if args.params else {}
@@ -428,10 +483,13 @@ def main(argv=None) -> None:
     unknown_models = unknown_zoo_models(params)
     if unknown_models:
         raise SystemExit(f"{args.params}: {unknown_zoo_message(unknown_models)}")
-    for i, chapter in enumerate(args.chapters, 1):
-        run_chapter(chapter, params, Path(args.output), force=args.force, step=(i, len(args.chapters)))
+    seconds = run_chapters(args.chapters, params, Path(args.output), force=args.force, jobs=args.jobs)
+    executed = time.monotonic() - start
     if not args.no_build:
         print(f"book: {build_html() / 'index.html'}")
+    print(f"chapters ({args.jobs} at a time): " + ", ".join(f"{c} {format_elapsed(seconds[c])}" for c in args.chapters)
+          + f"; executing {format_elapsed(executed)}"
+          + ("" if args.no_build else f", with the HTML build {format_elapsed(time.monotonic() - start)}"), flush=True)
 
 
 if __name__ == "__main__":
