@@ -280,3 +280,21 @@ def test_the_summary_figure_draws_every_finding(tmp_path):
     assert len(fig.axes) == 12
     assert fig.axes[8].texts and "no results from spatial" in fig.axes[8].texts[0].get_text()
     plotting.save(fig, "summary", tmp_path)
+
+
+def test_verdicts_tool_compares_two_builds(tmp_path, capsys):
+    """`python -m vitcnn_utils.tools.verdicts A B` prints both builds' verdicts and exits 1 when one differs."""
+    from vitcnn_utils.tools import verdicts
+    row = {"finding": 1, "verdict": findings.REPRODUCED, "checks": [("central", "r", findings.HOLDS, "0.2", "paper")]}
+    lines, differ = verdicts.compare([row], [dict(row)])
+    assert differ == 0 and "same" in lines[0] and "holds (0.2)" in lines[0]
+    lines, differ = verdicts.compare([row], [{**row, "verdict": findings.DIRECTION_ONLY}])
+    assert differ == 1 and "DIFFERS" in lines[0]
+    (tmp_path / "a").mkdir()
+    verdicts.main([str(tmp_path / "a")])                        # nothing recorded: every finding not measured
+    assert capsys.readouterr().out.count(findings.NOT_MEASURED) == len(findings.FINDINGS)
+    with pytest.raises(SystemExit, match="no such results folder"):
+        verdicts.main([str(tmp_path / "absent")])
+    with pytest.raises(SystemExit) as stop:
+        verdicts.main([str(tmp_path / "a"), str(tmp_path / "a")])
+    assert stop.value.code == 0
