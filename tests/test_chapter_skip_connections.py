@@ -86,7 +86,8 @@ def test_record_fields_and_draw_zero(vits, tiny_resnet):
     assert torch.equal(panels[0]["matrix"], result.within["control"].mean(0))
     series = result.no_skip_series()
     assert series["blocks"] == [0, 1] and series["middle_block"] in (0, 1) and len(series["split"]) == 3
-    assert series["drops"]["vs control"][1] == [100 * x for x in rec["no_skip"][1]["accuracy_drop"]]
+    assert list(series["drops"]) == ["vs control (same schedule)"]      # not against the long schedule
+    assert series["drops"]["vs control (same schedule)"][1] == [100 * x for x in rec["no_skip"][1]["accuracy_drop"]]
     assert findings.fmt(rec["vit_median_ratio"]) in result.measured_ratios()
     assert "matched" in result.measured_no_skip()
     rows = {r["finding"]: r for r in findings.table({"skip_connections": findings._plain(rec)})}

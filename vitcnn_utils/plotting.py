@@ -8,6 +8,7 @@ import numpy as np
 import seaborn as sns
 
 MODEL_COLOURS = {"vit": "#3b6fb6", "resnet": "#d1495b", "vit-gap": "#2e9e6e"}
+DARK_LABEL = {"facecolor": "black", "alpha": 0.65, "pad": 2.0, "linewidth": 0}   # white text legible on pale cells
 
 
 def setup() -> None:
@@ -231,22 +232,33 @@ def head_distances_over_draws(ax, distances, title: str, uniform: float, local_f
 def head_cka_over_draws(ax, distance, cka, layers, title: str, uniform: float | None = None):
     """CKA of single heads with other-model layers against the heads' mean attention distance, over draws:
     ``distance`` ``[draw][head]`` (px) and ``cka`` ``[draw][head][layer]``. One colour per layer, one marker
-    per head (not joined: the heads are not a sequence); error bars ± one SD over draws in both directions; a
-    dashed line at the uniform-attention distance when ``uniform`` is given."""
+    shape per head (two heads at the same distance stay apart: their layers are dodged sideways by a few
+    hundredths of the axis), not joined (the heads are not a sequence); error bars ± one SD over draws in both
+    directions; a dashed line at the uniform-attention distance when ``uniform`` is given."""
+    from matplotlib.lines import Line2D
     dist, c = np.asarray(distance, dtype=float), np.asarray(cka, dtype=float)
     ddof = 1 if len(dist) > 1 else 0
     x, xerr = dist.mean(0), dist.std(0, ddof=ddof)
-    order = np.argsort(x)
+    span = max(float(np.ptp(x)), 0.1) if x.size else 1.0
+    markers = "osD^vP*Xhp"
+    colours = [f"C{j}" for j in range(len(layers))]
     for j, layer in enumerate(layers):
         y, yerr = c[:, :, j].mean(0), c[:, :, j].std(0, ddof=ddof)
-        ax.errorbar(x[order], y[order], xerr=xerr[order], yerr=yerr[order], marker="o", ms=5, capsize=2.5,
-                    elinewidth=1, ls="none", alpha=0.9, label=layer)
+        dodge = (j - (len(layers) - 1) / 2) * 0.012 * span
+        for h in range(len(x)):
+            ax.errorbar(x[h] + dodge, y[h], xerr=xerr[h], yerr=yerr[h], marker=markers[h % len(markers)], ms=6,
+                        capsize=2.5, elinewidth=1, ls="none", alpha=0.9, color=colours[j])
+    handles = [Line2D([], [], color=colours[j], marker="s", ls="none", label=layer) for j, layer in enumerate(layers)]
+    handles += [Line2D([], [], color="0.25", marker=markers[h % len(markers)], ls="none", label=f"head {h}")
+                for h in range(len(x))]
     if uniform is not None:
-        ax.axvline(uniform, color="0.3", ls="--", lw=1.1, label=f"uniform attention ({uniform:.1f} px)")
+        ax.axvline(uniform, color="0.3", ls="--", lw=1.1)
+        handles.append(Line2D([], [], color="0.3", ls="--", label=f"uniform attention ({uniform:.1f} px)"))
     ax.set_xlabel("mean attention distance of the head (px)")
     ax.set_ylabel("CKA with ResNet layer")
     ax.set_title(title)
-    ax.legend(fontsize=8, title="ResNet layer", title_fontsize=8)
+    ax.legend(handles=handles, fontsize=8, title="colour: ResNet layer; shape: head", title_fontsize=8,
+              ncols=2, loc="best")
     return ax
 
 

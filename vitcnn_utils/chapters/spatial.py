@@ -275,7 +275,7 @@ class Params(ChapterParams):
         vit_seed, vit_gap_seed: second training seeds of the two ViTs (the seed-to-seed baseline; ``None``: not
             measured).
         vit_layer: the ViTs' final block (token-patch CKA); ``resnet_layer``: the ResNet's final stage.
-        token_positions: ``(row, col)`` tokens shown: corner, edge, centre, interior.
+        token_positions: ``(row, col)`` tokens shown: four interior positions (of the 25 F9 counts).
         n_images, batch_size: test images per draw for the token-patch CKA, in minibatches.
         shots: training images per class that fit each probe; ``val_per_class``: further training images per
             class that choose its regularisation; ``n_test``: test images that score the probes.
@@ -287,7 +287,7 @@ class Params(ChapterParams):
     vit_gap_seed: str | torch.nn.Module | None = "zoo:vit-gap-s1"
     vit_layer: str = "blocks.5"
     resnet_layer: str = "layer4.0"
-    token_positions: Sequence[Sequence[int]] = ((0, 0), (0, 3), (3, 3), (2, 5))
+    token_positions: Sequence[Sequence[int]] = ((1, 3), (3, 1), (3, 3), (4, 4))
     n_images: int = 1000
     batch_size: int = 250
     shots: int = 10
@@ -321,7 +321,7 @@ def run(params: Params | None = None, **overrides) -> SpatialResult:
             fingerprints[f"{label} seed 1"] = cache.model_fingerprint(seed_models[label], seed_names[label])
     data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
     layers = {"ViT-CLS": p.vit_layer, "ViT-GAP": p.vit_layer, "ResNet": p.resnet_layer}
-    positions = [tuple(int(v) for v in p) for p in p.token_positions]
+    positions = [tuple(int(v) for v in pos) for pos in p.token_positions]
     seeds = [p.seed + d for d in range(p.n_draws)]
 
     geometry = None

@@ -85,6 +85,25 @@ def _specs() -> dict[str, Spec]:
 SPECS = _specs()
 
 
+def display_name(name: str) -> str:
+    """How a reader sees a model: ``"zoo:vit-cls-e3"`` → ``"ViT-CLS, 3 epochs"``, ``"zoo:resnet-f03-s1"`` →
+    ``"ResNet, 3% of the data (seed 1)"``, ``"zoo:vit-cls-noskip3"`` → ``"ViT-CLS without block 3's skips"``;
+    any other name (a timm model, a file) is returned as it is."""
+    base = name[len("zoo:"):] if isinstance(name, str) and name.startswith("zoo:") else None
+    spec = SPECS.get(base) if base else None
+    if spec is None:
+        return str(name)
+    arch = spec.arch
+    text = "ResNet" if arch["kind"] == "resnet" else f"ViT-{arch.get('pool', 'cls').upper()}"
+    if arch.get("no_skip_blocks"):
+        text += f" without block {', '.join(map(str, arch['no_skip_blocks']))}'s skips"
+    elif spec.fraction < 1:
+        text += f", {round(spec.fraction * 100)}% of the data"
+    elif spec.recipe.epochs != (VIT_EPOCHS if arch["kind"] == "vit" else RESNET_EPOCHS):
+        text += f", {spec.recipe.epochs} epochs"
+    return text + (f" (seed {spec.seed})" if spec.seed else "")
+
+
 def manifest() -> dict:
     """The manifest: ``{name: entry}`` for every trained model shipped here; ``{}`` when there is no manifest
     (nothing trained yet: :func:`load` then says so). A manifest that is not valid JSON is a ValueError."""
