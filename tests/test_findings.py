@@ -254,6 +254,17 @@ def test_meaning_names_each_finding_of_the_chapter_with_its_verdict_and_labels_h
     assert "**Finding 1**" in text and "**Finding 2**" in text and "*not tested here*" in text
 
 
+def test_takeaway_gives_each_finding_of_the_chapter_its_verdict_and_central_number():
+    results = paper_like()
+    rows = {r["finding"]: r for r in findings.table(results, "representation_structure")}
+    text = findings.takeaway("representation_structure", results)
+    assert text.startswith("**In short.**") and text.count("\n- ") == 2
+    for number, row in rows.items():
+        assert f"(Finding {number}, {row['figure']}): **{row['verdict']}** ({row['judged']['central'].value})" in text
+    assert "Finding 3" not in text                                   # another chapter's finding
+    assert "not measured" in findings.takeaway("spatial", {})
+
+
 def test_record_and_load_round_trip_with_replicates(tmp_path):
     findings.record("spatial", {"a": [1.0, float("nan")]}, tmp_path, replicates=[{"a": [2.0, 3.0]}])
     loaded = findings.load_results(tmp_path)

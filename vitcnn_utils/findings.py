@@ -777,6 +777,17 @@ def meaning(chapter: str, results: dict) -> str:
     return "\n".join(lines)
 
 
+def takeaway(chapter: str, results: dict) -> str:
+    """The chapter's opening lines: per finding, the paper's claim, this build's verdict and central number
+    (the details follow in the chapter, the criteria in its "What it means")."""
+    lines = []
+    for row in table(results, chapter):
+        central = row["judged"].get("central")
+        value = f" ({central.value})" if central is not None and central.value else ""
+        lines.append(f"- *{row['paper']}* (Finding {row['finding']}, {row['figure']}): **{row['verdict']}**{value}.")
+    return "**In short.**\n\n" + "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------------------
 # The conclusion's text
 
