@@ -309,3 +309,13 @@ def test_verdicts_tool_compares_two_builds(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         verdicts.main([str(tmp_path / "a"), str(tmp_path / "a")])
     assert stop.value.code == 0
+
+
+def test_synthesis_groups_the_claims_by_what_this_build_shows():
+    rows = [{"finding": 1, "paper": "a claim", "verdict": findings.DIRECTION_ONLY},
+            {"finding": 2, "paper": "b claim", "verdict": findings.OPPOSITE},
+            {"finding": 3, "paper": "c claim", "verdict": findings.UNTESTABLE}]
+    text = findings.synthesis(rows)
+    assert "beyond the noise between trainings.** A claim (Finding 1: direction only)." in text
+    assert "other way.** B claim (Finding 2: opposite)." in text and "judged here.** C claim" in text
+    assert "hides" not in text                                      # no finding in that group: no heading

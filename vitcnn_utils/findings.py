@@ -864,6 +864,26 @@ def write_outcomes(rows: list[dict], folder: str | os.PathLike = RESULTS_DIR, na
     return path
 
 
+_SYNTHESIS = (  # (heading, verdicts): what the small models show, what they contradict, what is left open
+    ("What the small models show, beyond the noise between trainings", (REPRODUCED, DIRECTION_ONLY, PARTLY)),
+    ("Where they go the other way", (OPPOSITE, NOT_REPRODUCED)),
+    ("What the noise between trainings hides at this scale", (NOT_DISTINGUISHABLE,)),
+    ("What could not be judged here", (UNTESTABLE, CONFOUNDED, NOT_MEASURED)),
+)
+
+
+def synthesis(rows: list[dict]) -> str:
+    """The conclusion's synthesis, from the verdicts: the paper's claims grouped by what this build shows
+    (held beyond the noise, in full or in direction), contradicts, cannot tell from noise, or could not judge."""
+    parts = []
+    for heading, verdicts in _SYNTHESIS:
+        group = [r for r in rows if r["verdict"] in verdicts]
+        if group:
+            parts.append(f"**{heading}.** " + " ".join(
+                f"{r['paper'][0].upper() + r['paper'][1:]} (Finding {r['finding']}: {r['verdict']})." for r in group))
+    return "\n\n".join(parts)
+
+
 def tally_text(rows: list[dict]) -> str:
     """``"Of 12 findings: 2 reproduced, 3 partly, ..."`` (verdicts with no finding left out)."""
     counts = tally(rows)
