@@ -473,7 +473,7 @@ def no_skip_summary(blocks, split: dict, drops: dict, threshold_points: float | 
     ``{label: [per block: [per draw]]}``) and the accuracy drop in points (``drops``, same shape), mean ± SD error
     bars over draws with each draw as a dot. ``threshold_points`` is drawn at ``middle_block`` (the criterion),
     ``paper_points`` as a dotted line across."""
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4), layout="constrained")
+    fig, axes = plt.subplots(2, 1, figsize=(8, 7.6), layout="constrained")
     blocks = list(blocks)
     x = np.arange(len(blocks))
     styles = ["o", "s", "D", "^", "v"]
