@@ -169,4 +169,4 @@ def test_every_chapter_key_holds_the_data_fingerprint():
         p.stem for p in cache.CODE_ROOT.joinpath("chapters").glob("*.py") if "cache.cached(" in p.read_text()}
     for module in modules:
         source = inspect.getsource(module)
-        assert "cache.data_fingerprint(data, data_dir)" in source and '"data": data,' not in source, module
+        assert "cache.data_fingerprint(p.data, p.data_dir)" in source and "\"data\": p.data," not in source, module
