@@ -591,8 +591,9 @@ def matched_layer_curves_over_draws(ax, layer_names, curves: dict, title: str, y
     ax.set_xlabel("layer (block outputs; leftmost = embedding / stem)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    # below the axes: inside, the legend would cover the threshold segment over the first block
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.24), frameon=False)
+    # beside the axes: inside, the legend would cover the threshold segment over the first block, and below
+    # them it would cover the axis label of a panel stacked underneath
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return ax
 
 
