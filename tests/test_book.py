@@ -56,6 +56,11 @@ def test_chapters_execute_without_errors_and_hide_parameters(built_book):
             assert any("image/png" in o.get("data", {}) for o in outs), f"{chapter} shows no figure"
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and all("remove-cell" in c.metadata["tags"] for c in injected)
+        # nothing but the book on the page: no streams (progress bars, warnings, prints), no bare object reprs
+        streams = [o for o in outs if o.get("output_type") == "stream"]
+        assert not streams, f"{chapter} prints: {streams[0].get('text', '')[:200]!r}"
+        plain = [o["data"]["text/plain"] for o in outs if set(o.get("data", {})) == {"text/plain"}]
+        assert not plain, f"{chapter} shows a bare value: {plain[0][:200]!r}"
 
 
 def test_figures_saved_as_png(built_book):
