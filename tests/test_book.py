@@ -93,7 +93,7 @@ def test_up_to_date_chapter_is_not_reexecuted(built_book, capsys):
 
 def test_fingerprint_covers_the_whole_library(tmp_path, monkeypatch):
     """A chapter is re-executed when any module of the package changes (not only the tools/ folder the runner
-    lives in: that was a stale-output bug), or the zoo manifest."""
+    lives in: that was a stale-output bug), the zoo manifest, or the recipe ablation's measurements."""
     names = {f.relative_to(book.PACKAGE).as_posix() for f in book.library_files()}
     assert {"findings.py", "cka.py", "chapters/spatial.py", "tools/book.py", "zoo/manifest.json"} <= names
     package = tmp_path / "vitcnn_utils"                   # a stand-in package, so no test edits the real one
@@ -103,7 +103,7 @@ def test_fingerprint_covers_the_whole_library(tmp_path, monkeypatch):
     monkeypatch.setattr(book, "PACKAGE", package)
     source = book.ROOT / "notebooks" / "spatial.ipynb"
     before = book._fingerprint(source, {})
-    for name in ("findings.py", "zoo/manifest.json"):
+    for name in ("findings.py", "zoo/manifest.json", "zoo/recipe_ablation.json"):
         (package / name).write_text("# an edit\n")
         after = book._fingerprint(source, {})
         assert after != before, name

@@ -63,9 +63,12 @@ def _fingerprint(source: Path, params: dict) -> str:
 
 
 def library_files() -> list[Path]:
-    """The files of the ``vitcnn_utils`` package a chapter's output depends on: every module and the zoo
-    manifest (the weights files are named by their checksums in it)."""
-    files = sorted(PACKAGE.rglob("*.py")) + [PACKAGE / "zoo" / "manifest.json"]
+    """The files of the ``vitcnn_utils`` package a chapter's output depends on: every module, the zoo
+    manifest (the weights files are named by their checksums in it) and the recipe ablation's measurements
+    (the local/global chapter shows them), where that file exists."""
+    ablation = PACKAGE / "zoo" / "recipe_ablation.json"
+    files = sorted(PACKAGE.rglob("*.py")) + [PACKAGE / "zoo" / "manifest.json"] + ([ablation] if ablation.is_file()
+                                                                                  else [])
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"library files missing: {', '.join(map(str, missing))}")
