@@ -277,6 +277,8 @@ class Params(ChapterParams):
         vit_layer: the ViTs' final block (token-patch CKA); ``resnet_layer``: the ResNet's final stage.
         token_positions: ``(row, col)`` tokens shown: four interior positions (of the 25 F9 counts).
         n_images, batch_size: test images per draw for the token-patch CKA, in minibatches.
+        n_draws: 10 here (5 in the other chapters): the own-patch counts of F9 are integers that vary from draw to
+            draw, and with 5 draws F9's verdict differed between two disjoint draw sets (issue 22's check).
         shots: training images per class that fit each probe; ``val_per_class``: further training images per
             class that choose its regularisation; ``n_test``: test images that score the probes.
     """
@@ -293,6 +295,7 @@ class Params(ChapterParams):
     shots: int = 10
     val_per_class: int = 50
     n_test: int = 1000
+    n_draws: int = 10    # not 5: F9 counts integer tokens, and at 5 draws its verdict turned on the draw set
 
 
 MODEL_ARGUMENTS = ("vit", "vit_gap", "resnet", "vit_seed", "vit_gap_seed")   # run()'s model arguments: swapped for their seed twins (vitcnn_utils.seeds)
