@@ -195,7 +195,7 @@ class SkipConnectionsResult:
         steps = f", {info.steps:,} steps" if info.steps is not None else ", untrained / not in the zoo"
         test = f", test set {info.test_accuracy:.1%}" if info.test_accuracy is not None else ""
         acc = sum(self.accuracy[label]) / self.n_draws
-        return f"{what}\n{info.name}{steps}\naccuracy {acc:.1%} here (mean of {self.n_draws} draws){test}"
+        return f"{what}\n{display_name(info.name)}{steps}\naccuracy {acc:.1%} here (mean of {self.n_draws} draws){test}"
 
     def heatmap_panels(self) -> list[dict]:
         """The Fig 8 panels for :func:`vitcnn_utils.plotting.no_skip_heatmap_grid`: the intact reference, then
