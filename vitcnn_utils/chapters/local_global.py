@@ -57,7 +57,7 @@ _CHANGE_TEXT = {"cutmix": "CutMix (α = {})", "mixup": "MixUp (α = {})", "crop_
                 "num_heads": "{} heads", "patch_size": "{}-px patches", "embed_dim": "width {}",
                 "depth": "{} blocks", "shift": "shifts of ≤ {} px", "flip": "flips {}", "label_smoothing":
                 "label smoothing {}", "lr": "learning rate {}", "weight_decay": "weight decay {}",
-                "batch_size": "batch {}", "precision": "{}", "pos_embed": "{} position embeddings",
+                "batch_size": "batch {}", "precision": "{}", "pos_embed": "fixed 2-D {} position embeddings",
                 "distilled": "a distillation token {}", "distill": "hard-label distillation from the zoo {}"}
 
 
