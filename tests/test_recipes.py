@@ -109,3 +109,16 @@ def test_distillation_arguments_must_agree():
     with pytest.raises(ValueError, match="build it with build_vit"):
         train(build_vit(embed_dim=32, depth=1, num_heads=2), data, data, Recipe(1, distill="resnet"), seed=0,
               teacher=build_resnet())
+
+
+def test_block0_locality_is_the_most_local_heads_mean_over_draws_and_picks_the_derived_variant():
+    from vitcnn_utils.zoo import ablation
+    # head 0: 8 and 4 (mean 6); head 1: 5 and 9 (mean 7): the most local head is head 0, not min-per-draw's 4.5
+    draws = [[[8.0, 5.0], [1.0, 1.0]], [[4.0, 9.0], [1.0, 1.0]]]
+    assert ablation.block0_locality(draws, 10.0) == pytest.approx(0.6)
+    entry = {"distances_px": draws, "uniform_distance_px": 10.0}
+    far = {"distances_px": [[[9.0, 9.0]], [[9.0, 9.0]]], "uniform_distance_px": 10.0}
+    arch, recipe = ablation.resolve("patch2-best", {"sincos": far, "distill": entry})
+    assert arch["distilled"] and arch["patch_size"] == 2 and recipe.distill == "resnet"
+    with pytest.raises(ValueError, match="not measured yet: run .*--only distill"):
+        ablation.resolve("patch2-best", {"sincos": far})

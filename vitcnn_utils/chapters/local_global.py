@@ -375,7 +375,7 @@ class LocalGlobal:
         lines[-1] += (f". Head distances are means over {ab.variants[0].n_images or '?'} test images per draw, "
                       f"{len(ab.variants[0].distances_px)} draws.")
         lines.append(statement)
-        most = min(ab.variants, key=lambda v: min(_mean(col) for col in zip(*v.block0_normalised)))
+        most = min(ab.variants, key=lambda v: ablation.block0_locality(v.distances_px, v.uniform_distance_px))
         lines.append(f"The most local block-0 head of any variant is in `{most.recipe}`, at "
                      f"{_fmt([min(d) for d in most.block0_normalised])}× the uniform distance (local: below "
                      f"{rule['local_fraction']}×).")

@@ -52,11 +52,21 @@ DERIVED = ("patch2-best", "best-full")  # defined by the measured results of the
 ADOPTION = {"local_fraction": LOCAL_FRACTION, "seeds": 2, "accuracy_margin": 0.02, "reference": "vit-cls"}
 
 
-def block0_locality(entry: dict) -> float:
-    """The most local block-0 head of a measured variant: its distance over the uniform-attention distance,
-    averaged over the draws (lower is more local; 1 is uniform attention)."""
-    return sum(min(draw[0]) for draw in entry["distances_px"]) / len(entry["distances_px"]) \
-        / entry["uniform_distance_px"]
+def block0_locality(distances_px: list, uniform_distance_px: float) -> float:
+    """The most local block-0 head of a measured variant (``distances_px`` ``[draw][block][head]``): the
+    smallest over heads of a head's mean distance over the draws, over the uniform-attention distance (lower
+    is more local; 1 is uniform attention). The local/global chapter names its most local variant by it too."""
+    heads = zip(*(draw[0] for draw in distances_px))
+    return min(sum(h) / len(h) for h in heads) / uniform_distance_px
+
+
+def _candidates(name: str) -> list[str]:
+    """The variants a derived variant is chosen from."""
+    return list(COMBINED) if name == "patch2-best" else [n for n in [*VARIANTS, "patch2-best"] if n != "baseline"]
+
+
+def _locality(entry: dict) -> float:
+    return block0_locality(entry["distances_px"], entry["uniform_distance_px"])
 
 
 def resolve(name: str, results: dict) -> tuple[dict, Recipe]:
@@ -66,14 +76,14 @@ def resolve(name: str, results: dict) -> tuple[dict, Recipe]:
         return VARIANTS[name]
     if name not in DERIVED:
         raise ValueError(f"no ablation variant {name!r}; the variants are {', '.join([*VARIANTS, *DERIVED])}")
-    pool = COMBINED if name == "patch2-best" else [n for n in [*VARIANTS, "patch2-best"] if n != "baseline"]
+    pool = _candidates(name)
     measured = [n for n in pool if n in results]
     missing = [n for n in COMBINED if n not in results] if name == "patch2-best" else []
     if missing or not measured:
         raise ValueError(f"{name} is chosen from the measured results of {', '.join(missing or pool)}, which are "
                          f"not measured yet: run `python -m vitcnn_utils.zoo.ablation --only "
                          f"{' '.join(missing or pool)}` first")
-    best = min(measured, key=lambda n: block0_locality(results[n]))
+    best = min(measured, key=lambda n: _locality(results[n]))
     arch, recipe = resolve(best, results) if best in VARIANTS else _from_entry(results[best])
     if name == "patch2-best":
         return {**arch, "patch_size": 2, "embed_dim": 64}, recipe
@@ -96,8 +106,7 @@ def measure(model: torch.nn.Module, device: str = "cpu") -> dict:
 
 
 def _derivation(name: str, results: dict) -> str:
-    pool = COMBINED if name == "patch2-best" else [n for n in [*VARIANTS, "patch2-best"] if n != "baseline"]
-    scores = {n: round(block0_locality(results[n]), 4) for n in pool if n in results}
+    scores = {n: round(_locality(results[n]), 4) for n in _candidates(name) if n in results}
     return f"the most local block-0 head among {scores} (distance / uniform, mean over draws)"
 
 
