@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 
 import torch
@@ -143,7 +144,7 @@ def main(argv=None) -> None:
                  **measure(model.eval(), args.device)}
         results = load_results()
         results[name] = entry
-        tmp = RESULTS.with_suffix(".tmp")
+        tmp = RESULTS.with_suffix(f".{os.getpid()}.tmp")  # two variants may train at once
         tmp.write_text(json.dumps(results, indent=1) + "\n")
         tmp.replace(RESULTS)
         local0 = [c[0] for c in entry["local_heads"]]
