@@ -66,6 +66,21 @@ def test_chapters_execute_without_errors_and_hide_parameters(built_book):
         assert not plain, f"{chapter} shows a bare value: {plain[0][:200]!r}"
 
 
+
+def test_every_number_the_prose_inserts_is_glued(built_book):
+    """Chapter prose lives in the notebooks' Markdown; each ``{glue:text}`key``` it uses is glued by the executed
+    notebook (a chapter's ``numbers()``), so no inserted number is missing from the page."""
+    import re
+    _, outputs, _ = built_book
+    used_somewhere = False
+    for chapter, path in outputs.items():
+        nb = nbformat.read(path, as_version=4)
+        used = {m for c in nb.cells if c.cell_type == "markdown" for m in re.findall(r"\{glue:\w+\}`([^`]+)`", c.source)}
+        glued = {o.get("metadata", {}).get("scrapbook", {}).get("name") for c in nb.cells for o in c.get("outputs", [])}
+        assert used <= glued, f"{chapter}: prose inserts {sorted(used - glued)}, which nothing glued"
+        used_somewhere |= bool(used)
+    assert used_somewhere
+
 def test_figures_saved_as_png(built_book):
     root, _, _ = built_book
     pngs = sorted((root / "book" / "chapters" / "figures").glob("*.png"))

@@ -130,3 +130,18 @@ def test_the_matched_reference_of_the_other_seed_is_compared_with_every_small_mo
     diag = h["3%", OTHER].diagonal()
     assert rec["cka"]["3%"]["cka_first_block"][0] == pytest.approx(diag[1].item(), abs=1e-12)
     assert rec["baseline"]["cka_last_block"][0] == pytest.approx(h[MATCHED, OTHER].diagonal()[-1].item(), abs=1e-12)
+
+
+def test_numbers_and_tables_are_intervals_over_seeds_and_draws(result):
+    from vitcnn_utils import findings
+    nums = data_scale.numbers([result])                  # one training seed: the interval over its draws
+    small = result.smallest["ViT"]
+    assert nums["ds_drop_long"] == findings.interval([result.first_minus_last("vit_long", small)]).text()
+    assert nums["ds_gain_long"] == findings.interval([result.gain_points("ViT", data_scale.SPATIAL)]).text(1, unit=" points")
+    assert nums["ds_runs"] == f"1 training seed × {result.n_draws} draws" and all(isinstance(v, str) for v in nums.values())
+    cka = data_scale.cka_table([result])
+    assert cka.count("of the data |") == len(result.fractions["ViT"])
+    assert findings.interval([result.cka_block("vit_long", small, "last")]).text() in cka
+    probes = data_scale.probe_table([result])
+    assert findings.interval([result.mid("ResNet", data_scale.SPATIAL, FULL)]).text(1, 100, "%") in probes
+    assert OTHER not in probes

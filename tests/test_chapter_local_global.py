@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from vitcnn_utils import attention, cache, localisation
+from vitcnn_utils import attention, cache, findings, localisation
 from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
 from vitcnn_utils.chapters import local_global as lg
@@ -178,7 +178,14 @@ def test_ablation_text_follows_the_numbers(result, synthetic_ablation, tmp_path)
     assert "a measured negative result" in done.ablation_text() and "F4 predicts" in done.ablation_text()
 
 
-def test_measured_paragraphs_carry_spreads(result):
-    for text in (result.measured_distances(), result.measured_head_cka(), result.measured_erf()):
-        assert f"n = {N_DRAWS}" in text
-    assert f"{result.uniform_erf_radius:.1f} px" in result.measured_erf()
+def test_numbers_are_intervals_over_seeds_and_draws(result):
+    nums = lg.numbers([result, result])          # two "seeds" with equal values: the interval of one
+    assert nums == lg.numbers([result]) | {"lg_runs": f"2 training seeds × {N_DRAWS} draws",
+                                           "lg_all_local_b0": nums["lg_all_local_b0"],
+                                           "lg_all_local_all": nums["lg_all_local_all"],
+                                           "lg_less_local_b0": nums["lg_less_local_b0"],
+                                           "lg_less_local_all": nums["lg_less_local_all"]}
+    assert nums["lg_rho"] == findings.interval([result.head_subset_rank_correlation]).text()
+    assert nums["lg_uniform_erf"] == f"{result.uniform_erf_radius:.1f} px"
+    assert f"over {2 * N_DRAWS} runs" in nums["lg_all_local_all"] or f"in all {2 * N_DRAWS} runs" in nums["lg_all_local_all"]
+    assert all(isinstance(v, str) for v in nums.values())

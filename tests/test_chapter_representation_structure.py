@@ -55,8 +55,11 @@ def test_record_fields_and_draw_zero(tiny_vit, tiny_resnet):
     assert rec["vit_low_high"][1] != rec["vit_low_high"][0]
 
     # the text quotes the spreads, and the findings rules accept the record
-    assert findings.fmt(rec["vit_low_high"]) in result.measured_within()
-    assert findings.fmt(rec["max_cka_vit_last_third"]) in result.measured_across()
+    nums = rs.numbers([result])       # one training seed: the mean over draws, then its 95% interval
+    for key, field in (("rs_vit_low_high", "vit_low_high"), ("rs_max_last_third", "max_cka_vit_last_third")):
+        mean = sum(rec[field]) / len(rec[field])
+        assert nums[key] == findings.interval([rec[field]]).text() and nums[key].startswith(f"{mean:.2f} [")
+    assert nums["rs_runs"] == "1 training seed × 2 draws" and all(isinstance(v, str) for v in nums.values())
     rows = [r for r in findings.table({"representation_structure": findings._plain(rec)})
             if r["chapter"] == "representation_structure"]
     assert [r["finding"] for r in rows] == [1, 2] and all(r["verdict"] != findings.NOT_MEASURED for r in rows)
@@ -116,7 +119,7 @@ def test_init_baseline_and_twin_cka(tmp_path, monkeypatch):
     assert init["resnet_low_high"][1] == cka.band_mean(heat["ResNet", "ResNet"], (0, 0.25), (0.75, 1.0))
     assert init["max_cka_vit_last_third"][1] == cka.nanmax(heat["ResNet", "ViT"][:, round(2 * 13 / 3):])
     assert init["vit_low_high"][0] != init["vit_low_high"][1]
-    table = result.measured_init_baseline()
+    table = result.init_baseline_table()
     assert "| init seed 0 | init seed 1 |" in table and f"{init['vit_low_high'][1]:.2f}" in table
     assert len(result.init_baseline_rows()) == len(rs.INIT_FIELDS)
 
@@ -142,7 +145,7 @@ def test_init_baseline_and_twin_cka(tmp_path, monkeypatch):
     same = rs.twin_block_cka(vit, vit, fps[1:] * 2, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=0),
                              images, use_cache=False)
     assert same[1] == pytest.approx([1.0, 1.0])
-    assert "ViT twin" in result.measured_twins() and f"{twins['resnet']['cka'][-1]:.2f}" in result.measured_twins()
+    assert f"last block {twins['resnet']['cka'][-1]:.2f}" in rs.numbers([result])["rs_resnet_twin"]
 
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots()
@@ -158,7 +161,8 @@ def test_baselines_skipped_or_partial(tiny_vit, tiny_resnet):
                     init_seeds=(), vit_twin=None, resnet_twin=None)
     rec = result.to_record()
     assert rec["init_baseline"] is None and rec["twin_cka"] is None
-    assert "not computed" in result.measured_init_baseline() and "not computed" in result.measured_twins()
+    assert "not computed" in result.init_baseline_table()
+    assert rs.numbers([result])["rs_vit_twin"] == "not measured (no twin given)"
     assert result.twin_curves() == {} and result.init_baseline_rows() == []
 
     resnet = _zoo_like(TINY_RESNET, 11)
@@ -167,7 +171,7 @@ def test_baselines_skipped_or_partial(tiny_vit, tiny_resnet):
     init = result.to_record()["init_baseline"]
     assert init["architectures"]["ViT"] is None and len(init["resnet_low_high"]) == 1
     assert init["vit_low_high"] is None and init["max_cka_vit_last_third"] is None
-    assert "ViT: no architecture to rebuild" in result.measured_init_baseline()
+    assert "ViT: no architecture to rebuild" in result.init_baseline_table()
     assert result.twin_cka["vit"] is None and len(result.twin_cka["resnet"]["cka"]) == 4
     assert list(result.twin_curves()) == ["ResNet vs ResNet twin"]
 
@@ -192,4 +196,4 @@ def test_a_twin_of_another_architecture_is_skipped(tiny_vit, tiny_resnet):
                     use_cache=False, init_seeds=None, vit_twin=other, resnet_twin=_zoo_like(TINY_RESNET, 13))
     assert result.twin_cka["vit"] is None and result.twin_cka["resnet"] is None
     assert set(result.twin_cka["skipped"]) == {"vit", "resnet"}
-    assert "is not the same architecture" in result.measured_twins() and result.twin_curves() == {}
+    assert "is not the same architecture" in rs.numbers([result])["rs_vit_twin"] and result.twin_curves() == {}

@@ -88,8 +88,12 @@ def test_record_fields_and_draw_zero(vits, tiny_resnet):
     assert series["blocks"] == [0, 1] and series["middle_block"] in (0, 1) and len(series["split"]) == 3
     assert list(series["drops"]) == ["vs control (same schedule)"]      # not against the long schedule
     assert series["drops"]["vs control (same schedule)"][1] == [100 * x for x in rec["no_skip"][1]["accuracy_drop"]]
-    assert findings.fmt(rec["vit_median_ratio"]) in result.measured_ratios()
-    assert "matched" in result.measured_no_skip()
+    nums = sc.numbers([result])            # one training seed: the interval over its draws
+    assert nums["sk_vit_median"] == findings.interval([rec["vit_median_ratio"]]).text()
+    assert nums["sk_budget"] == "matched" and all(isinstance(v, str) for v in nums.values())
+    table = sc.no_skip_table([result])
+    drop = findings.interval([rec["no_skip"][1]["accuracy_drop"]]).text(1, 100)
+    assert table.count("| block ") == 2 and drop in table.splitlines()[-1]
     rows = {r["finding"]: r for r in findings.table({"skip_connections": findings._plain(rec)})}
     assert rows[7]["verdict"] != findings.NOT_MEASURED
     assert rows[8]["verdict"] not in (findings.NOT_MEASURED, findings.CONFOUNDED)   # steps matched
@@ -106,4 +110,5 @@ def test_without_control_or_no_skip_models(vits, tiny_resnet):
     rows = {r["finding"]: r for r in findings.table({"skip_connections": findings._plain(rec)})}
     assert rows[8]["verdict"] == findings.CONFOUNDED                   # no matched control
     empty = sc.run(vit=long, resnet=tiny_resnet, vit_control=None, vit_no_skip=[], n_images=N_IMAGES, batch_size=BATCH, n_draws=1, use_cache=False)
-    assert empty.to_record()["no_skip"] == [] and "measures nothing" in empty.measured_no_skip()
+    assert empty.to_record()["no_skip"] == [] and "nothing measured" in sc.no_skip_table([empty])
+    assert sc.numbers([empty])["sk_budget"].startswith("not applicable")

@@ -4,7 +4,7 @@ measured like the models they replicate."""
 import pytest
 import torch
 
-from vitcnn_utils import cache, localisation
+from vitcnn_utils import cache, findings, localisation
 from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
 from vitcnn_utils.architectures import build_vit
@@ -81,8 +81,11 @@ def test_second_seeds_are_measured_like_their_models(result, tiny_vit_seed1):
     assert rec["vit_cls"]["interior_own_patch_count"][0] == \
         localisation.own_patch_counts(matrix, g["grid"])["interior_own_patch_count"]
     assert set(rec["vit_cls"]) == {"model", "interior_own_patch_count", *result.probe_curves["ViT-CLS"]}   # cls, spatial_gap, tokens
-    text = result.measured_probes() + result.measured_localisation()
-    assert "Seed-to-seed baseline" in text and "second training seed" in text
+    nums = spatial.numbers([result])        # one training seed: the interval over its draws
+    assert nums["sp_vit_gap_interior"] == (findings.interval([result.interior_count("ViT-GAP")]).text(1)
+                                           + f" of {result.interior_tokens('ViT-GAP')}")
+    assert nums["sp_vit_cls_cls"] == findings.interval([result.last("ViT-CLS", "cls")]).text(1, 100, "%")
+    assert all(isinstance(v, str) for v in nums.values())
     others = result.interior_count("ViT-GAP") + result.interior_count("ResNet") + rec["vit_gap"]["interior_own_patch_count"]
     assert result.criterion_level() == max(others) + 5                     # 20 points of 25 interior tokens
     # the CLS seed's last-block probes are the library's, on draw 1's probe images too
@@ -98,7 +101,7 @@ def test_without_seeds_the_baseline_is_recorded_as_absent(tiny_vit, tiny_vit_gap
     r = spatial.run(vit=tiny_vit, vit_gap=tiny_vit_gap, resnet=tiny_resnet, vit_seed=None, vit_gap_seed=None,
                     vit_layer="blocks.1", n_draws=1, use_cache=False, **SIZES)
     assert r.to_record()["seed_baseline"] is None and not r.has_seeds
-    assert "seed-to-seed spread is not measured" in r.measured_probes()
+    assert spatial.numbers([r])["sp_runs"] == "1 training seed × 1 draw"
 
 
 def test_a_second_seed_of_another_architecture_is_refused(tiny_vit, tiny_vit_gap, tiny_resnet):

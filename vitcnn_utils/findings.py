@@ -219,6 +219,21 @@ def interval(per_seed, what: str = "value") -> Interval:
                     tuple(seeds), min(len(v) for v in per_seed))
 
 
+def over_seeds(results: Sequence, quantity: Callable, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+    """The :class:`Interval` text (``"0.67 [0.62, 0.71]"``) of ``quantity(result)``, a list over draws, over the
+    results of every training seed (the chapter's own run and its seed twins'): a chapter's numbers as the
+    verdicts read them. ``"undefined"`` when a draw's value is NaN or infinite."""
+    try:
+        return interval([quantity(r) for r in results]).text(digits, scale, unit)
+    except UndefinedValue:
+        return "undefined"
+
+
+def runs_text(n_seeds: int, n_draws: int) -> str:
+    """``"2 training seeds × 5 draws"`` (what an interval spans), or ``"1 training seed × 5 draws"``."""
+    return f"{n_seeds} training seed{'s' * (n_seeds != 1)} × {n_draws} draw{'s' * (n_draws != 1)}"
+
+
 # --------------------------------------------------------------------------------------------------------
 # Checks and verdicts
 
@@ -741,10 +756,10 @@ def tally(rows: list[dict]) -> dict[str, int]:
     return {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
 
 
-def _why(row: dict) -> str:
+def _why(row: dict, values: bool = True) -> str:
     def rules(kind, states=(FAILS, UNDECIDED)):
-        return [f"{rule} ({state}: {value})" for k, rule, state, value, _ in row["checks"]
-                if k == kind and state in states]
+        return [f"{rule} ({state}{f': {value}' if values and value else ''})" for k, rule, state, value, _
+                in row["checks"] if k == kind and state in states]
     v = row["verdict"]
     if v == NOT_MEASURED:
         return row["not_measured"]
@@ -765,12 +780,13 @@ def _why(row: dict) -> str:
 
 
 def meaning(chapter: str, results: dict) -> str:
-    """A short Markdown "what it means" paragraph for ``chapter``: each of its findings, its verdict, why,
+    """A short Markdown "what it means" paragraph for ``chapter``: each of its findings, its verdict, and why
+    (the criteria that decided it, without their values: the chapter's text and its opening give those once),
     and the untested hypothesis offered for a difference."""
     lines = []
     for row in table(results, chapter):
-        line = (f"- **Finding {row['finding']}** ({row['figure']}): *{row['paper']}* — **{row['verdict']}**; "
-                f"{_why(row)}. Measured: {row['measured']}.")
+        line = (f"- **Finding {row['finding']}** ({row['figure']}): *{row['paper']}* — **{row['verdict']}**: "
+                f"{_why(row, values=False)}.")
         if row["hypothesis"]:
             line += f" A possible reason, *not tested here*: {row['hypothesis']}."
         lines.append(line)

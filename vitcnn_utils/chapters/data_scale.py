@@ -21,7 +21,7 @@ architecture, probes per draw and model.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +29,7 @@ import torch
 from .. import cache, measure, zoo
 from ..cka import Heatmaps
 from .. import data as vdata
-from ..findings import F11_FIRST_BLOCK, fmt, pct
+from ..findings import F11_FIRST_BLOCK, over_seeds, runs_text
 from ..hooks import middle_index, normalised_depth
 from ..models import load_named
 from .params import ChapterParams
@@ -181,101 +181,6 @@ class DataScaleResult:
                           f"{self.n_test} test images, {self.n_draws} draws"}
                 for arch, readouts in self.probe.items() for ro, per in readouts.items()]
 
-    # -- the chapter's "Measured" paragraphs ---------------------------------------------------------------
-    def _draws_note(self, what: str) -> str:
-        return (f"{self.n_draws} draws of {what}; a number reads mean ± SD over the draws (range, n)" if self.n_draws > 1
-                else f"1 draw of {what}")
-
-    def measured_cka(self) -> str:
-        """Fig 12 text: first- and last-block CKA of every smaller-data model with both 100% references."""
-        blocks = self.blocks("ViT")
-        refs = [("vit_long", FULL)] + ([("vit_matched", MATCHED)] if self.has_matched else [])
-        head = "| ViT trained on | " + " | ".join(
-            f"vs {self.describe('ViT', label)}: {blocks[0]} | {blocks[-1]}" for _, label in refs) + " |"
-        lines = [f"**Measured** ({self._draws_note(f'{self.n_images} test images')}). CKA of a block with the same "
-                 f"block of a ViT trained on all the data, first block ({blocks[0]}) and last block ({blocks[-1]}):",
-                 "", head, "|---|" + "---:|---:|" * len(refs)]
-        for label in self.fractions["ViT"]:
-            cells = [f"{fmt(self.cka_block(ref, label, w))}" for ref, _ in refs for w in ("first", "last")]
-            lines.append(f"| {label} of the data | " + " | ".join(cells) + " |")
-        small = self.smallest["ViT"]
-        lines.append("")
-        drops = "; ".join(f"against the model trained on {self.describe('ViT', label)} "
-                          f"**{fmt(self.first_minus_last(ref, small))}**"
-                          for ref, label in refs)
-        lines.append(f"With the least data ({small}), first block minus last block: {drops}.")
-        if self.has_matched:
-            lines.append(f"The two 100% ViTs themselves (same data, {self.training['ViT'][FULL]['epochs']} against "
-                         f"{self.training['ViT'][MATCHED]['epochs']} epochs): CKA {fmt(self.cka_block('vit_long', MATCHED, 'first'))} "
-                         f"at the first block, {fmt(self.cka_block('vit_long', MATCHED, 'last'))} at the last — how far "
-                         "the training schedule alone moves the top block.")
-        rb = self.blocks("ResNet")
-        rsmall = self.smallest["ResNet"]
-        lines.append(f"ResNet against its model trained on {self.describe('ResNet', FULL)}: trained on {rsmall}, "
-                     f"{fmt(self.cka_block('resnet', rsmall, 'first'))} at {rb[0]} and "
-                     f"{fmt(self.cka_block('resnet', rsmall, 'last'))} at {rb[-1]}.")
-        if self.has_seed:
-            lines.append(f"\n**Seed-to-seed baseline.** Two 100% ViTs that differ only in their training seed "
-                         f"(`{self.model_names['ViT'][FULL]}` and `{self.model_names['ViT'][SEED]}`): CKA "
-                         f"**{fmt(self.cka_block('vit_long', SEED, 'first'))}** at the first block and "
-                         f"**{fmt(self.cka_block('vit_long', SEED, 'last'))}** at the last. A gap between the "
-                         f"{small} model and the 100% model is a data effect only where it is larger than this. The small-data "
-                         f"models start from the same seeded initialisation as the seed-0 100% models, the seed-1 model "
-                         f"does not; how much of their similarity that shared start explains is not measured here.")
-        else:
-            lines.append("\nA seed-to-seed baseline (the same CKA between two 100% ViTs that differ only in their "
-                         "training seed) is not measured in this run (no `vit_seed` model was given).")
-        lines.append("The paper: the lower blocks are already similar to the full-data model with 3–10% of the data "
-                     "while the higher blocks need much more data.")
-        return "\n".join(lines)
-
-    def measured_probes(self) -> str:
-        """Fig 13 text: mid-network probe accuracies, the gains from more data, and ViT against ResNet."""
-        has_cls = CLS in self.probe["ViT"]
-        vb, rb = self.blocks("ViT"), self.blocks("ResNet")
-        cols = [("ViT", SPATIAL)] + ([("ViT", CLS)] if has_cls else []) + [("ResNet", SPATIAL)]
-        head = "| training data | " + " | ".join(f"{arch}, {self.readout_names[arch][ro]}" for arch, ro in cols) + " |"
-        lines = [f"**Measured** ({self.shots}-shot probes; {self._draws_note('probe shots and test images')}). "
-                 f"Mid-network block (nearest normalised depth 0.5): ViT {vb[self.mid_index['ViT']]} (depth "
-                 f"{self.mid_depth['ViT']:.2f}), ResNet {rb[self.mid_index['ResNet']]} (depth "
-                 f"{self.mid_depth['ResNet']:.2f}); test accuracy:", "", head, "|---|" + "---:|" * len(cols)]
-        for label in dict.fromkeys([*self.model_names["ViT"], *self.model_names["ResNet"]]):
-            cells = [pct(self.mid(arch, ro, label)) if label in self.probe[arch][ro] else "–" for arch, ro in cols]
-            lines.append(f"| {label}{' (ViT only)' if label in (MATCHED, SEED) else ''} | " + " | ".join(cells) + " |")
-        steps = {arch: ", ".join(f"{lb} {s:,}" for lb, s in self.steps[arch].items() if s is not None)
-                 for arch in ARCHS}
-        if all(steps.values()):
-            lines += ["", f"Optimisation steps: ViT {steps['ViT']}; ResNet {steps['ResNet']}."]
-        small = self.smallest["ViT"]
-        pts = dict(digits=1, unit=" points")
-        gains = [f"ViT ({self.readout_names['ViT'][SPATIAL]}) **{fmt(self.gain_points('ViT', SPATIAL), **pts)}** "
-                 "against the long-schedule model"]
-        if self.has_matched:
-            gains.append(f"**{fmt(self.gain_points('ViT', SPATIAL, MATCHED), **pts)}** against the matched-steps model")
-        if has_cls:
-            gains.append(f"through the CLS token {fmt(self.gain_points('ViT', CLS), **pts)} (long)"
-                         + (f", {fmt(self.gain_points('ViT', CLS, MATCHED), **pts)} (matched)" if self.has_matched else ""))
-        gains.append(f"ResNet {fmt(self.gain_points('ResNet', SPATIAL), **pts)}")
-        same = self.vit_minus_resnet_points(SPATIAL)
-        above = sum(x > 0 for x in same)
-        lines += ["", f"Trained on 100% rather than {small} of the data, the mid-network probe gains: "
-                  + "; ".join(gains) + ".",
-                  f"ViT minus ResNet at 100% of the data, mid-network, through the same readout (mean of the ViT's "
-                  f"spatial tokens against the ResNet's global average pool): **{fmt(same, **pts)}** (ViT above in "
-                  f"{above} of {len(same)} draws)"
-                  + (f"; through the ViT's CLS token {fmt(self.vit_minus_resnet_points(CLS), **pts)}" if has_cls else "")
-                  + (f"; the matched-steps ViT {fmt(self.vit_minus_resnet_points(SPATIAL, MATCHED), **pts)}"
-                     if self.has_matched else "") + ".",
-                  (f"\n**Seed-to-seed baseline.** The two 100% ViTs (seeds 0 and 1), mid-network: seed 0 minus seed 1 "
-                   f"**{fmt(self.seed_points(SPATIAL), **pts)}** ({self.readout_names['ViT'][SPATIAL]})"
-                   + (f", {fmt(self.seed_points(CLS), **pts)} (CLS token)" if has_cls else "")
-                   + ": differences of this size appear between two identically trained models."
-                   if self.has_seed else "\nNo second training seed was given, so the probes' seed-to-seed spread is "
-                   "not measured in this run."),
-                  "\nThe paper: more pretraining data makes the intermediate layers much stronger (about 30 points "
-                  "mid-network), and large ViTs have stronger intermediate representations than ResNets."]
-        return "\n".join(lines)
-
     def _cka_record(self, reference: str) -> dict:
         labels = self.fractions["ResNet" if reference == "resnet" else "ViT"]
         return {"cka_first_block": {lb: self.cka_block(reference, lb, "first") for lb in labels},
@@ -347,6 +252,78 @@ def _steps(model) -> int | None:
     entry = getattr(model, "zoo_entry", None)
     return zoo.optimisation_steps(entry) if entry else None
 
+
+
+def numbers(results: Sequence[DataScaleResult]) -> dict[str, str]:
+    """The numbers the chapter's text inserts (``{glue:text}`` keys): each an interval over every training seed's
+    result (``results``: the chapter's own run first, then its seed twins') and its draws (``"0.91 [0.88,
+    0.93]"``); ``"not measured"`` where this run has no such model."""
+    r0 = results[0]
+    small, rsmall = r0.smallest["ViT"], r0.smallest["ResNet"]
+    vb, rb = r0.blocks("ViT"), r0.blocks("ResNet")
+    pts = dict(digits=1, unit=" points")
+    absent = "not measured"
+
+    def iv(quantity, digits=2, scale=1.0, unit=""):
+        return over_seeds(results, quantity, digits, scale, unit)
+    has_cls = CLS in r0.probe["ViT"]
+    out = {"ds_runs": runs_text(len(results), r0.n_draws), "ds_images": f"{r0.n_images:,}", "ds_small": small,
+           "ds_shots": str(r0.shots), "ds_vit_first": f"`{vb[0]}`", "ds_vit_last": f"`{vb[-1]}`",
+           "ds_resnet_first": f"`{rb[0]}`", "ds_resnet_last": f"`{rb[-1]}`", "ds_resnet_small": rsmall,
+           "ds_long": r0.describe("ViT", FULL),
+           "ds_matched": r0.describe("ViT", MATCHED) if r0.has_matched else absent,
+           "ds_vit_mid": f"`{vb[r0.mid_index['ViT']]}` (depth {r0.mid_depth['ViT']:.2f})",
+           "ds_resnet_mid": f"`{rb[r0.mid_index['ResNet']]}` (depth {r0.mid_depth['ResNet']:.2f})",
+           "ds_drop_long": iv(lambda r: r.first_minus_last("vit_long", small)),
+           "ds_drop_matched": iv(lambda r: r.first_minus_last("vit_matched", small)) if r0.has_matched else absent,
+           "ds_long_vs_matched_first": iv(lambda r: r.cka_block("vit_long", MATCHED, "first")) if r0.has_matched else absent,
+           "ds_long_vs_matched_last": iv(lambda r: r.cka_block("vit_long", MATCHED, "last")) if r0.has_matched else absent,
+           "ds_resnet_small_first": iv(lambda r: r.cka_block("resnet", rsmall, "first")),
+           "ds_resnet_small_last": iv(lambda r: r.cka_block("resnet", rsmall, "last")),
+           "ds_seed_first": iv(lambda r: r.cka_block("vit_long", SEED, "first")) if r0.has_seed else absent,
+           "ds_seed_last": iv(lambda r: r.cka_block("vit_long", SEED, "last")) if r0.has_seed else absent,
+           "ds_gain_long": iv(lambda r: r.gain_points("ViT", SPATIAL), **pts),
+           "ds_gain_matched": iv(lambda r: r.gain_points("ViT", SPATIAL, MATCHED), **pts) if r0.has_matched else absent,
+           "ds_gain_cls": iv(lambda r: r.gain_points("ViT", CLS), **pts) if has_cls else absent,
+           "ds_gain_resnet": iv(lambda r: r.gain_points("ResNet", SPATIAL), **pts),
+           "ds_vit_minus_resnet": iv(lambda r: r.vit_minus_resnet_points(SPATIAL), **pts),
+           "ds_vit_minus_resnet_cls": iv(lambda r: r.vit_minus_resnet_points(CLS), **pts) if has_cls else absent,
+           "ds_matched_minus_resnet": (iv(lambda r: r.vit_minus_resnet_points(SPATIAL, MATCHED), **pts)
+                                       if r0.has_matched else absent),
+           "ds_seed_points": iv(lambda r: r.seed_points(SPATIAL), **pts) if r0.has_seed else absent,
+           "ds_steps": "; ".join(f"{arch} " + ", ".join(f"{lb} {s:,}" for lb, s in r0.steps[arch].items() if s is not None)
+                                 for arch in ARCHS) if all(r0.steps[a].get(FULL) for a in ARCHS) else absent}
+    return out
+
+
+def cka_table(results: Sequence[DataScaleResult]) -> str:
+    """Markdown: first- and last-block CKA of every smaller-data ViT with each 100% reference (intervals over
+    training seeds and draws, as :func:`numbers`)."""
+    r0 = results[0]
+    blocks = r0.blocks("ViT")
+    refs = [("vit_long", FULL)] + ([("vit_matched", MATCHED)] if r0.has_matched else [])
+    lines = ["| ViT trained on | " + " | ".join(f"vs {r0.describe('ViT', label)}: `{blocks[0]}` | `{blocks[-1]}`"
+                                                for _, label in refs) + " |", "|---|" + "---:|---:|" * len(refs)]
+    for label in r0.fractions["ViT"]:
+        cells = [over_seeds(results, lambda r: r.cka_block(ref, label, w)) for ref, _ in refs for w in ("first", "last")]
+        lines.append(f"| {label} of the data | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def probe_table(results: Sequence[DataScaleResult]) -> str:
+    """Markdown: the mid-network probe accuracy of every model and readout (intervals over training seeds and
+    draws, as :func:`numbers`)."""
+    r0 = results[0]
+    cols = [("ViT", SPATIAL)] + ([("ViT", CLS)] if CLS in r0.probe["ViT"] else []) + [("ResNet", SPATIAL)]
+    lines = ["| training data | " + " | ".join(f"{arch}, {r0.readout_names[arch][ro]}" for arch, ro in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for label in dict.fromkeys([*r0.model_names["ViT"], *r0.model_names["ResNet"]]):
+        if label == OTHER:
+            continue
+        cells = [over_seeds(results, lambda r, a=arch, o=ro: r.mid(a, o, label), 1, 100, "%")
+                 if label in r0.probe[arch][ro] else "–" for arch, ro in cols]
+        lines.append(f"| {label}{' (ViT only)' if label in (MATCHED, SEED) else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from .. import attention, cache, localisation, measure
 from .. import data as vdata
 from ..findings import GLOBAL_HEAD, LOCAL_HEAD
-from ..findings import fmt as _fmt
+from ..findings import fmt as _fmt, over_seeds, runs_text
 from ..models import load_named
 from ..zoo import ablation
 from .params import ChapterParams
@@ -40,10 +40,10 @@ ZOO_VIT = "vit-cls"             # the zoo model the ablation's variants are comp
 
 
 def _counts(values: Sequence[int]) -> str:
-    """Integer counts over draws: ``"0 in all 5 draws"`` or ``"1–3 over 5 draws"``."""
+    """Integer counts over every seed's draws: ``"0 in all 10 runs"`` or ``"1–3 over 10 runs"``."""
     values = [int(v) for v in values]
     lo, hi = min(values), max(values)
-    return f"{lo} in all {len(values)} draws" if lo == hi else f"{lo}–{hi} over {len(values)} draws"
+    return f"{lo} in all {len(values)} runs" if lo == hi else f"{lo}–{hi} over {len(values)} runs"
 
 
 def _mean(values) -> float:
@@ -251,56 +251,6 @@ class LocalGlobal:
                 "recipe_ablation": self.ablation.to_record() if self.ablation else [],
                 "recipe_ablation_pending": list(self.ablation.pending) if self.ablation else []}
 
-    # -- the chapter's "Measured" paragraphs ---------------------------------------------------------------
-    def measured_distances(self) -> str:
-        """Fig 3–4 text: head distances of both ViTs, local heads, and the reference distances."""
-        local, glob = LOCAL_HEAD, GLOBAL_HEAD
-        u = self.uniform_distance
-        lines = [f"**Measured** (pixels on the {self.image_px}-px input; each draw averages {self.n_images} test "
-                 f"images, {self.n_draws} draws; a number reads mean ± SD over draws (min–max, n)). Uniform "
-                 f"attention over the whole patch grid gives **{u:.2f} px**; a head counts as local below "
-                 f"{local}× that ({local * u:.2f} px) and as global above {glob}× ({glob * u:.2f} px)."]
-        for which in ("all data", "less data"):
-            lo0, hi0 = self.block_extremes(which, 0)
-            lo, hi = self.block_extremes(which, -1)
-            local_counts = self.local_heads(which)
-            lines.append(
-                f"- ViT trained on {self.data_labels[which]}: block-0 heads from **{_fmt(lo0)}** to "
-                f"**{_fmt(hi0)}** px, i.e. {_fmt([x / u for x in lo0])} to {_fmt([x / u for x in hi0])}× the "
-                f"uniform distance; last block from {_fmt(lo)} to {_fmt(hi)} px. Local heads in block 0: "
-                f"{_counts([d[0] for d in local_counts])}; in the whole network: "
-                f"{_counts([sum(d) for d in local_counts])}.")
-        ratio = [a / b for a, b in zip(self.block_extremes("all data", 0)[0], self.block_extremes("less data", 0)[0])]
-        sd = [statistics.stdev(vals) if len(vals) > 1 else 0.0          # one draw: no spread
-              for which in ("all data", "less data") for vals in _per_head(self.distances(which))]
-        lines.append(f"- The most local block-0 head of the ViT trained on {self.data_labels['all data'].split(' (')[0]} "
-                     f"looks {_fmt(ratio)}× as far as that of the ViT trained on "
-                     f"{self.data_labels['less data'].split(' (')[0]}. Between draws a head's distance varies by at "
-                     f"most {max(sd):.2f} px (SD; the error bars).")
-        return "\n".join(lines)
-
-    def measured_head_cka(self) -> str:
-        """Fig 5 text: rank correlation of head distance and CKA, with the range of distances it rests on."""
-        heads = len(self.head_distance[0])
-        span = [max(d) - min(d) for d in self.head_distance]
-        mean_cka = [[_mean(layers) for layers in draw] for draw in self.head_cka]
-        return (f"**Measured.** Spearman rank correlation between a block-0 head's mean attention distance and its "
-                f"mean CKA with these ResNet layers: **{_fmt(self.head_subset_rank_correlation)}** over {heads} heads "
-                f"(the paper: CKA falls as distance grows, i.e. negative). The {heads} heads' distances span only "
-                f"{_fmt(span, 2)} px within a draw ({_fmt([s / self.uniform_distance for s in span])}× the uniform "
-                f"distance), and their mean CKA with these layers runs from {_fmt([min(d) for d in mean_cka])} to "
-                f"{_fmt([max(d) for d in mean_cka])}: with {heads} heads this close together, the correlation says "
-                f"little about local against global heads.")
-
-    def measured_erf(self) -> str:
-        """Fig 6 text: half-mass radii of the receptive fields, with the uniform field's radius."""
-        parts = [f"{name} {_fmt(r, 1)}" for name, r in self.erf_radius.items()]
-        return (f"**Measured** (radius around the centre holding half of the gradient mass, px; {self.n_erf_images} "
-                f"images per draw, {self.n_draws} draws): " + "; ".join(parts) + ". For reference, a *uniform* "
-                f"field (the same gradient at every pixel of the {self.image_px}×{self.image_px} image) has a "
-                f"half-mass radius of **{self.uniform_erf_radius:.1f} px** (dashed circle): a radius near it means "
-                f"the centre position draws on the whole image.")
-
     # -- the recipe ablation -------------------------------------------------------------------------------
     def zoo_reference(self) -> dict | None:
         """The shipped all-data ViT as a row beside the ablation (its own epochs and this chapter's draws)."""
@@ -439,6 +389,42 @@ def _data_label(model: torch.nn.Module, name: str) -> str:
 def _nested(t: torch.Tensor) -> list:
     return t.double().tolist()
 
+
+
+def numbers(results: Sequence[LocalGlobal]) -> dict[str, str]:
+    """The numbers the chapter's text inserts (``{glue:text}`` keys): each an interval over every training seed's
+    result (``results``: the chapter's own run first, then its seed twins') and its draws (``"13.9 [13.7,
+    14.1]"``), and the reference distances of the patch grid."""
+    r0 = results[0]
+    u = r0.uniform_distance
+
+    def iv(quantity, digits=2, scale=1.0, unit=""):
+        return over_seeds(results, quantity, digits, scale, unit)
+    out = {"lg_runs": runs_text(len(results), r0.n_draws), "lg_images": f"{r0.n_images:,}",
+           "lg_image_px": str(r0.image_px), "lg_uniform": f"{u:.2f} px", "lg_local_px": f"{LOCAL_HEAD * u:.2f} px",
+           "lg_global_px": f"{GLOBAL_HEAD * u:.2f} px", "lg_local": f"{LOCAL_HEAD:g}", "lg_global": f"{GLOBAL_HEAD:g}",
+           "lg_heads": str(len(r0.head_distance[0])), "lg_erf_images": str(r0.n_erf_images),
+           "lg_uniform_erf": f"{r0.uniform_erf_radius:.1f} px",
+           "lg_max_sd": f"{max(statistics.stdev(v) if len(v) > 1 else 0.0 for r in results for w in ('all data', 'less data') for v in _per_head(r.distances(w))):.2f} px",
+           "lg_rho": iv(lambda r: r.head_subset_rank_correlation),
+           "lg_head_span": iv(lambda r: [max(d) - min(d) for d in r.head_distance], unit=" px"),
+           "lg_head_span_ratio": iv(lambda r: [(max(d) - min(d)) / r.uniform_distance for d in r.head_distance]),
+           "lg_head_cka_low": iv(lambda r: [min(_mean(layers) for layers in draw) for draw in r.head_cka]),
+           "lg_head_cka_high": iv(lambda r: [max(_mean(layers) for layers in draw) for draw in r.head_cka]),
+           "lg_erf_radii": "; ".join(f"{name} {iv(lambda r, n=name: r.erf_radius[n], 1, unit=' px')}"
+                                     for name in r0.erf_radius),
+           "lg_all_vs_less": iv(lambda r: [a / b for a, b in zip(r.block_extremes("all data", 0)[0],
+                                                                 r.block_extremes("less data", 0)[0])])}
+    for which, key in (("all data", "all"), ("less data", "less")):
+        out[f"lg_{key}_label"] = r0.data_labels[which]
+        for block, b in ((0, "b0"), (-1, "last")):
+            out[f"lg_{key}_{b}_low"] = iv(lambda r: r.block_extremes(which, block)[0], 1, unit=" px")
+            out[f"lg_{key}_{b}_high"] = iv(lambda r: r.block_extremes(which, block)[1], 1, unit=" px")
+        out[f"lg_{key}_b0_low_ratio"] = iv(lambda r: [x / r.uniform_distance for x in r.block_extremes(which, 0)[0]])
+        out[f"lg_{key}_b0_high_ratio"] = iv(lambda r: [x / r.uniform_distance for x in r.block_extremes(which, 0)[1]])
+        out[f"lg_{key}_local_b0"] = _counts([d[0] for r in results for d in r.local_heads(which)])
+        out[f"lg_{key}_local_all"] = _counts([sum(d) for r in results for d in r.local_heads(which)])
+    return out
 
 
 @dataclass(frozen=True)

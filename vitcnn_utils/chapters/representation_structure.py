@@ -40,7 +40,7 @@ from .. import cache, cka, measure, zoo
 from .. import data as vdata
 from ..architectures import build_architecture
 from ..hooks import block_outputs
-from ..findings import fmt as _fmt
+from ..findings import over_seeds, runs_text
 from ..models import load_named
 from .params import ChapterParams
 
@@ -73,11 +73,6 @@ def _span(values) -> str:
         return f"{lo:.2f}"
     return f"{lo:.2f} to {hi:.2f}" if lo < 0 else f"{lo:.2f}–{hi:.2f}"
 
-
-def _counts(values) -> str:
-    """Integer counts over the draws: the one value, or ``min–max``."""
-    values = [int(v) for v in values]
-    return str(values[0]) if len(set(values)) == 1 else f"{min(values)}–{max(values)}"
 
 
 def lowest_quarter(n_layers: int) -> int:
@@ -190,41 +185,6 @@ class RepresentationStructureResult:
     def lowest_quarter_names(self) -> list[str]:
         return self.names["ViT"][:self.vit_lowest_quarter_layers]
 
-    # -- the "Measured" paragraphs (every number with its spread over the draws) -------------------------------
-    def measured_within(self) -> str:
-        """Markdown: the F1 numbers (lowest vs highest quarter, all layers and block outputs; whole heatmap)."""
-        v, r = self.low_high["ViT"], self.low_high["ResNet"]
-        vb, rb = self.low_high_blocks["ViT"], self.low_high_blocks["ResNet"]
-        above = sum(a > b for a, b in zip(v, r))
-        above_b = sum(a > b for a, b in zip(vb, rb))
-        nv, nr = len(self.block_names["ViT"]), len(self.block_names["ResNet"])
-        return (f"**Measured** (mean ± SD over {self.n_draws} draws of {self.n_images} test images, range in "
-                f"brackets). Mean CKA between the lowest and the highest quarter of the layers: ViT **{_fmt(v)}**, "
-                f"ResNet **{_fmt(r)}**; ViT minus ResNet {_fmt([a - b for a, b in zip(v, r)])}, the ViT's higher in "
-                f"{above} of {self.n_draws} draws. On the residual stream alone (the {nv} block outputs of the ViT, "
-                f"the {nr} unit outputs of the ResNet): ViT **{_fmt(vb)}**, ResNet **{_fmt(rb)}** (the ViT's higher "
-                f"in {above_b} of {self.n_draws} draws). Mean over the whole heatmap: ViT "
-                f"{_fmt(self.overall['ViT'])}, ResNet {_fmt(self.overall['ResNet'])}. The paper: the ViT's heatmap "
-                f"is the more uniform one, its lowest and highest layers far more alike than a ResNet's.")
-
-    def measured_across(self) -> str:
-        """Markdown: the F2 numbers (best matches of the ViT's lowest quarter; the ViT's last third)."""
-        q, counts = self.vit_lowest_quarter_layers, self.vit_lowest_quarter_best_in_resnet_lower_half_count
-        n_vit, n_res = self.n_layers["ViT"], self.n_layers["ResNet"]
-        names = ", ".join(f"`{n}`" for n in self.lowest_quarter_names())
-        count_text = (f"**{counts[0]} of {q}**" if len(set(counts)) == 1 else
-                      f"**{min(counts)}–{max(counts)} of {q}** (per draw: {', '.join(map(str, counts))})")
-        return (f"**Measured** ({self.n_draws} draws). Of the ViT's lowest quarter ({q} of its {n_vit} layers: "
-                f"{names}), {count_text} have their most similar ResNet layer in the ResNet's lower half (its first "
-                f"{self.resnet_lower_half_layers} of {n_res} layers); over all ViT layers, "
-                f"{_counts(self.vit_layers_best_in_resnet_lower_half)} of {n_vit} do. The highest CKA of any layer of "
-                f"the ViT's last third (layers {self.vit_last_third_start}–{n_vit - 1}, from "
-                f"`{self.names['ViT'][self.vit_last_third_start]}` on) with any ResNet layer is "
-                f"**{_fmt(self.max_cka_vit_last_third)}** (mean of the per-layer maxima "
-                f"{_fmt(self.mean_max_cka_vit_last_third)}), against {_fmt(self.max_cka_cross)} over the whole "
-                f"heatmap. The paper: the lower half of ResNet-50 matches the lowest quarter of the ViT, and the "
-                f"last third of the ViT matches no ResNet layer.")
-
     # -- the baselines ------------------------------------------------------------------------------------------
     def init_baseline_rows(self) -> list[tuple[str, str, float, list[float] | None]]:
         """``(record key, what, trained value (mean over the draws), [value per init seed] or None)`` for each
@@ -236,40 +196,27 @@ class RepresentationStructureResult:
                  sum(float(v) for v in record[key]) / len(record[key]), self.init_baseline[key])
                 for key, (_, _, what) in INIT_FIELDS.items()]
 
-    def measured_init_baseline(self) -> str:
-        """Markdown: the F1/F2 numbers of the trained models beside those of the same architectures at random
-        initialisation (a table, one column per init seed), and one sentence reading it."""
+    def init_baseline_table(self) -> str:
+        """Markdown: the F1/F2 numbers of the same architectures at random initialisation, one column per init
+        seed (the trained values are in the chapter's text; the prose reading them is in the notebook)."""
         b = self.init_baseline
         if b is None:
             return "*The random-initialisation baseline was not computed (`init_seeds` is empty).*"
         seeds = b["init_seeds"]
 
-        def cell(v, count=False):             # counts: an integer, or the mean over the draws to one decimal
+        def cell(v, count=False):             # counts as integers
             if v is None:
                 return "—"
             return (str(int(v)) if float(v).is_integer() else f"{v:.1f}") if count else f"{v:.2f}"
-        lines = ["| | trained (mean of draws) | " + " | ".join(f"init seed {s}" for s in seeds) + " |",
-                 "|:--|--:|" + "--:|" * len(seeds)]
-        for key, what, trained, init in self.init_baseline_rows():
+        lines = ["| untrained | " + " | ".join(f"init seed {s}" for s in seeds) + " |", "|:--|" + "--:|" * len(seeds)]
+        for key, what, _, init in self.init_baseline_rows():
             values = init if init is not None else [None] * len(seeds)
-            lines.append(f"| {what} | {cell(trained, key in COUNT_FIELDS)} | "
-                         + " | ".join(cell(v, key in COUNT_FIELDS) for v in values) + " |")
+            lines.append(f"| {what} | " + " | ".join(cell(v, key in COUNT_FIELDS) for v in values) + " |")
         missing = [label for label, arch in b["architectures"].items() if arch is None]
-        note = (f" {' and '.join(missing)}: no architecture to rebuild (not a zoo or `arch:` model), so no "
-                f"random-initialisation values (—)." if missing else "")
-        lead = (f"**Baseline: random initialisation** (the same architectures untrained, init seeds "
-                f"{', '.join(map(str, seeds))}; the images of the first draw, seed {b['seed']}, {b['n_images']} "
-                f"images).")
-        reading = ""
-        if b["vit_low_high"] is not None and b["resnet_low_high"] is not None:
-            vit, res = b["vit_low_high"], b["resnet_low_high"]
-            t_vit, t_res = (sum(self.low_high[m]) / self.n_draws for m in MODELS)
-            reading = (f" Untrained, the mean CKA between the lowest and the highest quarter of the layers is "
-                       f"{_span(vit)} in the ViT and {_span(res)} in the ResNet (ViT minus ResNet "
-                       f"{_span([a - b for a, b in zip(vit, res)])}), against {t_vit:.2f} and {t_res:.2f} after "
-                       f"training (difference {t_vit - t_res:.2f}): what training adds to F1 is the change from "
-                       f"the one column to the other, not the trained value alone.")
-        return lead + reading + note + "\n\n" + "\n".join(lines)
+        if missing:
+            lines += ["", f"*{' and '.join(missing)}: no architecture to rebuild (not a zoo or `arch:` model), so "
+                          "no random-initialisation values (—).*"]
+        return "\n".join(lines)
 
     def twin_curves(self) -> dict[str, tuple[list[str], list[float]]]:
         """``{"ViT vs <twin>": (block names, CKA per block), ...}`` for the models that have a twin (figure)."""
@@ -278,26 +225,6 @@ class RepresentationStructureResult:
         return {f"{label} vs {t['twin']}": (t["blocks"], t["cka"])
                 for label, t in (("ViT", self.twin_cka["vit"]), ("ResNet", self.twin_cka["resnet"]))
                 if t is not None}
-
-    def measured_twins(self) -> str:
-        """Markdown: one sentence with the seed-to-seed CKA of each model with its twin."""
-        t = self.twin_cka
-        if t is None:
-            return "*The seed-to-seed baseline was not computed (no `vit_twin` or `resnet_twin`).*"
-        parts = []
-        for label, key in (("ViT", "vit"), ("ResNet", "resnet")):
-            if t[key] is None:
-                why = (t.get("skipped") or {}).get(key)
-                parts.append(f"the {label} has no twin in this run" + (f" ({why})" if why else ""))
-                continue
-            values = t[key]["cka"]
-            parts.append(f"the {label} (`{self.models[label]}`) with `{t[key]['twin']}` {_span(values)} over its "
-                         f"{len(values)} block outputs (last block {values[-1]:.2f})")
-        return (f"**Baseline: another training seed** (the images of the first draw, seed {t['seed']}). CKA of each "
-                f"block output with the same block of the model's seed twin (same architecture and recipe, another "
-                f"training seed): {'; '.join(parts)}. Two layers of different models or conditions that reach "
-                f"these values are as similar as two training runs of one model; a gap smaller than the twins' "
-                f"distance from 1 is within what the training seed alone changes.")
 
     def to_record(self) -> dict:
         """The numbers :func:`vitcnn_utils.findings.record` stores for the conclusion (see the results schema:
@@ -352,6 +279,35 @@ def draw_summary(heatmaps: cka.Heatmaps, block_names: Mapping[str, list[str]]) -
             "max_cross": cka.nanmax(cross)}
     return out
 
+
+
+def numbers(results: Sequence[RepresentationStructureResult]) -> dict[str, str]:
+    """The numbers the chapter's text inserts (``{glue:text}`` keys), each an interval over every training seed's
+    result (``results``: the chapter's own run first, then its seed twins') and its draws, as the verdicts read
+    them: ``"0.67 [0.62, 0.71]"``."""
+    r0 = results[0]
+    q, n_vit, n_res = r0.vit_lowest_quarter_layers, r0.n_layers["ViT"], r0.n_layers["ResNet"]
+    out = {"rs_runs": runs_text(len(results), r0.n_draws), "rs_images": f"{r0.n_images:,}",
+           "rs_vit_blocks": str(len(r0.block_names["ViT"])), "rs_resnet_blocks": str(len(r0.block_names["ResNet"])),
+           "rs_quarter": f"{q} of its {n_vit} layers", "rs_quarter_first": f"`{r0.names['ViT'][0]}`",
+           "rs_quarter_last": f"`{r0.names['ViT'][q - 1]}`",
+           "rs_lower_half": f"{r0.resnet_lower_half_layers} of {n_res}",
+           "rs_last_third_first": f"`{r0.names['ViT'][r0.vit_last_third_start]}`",
+           "rs_all_layers_lower_half": over_seeds(results, lambda r: [c / n_vit for c in
+                                                                        r.vit_layers_best_in_resnet_lower_half], 0, 100, "%"),
+           "rs_max_last_third": over_seeds(results, lambda r: r.max_cka_vit_last_third),
+           "rs_mean_max_last_third": over_seeds(results, lambda r: r.mean_max_cka_vit_last_third),
+           "rs_max_cross": over_seeds(results, lambda r: r.max_cka_cross)}
+    for label in MODELS:
+        low = label.lower()
+        out[f"rs_{low}_low_high"] = over_seeds(results, lambda r: r.low_high[label])
+        out[f"rs_{low}_low_high_blocks"] = over_seeds(results, lambda r: r.low_high_blocks[label])
+        out[f"rs_{low}_overall"] = over_seeds(results, lambda r: r.overall[label])
+        twins = [t for t in ((r.twin_cka or {}).get(low) for r in results) if t]
+        why = ((r0.twin_cka or {}).get("skipped") or {}).get(low, "no twin given")
+        out[f"rs_{low}_twin"] = (f"{_span([v for t in twins for v in t['cka']])} over its block outputs (last block "
+                                 f"{_span([t['cka'][-1] for t in twins])})" if twins else f"not measured ({why})")
+    return out
 
 
 @dataclass(frozen=True)

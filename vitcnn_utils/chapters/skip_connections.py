@@ -41,20 +41,6 @@ RATIO_FIELDS = ("cls_ratio_first_half", "spatial_ratio_first_half", "cls_ratio_s
                 "resnet_median_ratio", "resnet_max_ratio", "resnet_min_ratio")
 
 
-def _fmt(values, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
-    try:
-        return findings.fmt(values, digits, scale, unit)
-    except findings.UndefinedValue:
-        return "undefined (infinite: a residual branch is exactly zero, as in an untrained ResNet)"
-
-
-def _pct(values) -> str:
-    return _fmt(values, 1, 100, "%")
-
-
-def _pts(values) -> str:
-    return _fmt(values, 1, 100, " points")
-
 
 def _scaled(values, scale: float = 100.0) -> list[float]:
     return [scale * v for v in values]
@@ -220,69 +206,6 @@ class SkipConnectionsResult:
         middle = min(self.no_skip, key=lambda r: abs(r.depth_fraction - 0.5)).block if self.no_skip else None
         return {"blocks": [r.block for r in self.no_skip], "split": split, "drops": drops, "middle_block": middle}
 
-    def measured_ratios(self) -> str:
-        """Markdown: the F7 numbers."""
-        r = self.ratio_summary
-        n = self.n_draws
-        first = f"{self.sublayers[0]} to {self.sublayers[self.half - 1]}"
-        second = f"{self.sublayers[self.half]} to {self.sublayers[-1]}"
-        above1 = sum(a > b for a, b in zip(r["cls_ratio_first_half"], r["spatial_ratio_first_half"]))
-        below2 = sum(a < b for a, b in zip(r["cls_ratio_second_half"], r["spatial_ratio_second_half"]))
-        times = [v / res for v, res in zip(r["vit_median_ratio"], r["resnet_median_ratio"])]
-        return (f"**Measured** (mean of ‖z‖/‖f(z)‖ over the sublayers of each half; mean ± SD over {n} draws of "
-                f"{self.n_images} test images, range in brackets). First half ({first}): CLS token "
-                f"**{_fmt(r['cls_ratio_first_half'])}**, patch tokens **{_fmt(r['spatial_ratio_first_half'])}** "
-                f"(CLS above the patches in {above1} of {n} draws). Second half ({second}): CLS "
-                f"**{_fmt(r['cls_ratio_second_half'])}**, patch tokens **{_fmt(r['spatial_ratio_second_half'])}** "
-                f"(CLS below the patches in {below2} of {n} draws). Over all sublayers and tokens the ViT's median "
-                f"ratio is **{_fmt(r['vit_median_ratio'])}**, the ResNet's median over its units "
-                f"**{_fmt(r['resnet_median_ratio'])}** (its units range from {_fmt(r['resnet_min_ratio'])} to "
-                f"{_fmt(r['resnet_max_ratio'])}): the ViT's median is {_fmt(times, 1)}× the ResNet's. The paper: in "
-                f"the first half the CLS token's ratio is high and the patch tokens' low, the other way round in the "
-                f"second half, and the ViT's ratios lie far above the ResNet's.")
-
-    def measured_no_skip(self) -> str:
-        """Markdown: the F8 numbers, with the training budgets that make the comparison fair or not."""
-        if not self.no_skip:
-            return ("**Measured.** No ViT without skips was given (`vit_no_skip` is empty), so this run measures "
-                    "nothing for Fig 8; the heatmaps show the intact ViT only.")
-        intact, long = self.intact, self.vit
-        ref = "the matched control" if self.control else "the intact (long-schedule) ViT"
-        lines = []
-        for r in self.no_skip:
-            lines.append(
-                f"- **Block {r.block}** (depth {r.depth_fraction:.1f}): mean CKA between the layers before and after "
-                f"the block **{_fmt(r.split_cka_intact)}** in {ref}, **{_fmt(r.split_cka_no_skip)}** without its "
-                f"skips (difference {_fmt([a - b for a, b in zip(r.split_cka_no_skip, r.split_cka_intact)], 3)})"
-                + (f"; {_fmt(r.split_cka_long)} in the long-schedule ViT" if self.control else "")
-                + f". Accuracy on the draws' images: {_pct(r.accuracy_intact)} intact, "
-                f"{_pct(r.accuracy_no_skip)} without skips, a drop of **{_pts(r.accuracy_drop)}**"
-                + (f" ({_pts(r.accuracy_drop_long)} below the long-schedule ViT)"
-                   if self.control else "") + ".")
-        lower = [sum(a < b for a, b in zip(r.split_cka_no_skip, r.split_cka_intact)) for r in self.no_skip]
-        steps = {r.model.steps for r in self.no_skip}
-        if intact.steps is None or None in steps:
-            budget = ("The intact ViT or the no-skip ViTs carry no training record (untrained architectures), so "
-                      "these accuracies say nothing about the skips.")
-        elif steps == {intact.steps}:
-            budget = (f"Training budgets, from the zoo manifest: every no-skip model and {ref} "
-                      f"(`{intact.name}`) had {intact.steps:,} optimisation steps ({intact.epochs} epochs): the "
-                      f"accuracy comparison is matched.")
-        else:
-            budget = (f"Training budgets, from the zoo manifest: no-skip models "
-                      f"{', '.join(f'{s:,}' for s in sorted(steps))} optimisation steps, {ref} (`{intact.name}`) "
-                      f"{intact.steps:,}: the budgets differ, so the accuracy drops mix the missing skips with "
-                      f"the length of training.")
-        if self.control and long.steps is not None:
-            budget += (f" The long-schedule ViT (`{long.name}`, {long.steps:,} steps, {long.epochs} epochs) is "
-                       f"shown for reference.")
-        return ("**Measured** (mean ± SD over " f"{self.n_draws} draws of {self.n_images} test images, range in "
-                "brackets).\n\n" + "\n".join(lines) + "\n\n"
-                + f"The CKA across the block is lower without the skips than in {ref} in "
-                + "; ".join(f"{c} of {self.n_draws} draws for block {r.block}" for c, r in zip(lower, self.no_skip))
-                + f". {budget} The paper: without the skips of block *i* the heatmap splits at block *i*, and "
-                  "removing the skips of a middle block costs about 4% accuracy.")
-
     def to_record(self) -> dict:
         """The numbers :func:`vitcnn_utils.findings.record` stores for the conclusion (see the results schema:
         every per-draw value a list over draws)."""
@@ -307,6 +230,54 @@ def _model(name_or_model, label, weights, pretrained, device) -> tuple[torch.nn.
         return name_or_model, label
     return load_named(name_or_model, weights=weights, pretrained=pretrained, device=device), name_or_model
 
+
+
+def numbers(results: Sequence[SkipConnectionsResult]) -> dict[str, str]:
+    """The numbers the chapter's text inserts (``{glue:text}`` keys), each an interval over every training seed's
+    result (``results``: the chapter's own run first, then its seed twins') and its draws (``"0.67 [0.62,
+    0.71]"``), and the training budgets behind the no-skip comparison."""
+    r0 = results[0]
+
+    def iv(quantity, digits=2, scale=1.0, unit=""):
+        return findings.over_seeds(results, quantity, digits, scale, unit)
+    out = {"sk_runs": findings.runs_text(len(results), r0.n_draws), "sk_images": f"{r0.n_images:,}",
+           "sk_first_half": f"`{r0.sublayers[0]}` to `{r0.sublayers[r0.half - 1]}`",
+           "sk_second_half": f"`{r0.sublayers[r0.half]}` to `{r0.sublayers[-1]}`",
+           "sk_times": iv(lambda r: [v / b for v, b in zip(r.ratio_summary["vit_median_ratio"],
+                                                            r.ratio_summary["resnet_median_ratio"])], 1)}
+    for key, field in (("cls_first", "cls_ratio_first_half"), ("patch_first", "spatial_ratio_first_half"),
+                       ("cls_second", "cls_ratio_second_half"), ("patch_second", "spatial_ratio_second_half"),
+                       ("vit_median", "vit_median_ratio"), ("resnet_median", "resnet_median_ratio"),
+                       ("resnet_min", "resnet_min_ratio"), ("resnet_max", "resnet_max_ratio")):
+        out[f"sk_{key}"] = iv(lambda r, f=field: r.ratio_summary[f])
+    intact = r0.intact
+    steps = {row.model.steps for row in r0.no_skip}
+    out["sk_control"] = f"{display_name(intact.name)}" + (f", {intact.steps:,} steps" if intact.steps else "")
+    out["sk_no_skip_steps"] = (", ".join(f"{s:,}" for s in sorted(steps)) if steps and None not in steps
+                               else "no record (not zoo models)")
+    out["sk_budget"] = ("not applicable: no ViT without skips was given" if not r0.no_skip else
+                        "not known: a model carries no training record" if intact.steps is None or None in steps else
+                        "matched" if steps == {intact.steps} else
+                        "not matched: the accuracy drops mix the missing skips with the length of training")
+    return out
+
+
+def no_skip_table(results: Sequence[SkipConnectionsResult]) -> str:
+    """Markdown: per block whose skips were removed, the CKA across the block in the intact control and without
+    the skips, and the accuracy lost (intervals over training seeds and draws, as :func:`numbers`)."""
+    r0 = results[0]
+    if not r0.no_skip:
+        return "*No ViT without skips was given (`vit_no_skip` is empty): nothing measured for Fig 8.*"
+
+    def iv(k, quantity, digits=2, scale=1.0, unit=""):
+        return findings.over_seeds(results, lambda r: quantity(r.no_skip[k]), digits, scale, unit)
+    lines = ["| skips removed in | CKA across the block: intact | without the skips | accuracy: intact "
+             "| without the skips | lost (points) |", "|:--|--:|--:|--:|--:|--:|"]
+    for k, row in enumerate(r0.no_skip):
+        lines.append(f"| block {row.block} (depth {row.depth_fraction:.1f}) | {iv(k, lambda x: x.split_cka_intact)} "
+                     f"| {iv(k, lambda x: x.split_cka_no_skip)} | {iv(k, lambda x: x.accuracy_intact, 1, 100, '%')} "
+                     f"| {iv(k, lambda x: x.accuracy_no_skip, 1, 100, '%')} | {iv(k, lambda x: x.accuracy_drop, 1, 100)} |")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import cache, localisation, measure
-from ..findings import fmt, pct
+from ..findings import over_seeds, runs_text
 from .. import data as vdata
 from ..hooks import normalised_depth
 from ..models import load_named
@@ -148,84 +148,6 @@ class SpatialResult:
                          f"{g['patch_size']} px, {g['num_prefix_tokens']} prefix token(s)"
                          for label, g in self.geometry.items()) + "."
 
-    # -- the chapter's "Measured" paragraphs ---------------------------------------------------------------
-    def _draws_note(self, what: str) -> str:
-        return (f"{self.n_draws} draws of {what}; a number reads mean ± SD over the draws (range, n)" if self.n_draws > 1
-                else f"1 draw of {what}")
-
-    def measured_localisation(self) -> str:
-        """Figs 9–10 text: interior own-patch counts (ints per draw) and own/other-patch CKA per model."""
-        gh, gw = self.grid("ViT-CLS")
-        n = self.interior_tokens("ViT-CLS")
-        lines = [f"**Measured** ({self._draws_note(f'{self.n_images} test images')}; interior = the {n} tokens off "
-                 f"the border of the {gh}×{gw} grid). Interior tokens whose most similar input patch is their own:"]
-        for label in self.labels:
-            c, t = self.counts[label], self.interior_tokens(label)
-            lines.append(
-                f"- **{label}** ({self.layers[label]}): **{fmt(c['interior_own_patch_count'], 1)}** of {t} "
-                f"(per draw: {', '.join(map(str, c['interior_own_patch_count']))}); of all {c['tokens'][0]} tokens "
-                f"{fmt(c['own_patch_count'], 1)}. Mean CKA with the own patch {fmt(self.mean_own[label])} against "
-                f"{fmt(self.mean_other[label])} with the other patches.")
-        for label, name in self.seed_models.items():
-            c = self.seed_counts[label]
-            lines.append(f"- {label}, second training seed (`{name}`): {fmt(c, 1)} of {self.interior_tokens(label)} "
-                         f"(per draw: {', '.join(map(str, c))}); seed 0 minus seed 1 "
-                         f"{fmt(self.seed_differences(label, 'count'), 1, unit=' tokens')}.")
-        undefined = {lb: v for lb, v in self.undefined_fraction.items() if max(v) > 0}
-        if undefined:
-            lines.append("Undefined CKA entries (a token or patch constant over the images), left out: " +
-                         ", ".join(f"{lb} {pct(v)}" for lb, v in undefined.items()) + ".")
-        lines.append("\nCompare the paper: the CLS-trained ViT's final tokens localise, the GAP-trained ViT's and the "
-                     "ResNet's much less. The dashed line in the bar chart is 20 points of the interior tokens above the "
-                     "other models' highest count: F9's size criterion (this project's reading of \"much less\"), "
-                     "which the conclusion judges on the interval over training seeds and draws.")
-        return "\n".join(lines)
-
-    def measured_probes(self) -> str:
-        """Fig 11 text: last-block probe accuracies of every readout, CLS;CLS vs GAP;GAP, and the probes' setup."""
-        def tokens(label):
-            worst = self.token_accuracy_min[label][:, -1].tolist()
-            best = self.token_accuracy_max[label][:, -1].tolist()
-            return (f"single spatial tokens **{pct(self.last(label, 'tokens'))}** on average (worst position "
-                    f"{pct(worst)}, best {pct(best)})")
-        cls_gap = [100 * (a - b) for a, b in zip(self.last("ViT-CLS", "cls"), self.last("ViT-GAP", "gap"))]
-        lo, hi = self.lambda_range
-        return (
-            f"**Measured** at the last block ({self.probe_layers['ViT-CLS'][-1]} for the ViTs, "
-            f"{self.probe_layers['ResNet'][-1]} for the ResNet; chance {100 * self.chance:.0f}%; "
-            f"{self._draws_note('probe shots and test images')}):\n"
-            f"- ViT-CLS: CLS token **{pct(self.last('ViT-CLS', 'cls'))}**, mean of spatial tokens "
-            f"{pct(self.last('ViT-CLS', 'spatial_gap'))}, {tokens('ViT-CLS')};\n"
-            f"- ViT-GAP: GAP **{pct(self.last('ViT-GAP', 'gap'))}**, {tokens('ViT-GAP')};\n"
-            f"- ResNet: GAP **{pct(self.last('ResNet', 'gap'))}**, {tokens('ResNet')}.\n\n"
-            f"CLS;CLS minus GAP;GAP (the CLS model through its CLS token against the GAP model through its token "
-            f"average): **{fmt(cls_gap, 1, unit=' points')}**. Each probe was fitted on {self.n_fit} training images "
-            f"({self.shots} per class) and its ridge λ chosen for that probe alone by the squared error on {self.n_val} "
-            f"other training images ({self.val_per_class} per class), {lo:g} to {hi:g} times the mean feature variance; "
-            f"accuracies are on {self.n_test} test images, all drawn afresh in every draw.\n\n"
-            + self._seed_probe_text() +
-            "Compare the paper (10-shot ImageNet, 1,000 classes): in the last layer the CLS model's single spatial "
-            "tokens reach only about 6–12%, while single tokens of the GAP ViT (about 57–58%) and of ResNet-50 (about "
-            "44–52%) stay good, and CLS;CLS ≈ GAP;GAP.")
-
-    def _seed_probe_text(self) -> str:
-        if not self.seed_models:
-            return ("No second training seeds were given, so the probes' seed-to-seed spread is not measured in this "
-                    "run.\n\n")
-        pts = {"digits": 1, "unit": " points"}
-        parts = []
-        for label, name in self.seed_models.items():
-            own = "cls" if label == "ViT-CLS" else "gap"
-            parts.append(f"{label} (`{name}`): single spatial tokens {pct(self.seed_last[label]['tokens'])}, "
-                         f"{own.upper()} {pct(self.seed_last[label][own])}; seed 0 minus seed 1 "
-                         f"{fmt(self.seed_differences(label, 'tokens'), **pts)} (tokens), "
-                         f"{fmt(self.seed_differences(label, own), **pts)} ({own.upper()})")
-        missing = [label for label in SEEDED if label not in self.seed_models]
-        return ("**Seed-to-seed baseline** (last block, second training seeds, same draws): " + "; ".join(parts)
-                + (f" ({' and '.join(missing)}: no second seed given)" if missing else "")
-                + ". A difference between models smaller than these cannot be told apart from seed-to-seed "
-                  "variation (with one pair of seeds per model, a larger one is no proof of an effect either).\n\n")
-
     def to_record(self) -> dict:
         """The numbers :func:`vitcnn_utils.findings.record` stores for the conclusion (see the results schema:
         counts as ints, every per-draw value a list over draws)."""
@@ -263,6 +185,41 @@ def _model(name_or_model, weights, pretrained, device) -> tuple[torch.nn.Module,
         return name_or_model, None
     return load_named(name_or_model, weights=weights, pretrained=pretrained, device=device), name_or_model
 
+
+
+def numbers(results: Sequence[SpatialResult]) -> dict[str, str]:
+    """The numbers the chapter's text inserts (``{glue:text}`` keys): each an interval over every training seed's
+    result (``results``: the chapter's own run first, then its seed twins') and its draws (``"18.2 [16.0,
+    20.4]"``), and the probes' set-up."""
+    r0 = results[0]
+    gh, gw = r0.grid("ViT-CLS")
+    lo, hi = r0.lambda_range
+    out = {"sp_runs": runs_text(len(results), r0.n_draws), "sp_images": f"{r0.n_images:,}", "sp_grid": f"{gh}×{gw}",
+           "sp_interior": str(r0.interior_tokens("ViT-CLS")), "sp_chance": f"{100 * r0.chance:.0f}%",
+           "sp_vit_probe_layer": f"`{r0.probe_layers['ViT-CLS'][-1]}`",
+           "sp_resnet_probe_layer": f"`{r0.probe_layers['ResNet'][-1]}`",
+           "sp_fit": f"{r0.n_fit:,} training images ({r0.shots} per class)",
+           "sp_val": f"{r0.n_val:,} other training images ({r0.val_per_class} per class)",
+           "sp_lambda": f"{lo:g} to {hi:g}", "sp_test": f"{r0.n_test:,}",
+           "sp_cls_minus_gap": over_seeds(results, lambda r: [100 * (a - b) for a, b in zip(
+               r.last("ViT-CLS", "cls"), r.last("ViT-GAP", "gap"))], 1, unit=" points"),
+           "sp_undefined": ", ".join(f"{label} {over_seeds(results, lambda r, lb=label: r.undefined_fraction[lb], 1, 100, '%')}"
+                                     for label in r0.labels if max(r0.undefined_fraction[label]) > 0) or "none"}
+    for label in r0.labels:
+        k = KEYS[label]
+        out[f"sp_{k}_layer"] = f"`{r0.layers[label]}`"
+        out[f"sp_{k}_interior"] = (f"{over_seeds(results, lambda r, lb=label: r.interior_count(lb), 1)} of "
+                                   f"{r0.interior_tokens(label)}")
+        out[f"sp_{k}_own"] = over_seeds(results, lambda r, lb=label: r.mean_own[lb])
+        out[f"sp_{k}_other"] = over_seeds(results, lambda r, lb=label: r.mean_other[lb])
+        for kind in ("tokens", "cls", "gap", "spatial_gap"):
+            if kind in r0.probe_curves[label]:
+                out[f"sp_{k}_{kind}"] = over_seeds(results, lambda r, lb=label, kd=kind: r.last(lb, kd), 1, 100, "%")
+        out[f"sp_{k}_worst"] = over_seeds(results, lambda r, lb=label: r.token_accuracy_min[lb][:, -1].tolist(), 1,
+                                          100, "%")
+        out[f"sp_{k}_best"] = over_seeds(results, lambda r, lb=label: r.token_accuracy_max[lb][:, -1].tolist(), 1,
+                                         100, "%")
+    return out
 
 
 @dataclass(frozen=True)
