@@ -29,12 +29,16 @@ import torch
 from .. import cache, measure, zoo
 from ..cka import Heatmaps
 from .. import data as vdata
-from ..findings import F11_FIRST_BLOCK, over_seeds, runs_text
+from ..evidence import over_seeds, runs_text
 from ..hooks import middle_index, normalised_depth
 from ..models import load_named
 from .params import ChapterParams
+from ..evidence import (PAPER, PROJECT, Check, Finding, Judgement, check, diff, flag, interval, per_seed, replicates,
+                        seeds_text)
 
 ARCHS = ("ViT", "ResNet")
+F11_FIRST_BLOCK = 0.8     # F11: first-block CKA of the least-data ViT with a 100% model at least this (this project's
+                          # reading of "already similar", Fig 12; the figure draws it)
 FULL, MATCHED = "100%", "100%, matched steps"      # labels of the long-schedule and matched-compute references
 SEED = "100%, seed 1"                               # the long-schedule ViT's second training seed (seed baseline)
 OTHER = "100%, matched steps, other seed"           # the matched reference's seed twin: F11's seed baseline
@@ -480,3 +484,95 @@ def matched_layer_cka(heatmaps: Heatmaps, reference: str) -> dict[str, torch.Ten
                              "the same architecture")
         out[model] = heatmaps[model, reference].diagonal().clone()
     return out
+
+
+# -- the paper's findings this chapter judges (gathered by vitcnn_utils.findings) -------------------------------
+# Each rule reads the chapter's record of every training seed (evidence.replicates) and judges intervals.
+
+def _steps_control(v) -> Check:
+    ref = v["reference"]
+    small = set(ref["small_steps"].values())
+    known = None not in small and ref["matched_steps"] is not None   # untrained (arch:) models have no steps
+    matched = ref["matched"] is not None and known
+    close = matched and all(abs(int(s) - ref["matched_steps"]) <= 0.1 * ref["matched_steps"] for s in small)
+    small = sorted(str(s) for s in small)
+    return flag("a 100% reference trained with the small-data models' optimisation steps (within 10%)", close,
+                f"reference {ref['matched'] or ref['long']} {ref['matched_steps'] or ref['long_steps']} steps; "
+                f"small-data models {', '.join(small)}")
+
+
+def _accuracy_control(reps) -> Check:
+    """More data must not lower test accuracy at the matched budget: if the matched 100% model is below a
+    small-data model, its steps, not its data, limit it, and a data comparison at that budget is confounded."""
+    rows = []
+    for r in reps:
+        acc = {label: (e or {}).get("test_accuracy") for label, e in r["training"]["ViT"].items()}
+        ref = r["reference"]["matched"]
+        matched_label = next((lb for lb, name in r["models"]["ViT"].items() if name == ref), None)
+        small = {lb: acc.get(lb) for lb in r["reference"]["small_steps"]}
+        rows.append((acc.get(matched_label), small))
+    known = all(m is not None and None not in s.values() for m, s in rows)
+    ok = known and all(all(m >= a for a in s.values()) for m, s in rows)
+    value = "; ".join(f"matched 100% {m:.1%} vs " + ", ".join(f"{lb} {a:.1%}" for lb, a in s.items())
+                      for m, s in rows) if known else "test accuracies unknown (untrained models)"
+    return flag("the matched-compute 100% model at least as accurate as every small-data model (else its steps, "
+                "not its data, limit it)", ok, value)
+
+
+def _f11(v):
+    reps = replicates(v)
+    small = v["smallest_fraction"]["ViT"]
+    if any(r.get("vit_matched_other_seed") is None for r in reps):
+        return Judgement("no second training seed of the matched-compute 100% ViT in this run",
+                         not_measured="a data effect needs the CKA of two 100% ViTs (seed baseline) beside the "
+                                      "small-data model's")
+
+    def effect(r, block):   # seed baseline minus small-data model, both against the other seed's 100% model
+        o = r["vit_matched_other_seed"]
+        return diff(o["baseline"][f"cka_{block}_block"], o["cka"][small][f"cka_{block}_block"])
+    last = per_seed(reps, lambda r: effect(r, "last"))
+    grows = per_seed(reps, lambda r: diff(effect(r, "last"), effect(r, "first")))
+    first_small = per_seed(reps, lambda r: r["vit_matched_other_seed"]["cka"][small]["cka_first_block"])
+    t = lambda f: interval(per_seed(reps, f)).text()   # noqa: E731
+    o = "vit_matched_other_seed"
+    return Judgement(
+        f"CKA with a 100% ViT of the other training seed (matched compute), first / last block: the {small} model "
+        f"{t(lambda r: r[o]['cka'][small]['cka_first_block'])} / {t(lambda r: r[o]['cka'][small]['cka_last_block'])}; "
+        f"another 100% model (seed baseline) {t(lambda r: r[o]['baseline']['cka_first_block'])} / "
+        f"{t(lambda r: r[o]['baseline']['cka_last_block'])} ({seeds_text(reps)})",
+        controls=(_steps_control(v),),
+        central=check(f"at the last block, the {small} model less similar to a 100% model than another 100% model is",
+                      last, ">", 0.0),
+        secondary=(check(f"first-block CKA of the {small} model ≥ {F11_FIRST_BLOCK:g}", first_small, "≥",
+                         F11_FIRST_BLOCK, PROJECT + " of “already similar” (Fig 12)"),
+                   check("the data effect larger at the last block than at the first", grows, ">", 0.0)))
+
+
+def _f12(v):
+    reps = replicates(v)
+    small = v["smallest_fraction"]["ViT"]
+    if v["probe_mid_gain_points_matched"] is None:
+        return Judgement("no matched-compute 100% ViT in this run",
+                         not_measured="a data effect at matched compute needs a 100% ViT trained for the small-data "
+                                      "models' steps")
+    gain = per_seed(reps, lambda r: r["probe_mid_gain_points_matched"]["vit"])
+    same = per_seed(reps, lambda r: r["probe_mid_vit_minus_resnet_points"])
+    return Judgement(
+        f"mid-network probe, 100% minus {small} model at matched compute: {interval(gain).text(1, unit=' points')} "
+        f"(long-schedule 100% model: {interval(per_seed(reps, lambda r: r['probe_mid_gain_points_long']['vit'])).text(1, unit=' points')}); "
+        f"ViT minus ResNet at 100%, same readout {interval(same).text(1, unit=' points')} ({seeds_text(reps)})",
+        controls=(_steps_control(v), _accuracy_control(reps)),
+        central=check("mid-network probe better at 100% than at the smallest fraction", gain, ">", 0.0, digits=1,
+                      unit=" points"),
+        size=(check("by about the paper's 30 points (≥ 30)", gain, "≥", 30.0, PAPER + " (Fig 13: ~30% absolute)", 1,
+                    unit=" points"),),
+        secondary=(check("ViT above the ResNet at 100% through the same readout", same, ">", 0.0, digits=1, unit=" points"),))
+
+
+FINDINGS = (
+    Finding(11, "Fig 12", "data_scale", "low layers are already similar with 3–10% of the data; high layers need much "
+            "more", _f11, "our fractions are of 60,000 images (1,800 at 3%), not of 300 million"),
+    Finding(12, "Fig 13", "data_scale",
+            "more data gives much stronger intermediate layers; ViTs stronger than ResNets mid-network", _f12,
+            "the paper compares 300M vs 1.3M images; our largest/smallest ratio is 33×"),
+)

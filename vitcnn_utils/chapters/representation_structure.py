@@ -40,12 +40,17 @@ from .. import cache, cka, measure, zoo
 from .. import data as vdata
 from ..architectures import build_architecture
 from ..hooks import block_outputs
-from ..findings import over_seeds, runs_text
+from ..evidence import over_seeds, runs_text
 from ..models import load_named
 from .params import ChapterParams
+from ..evidence import PROJECT, Finding, Judgement, check, diff, interval, per_seed, replicates, seeds_text
 
 MODELS = ("ViT", "ResNet")
 LOW, HIGH = (0.0, 0.25), (0.75, 1.0)      # the quarters compared by F1 (fractions of a model's layers)
+F1_SIZE = 0.1          # F1's size: the ViT's low-vs-high CKA above the ResNet's by at least this
+F2_SIZE = 0.75         # F2's size: this share of the ViT's lowest quarter matched in the ResNet's lower half
+F2_LAST_THIRD = 0.5    # F2: the ViT's last third "matches no ResNet layer": its highest CKA below this
+# (this project's readings of Figs 1-2, which give no number; the chapter's figures draw the same constants)
 
 
 # The F1/F2 numbers of the random-initialisation baseline: record key -> (draw_summary field, model label or
@@ -502,3 +507,48 @@ def run(params: Params | None = None, **overrides) -> RepresentationStructureRes
         max_cka_vit_last_third=per_draw("max_last_third"),
         mean_max_cka_vit_last_third=per_draw("mean_max_last_third"),
         max_cka_cross=per_draw("max_cross"), init_baseline=baseline, twin_cka=twins)
+
+
+# -- the paper's findings this chapter judges (gathered by vitcnn_utils.findings) -------------------------------
+# Each rule reads the chapter's record of every training seed (evidence.replicates) and judges intervals.
+
+def _f1(v):
+    reps = replicates(v)
+    d_all = per_seed(reps, lambda r: diff(r["vit_low_high"], r["resnet_low_high"]))
+    d_blocks = per_seed(reps, lambda r: diff(r["vit_low_high_blocks"], r["resnet_low_high_blocks"]))
+    vit, res = (interval(per_seed(reps, lambda r, k=k: r[k])) for k in ("vit_low_high", "resnet_low_high"))
+    return Judgement(
+        f"mean CKA between the lowest and highest quarter of the layers: ViT {vit.text()}, ResNet {res.text()} "
+        f"({seeds_text(reps)})",
+        central=check("ViT's low-vs-high CKA above the ResNet's (all layers)", d_all, ">", 0.0),
+        size=(check(f"by at least {F1_SIZE:g}", d_all, "≥", F1_SIZE, PROJECT + " of Fig 1 (the paper gives no number)"),),
+        secondary=(check("ViT above the ResNet on block outputs only", d_blocks, ">", 0.0),))
+
+
+def _f2(v):
+    reps = replicates(v)
+    total = int(v["vit_lowest_quarter_layers"])
+    chance = int(v["resnet_lower_half_layers"]) / int(v["resnet_layers"])
+    share = per_seed(reps, lambda r: [c / total for c in r["vit_lowest_quarter_best_in_resnet_lower_half_count"]])
+    return Judgement(
+        f"share of the ViT's {total} lowest-quarter layers whose best-matching ResNet layer is in the ResNet's lower "
+        f"half: {interval(share).text(0, 100, '%')} (a random match: {chance:.0%}); best CKA of the ViT's last "
+        f"third with any ResNet layer {interval(per_seed(reps, lambda r: r['max_cka_vit_last_third'])).text()} "
+        f"({seeds_text(reps)})",
+        central=check(f"ViT lowest-quarter layers best matched in the ResNet's lower half: share above a random "
+                      f"match's {chance:.0%}", share, ">", chance, digits=0,
+                      scale=100, unit="%"),
+        size=(check(f"at least {F2_SIZE:.0%} of them", share, "≥", F2_SIZE, PROJECT + " of Fig 2", 0, 100, "%"),),
+        secondary=(check(f"the ViT's last third matches no ResNet layer: max CKA < {F2_LAST_THIRD:g}",
+                         per_seed(reps, lambda r: r["max_cka_vit_last_third"]), "<", F2_LAST_THIRD, PROJECT + " of Fig 2"),))
+
+
+FINDINGS = (
+    Finding(1, "Fig 1", "representation_structure",
+            "ViT layers are uniformly similar; the ResNet has stages, low and high layers dissimilar", _f1,
+            "a 6-block ViT and a 6-unit ResNet have few layers between bottom and top"),
+    Finding(2, "Fig 2", "representation_structure",
+            "the ResNet's lower half matches the ViT's lowest quarter; the ViT's last third matches no ResNet layer",
+            _f2, "both small networks solve a 10-class task on 28-px images, so their top layers may converge on "
+                 "the same class-separating representation"),
+)

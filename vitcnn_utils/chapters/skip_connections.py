@@ -20,7 +20,7 @@ key), so draw 0 is the plain library call on ``seed``'s images and a rebuild aft
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +30,16 @@ from .. import data as vdata
 from ..architectures import removed_blocks
 from ..hooks import normalised_depth
 from ..skips import ratio_profile, split_contrast, split_summary
-from .. import findings
+from .. import evidence as findings
 from ..models import load_named
 from ..train import model_accuracies
 from ..zoo import display_name, optimisation_steps
 from .params import ChapterParams
+from ..evidence import (PAPER, PROJECT, Finding, Judgement, check, diff, draws, flag, interval, per_seed, replicates,
+                        seeds_text)
 
+F8_ACCURACY_DROP = 0.02   # F8's size: accuracy lost at the middle block (fraction; the paper: about 4%)
+F7_MEDIAN_TIMES = 2.0     # F7's size: the ViT's median skip ratio this many times the ResNet's (reading of "far above")
 RATIO_FIELDS = ("cls_ratio_first_half", "spatial_ratio_first_half", "cls_ratio_second_half",
                 "spatial_ratio_second_half", "vit_median_ratio", "vit_max_ratio", "vit_min_ratio",
                 "resnet_median_ratio", "resnet_max_ratio", "resnet_min_ratio")
@@ -455,3 +459,63 @@ def no_skip_comparison(heatmaps, intact: str, no_skip: dict[str, torch.nn.Module
                                if entry and intact_entry else None),
         })
     return rows
+
+
+# -- the paper's findings this chapter judges (gathered by vitcnn_utils.findings) -------------------------------
+# Each rule reads the chapter's record of every training seed (evidence.replicates) and judges intervals.
+
+def _f7(v):
+    reps = replicates(v)
+    first = per_seed(reps, lambda r: diff(r["cls_ratio_first_half"], r["spatial_ratio_first_half"]))
+    second = per_seed(reps, lambda r: diff(r["cls_ratio_second_half"], r["spatial_ratio_second_half"]))
+    over = per_seed(reps, lambda r: [a / b for a, b in zip(draws(r["vit_median_ratio"]), draws(r["resnet_median_ratio"]))])
+    t = lambda k: interval(per_seed(reps, lambda r: r[k])).text()   # noqa: E731
+    return Judgement(
+        f"skip ratio ‖z‖/‖f(z)‖, first half: CLS {t('cls_ratio_first_half')} vs patches "
+        f"{t('spatial_ratio_first_half')}; second half: CLS {t('cls_ratio_second_half')} vs patches "
+        f"{t('spatial_ratio_second_half')}; median ViT {t('vit_median_ratio')}, ResNet {t('resnet_median_ratio')} "
+        f"({seeds_text(reps)})",
+        central=check("CLS ratio above the patch tokens' in the first half", first, ">", 0.0),
+        secondary=(check("below them in the second half", second, "<", 0.0),),
+        size=(check(f"ViT median ratio ≥ {F7_MEDIAN_TIMES:g}× the ResNet's", over, "≥", F7_MEDIAN_TIMES, PROJECT + " of “far above” (Fig 7)"),))
+
+
+def _f8(v):
+    reps = replicates(v)
+    rows, control = v["no_skip"], v["control"]
+    if not rows:
+        return Judgement("no ViT without skips in this run", not_measured="the chapter ran without no-skip models")
+    middle = min(range(len(rows)), key=lambda k: abs(rows[k]["depth_fraction"] - 0.5))
+    matched = all(r["control"]["name"] is not None and r["control"]["steps"] is not None
+                  and all(row["steps"] == r["control"]["steps"] for row in r["no_skip"]) for r in reps)
+    steps = ", ".join(f"block {row['block']}: {row['steps']}" for row in rows)
+
+    def split(k):
+        return per_seed(reps, lambda r: diff(r["no_skip"][k]["split_cka_intact"], r["no_skip"][k]["split_cka_no_skip"]))
+
+    def drop(k):
+        return per_seed(reps, lambda r: r["no_skip"][k]["accuracy_drop"])
+    text = "; ".join(f"block {row['block']}: CKA across it lower by {interval(split(k)).text()} without skips, "
+                     f"accuracy drop {interval(drop(k)).text(1, 100, ' points')}" for k, row in enumerate(rows))
+    others = [k for k in range(len(rows)) if k != middle]
+    return Judgement(
+        text + f" (intact control {control['name']}, {control['steps']} steps; no-skip models {steps}; "
+        f"{seeds_text(reps)})",
+        controls=(flag("intact control trained with the no-skip models' number of optimisation steps", matched,
+                       f"control {control['steps']} steps; {steps}"),),
+        central=check(f"CKA across the middle block (block {rows[middle]['block']}) lower without its skips",
+                      split(middle), ">", 0.0),
+        size=(check(f"about 4 points accuracy lost at the middle block (≥ {100 * F8_ACCURACY_DROP:g})", drop(middle),
+                    "≥", F8_ACCURACY_DROP, PAPER + " (Fig 8: about 4%)", 1, 100, " points"),),
+        secondary=tuple(check(f"CKA across block {rows[k]['block']} lower without its skips", split(k), ">", 0.0)
+                        for k in others))
+
+
+FINDINGS = (
+    Finding(7, "Fig 7", "skip_connections",
+            "early on the CLS token travels the skip path while patch tokens change; reversed later; ViT ratios far "
+            "above the ResNet's", _f7,
+            "with 6 blocks and a 10-class task the CLS token may have little to gather"),
+    Finding(8, "Fig 8", "skip_connections",
+            "removing a block's skips splits the CKA heatmap there; middle blocks cost about 4% accuracy", _f8),
+)
