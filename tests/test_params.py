@@ -73,3 +73,24 @@ def test_from_namespace_names_what_the_cell_lacks():
     del namespace["batch_size"]
     with pytest.raises(NameError, match="does not define batch_size"):
         Params.from_namespace(namespace)
+
+
+def test_every_chapter_draws_its_images_through_one_loop():
+    """chapters.params.draws: draw d on seed + d, the data fingerprinted once, the shared cache-key part, and the
+    same images as the plain data calls."""
+    import torch
+
+    from vitcnn_utils import cache
+    from vitcnn_utils import data as vdata
+    from vitcnn_utils.chapters import params as cp
+
+    p = cp.ChapterParams(seed=7, n_draws=3)
+    ds = cp.draws(p)
+    assert [(d.index, d.seed) for d in ds] == [(0, 7), (1, 8), (2, 9)]
+    assert ds[1].key(n=16, batch=8) == {"data": cache.data_fingerprint("fashion-mnist", None), "seed": 8,
+                                        "image_size": None, "n": 16, "batch": 8}
+    got, want = list(ds[2].images(16, 8)), list(vdata.analysis_batches("fashion-mnist", 16, 8, seed=9))
+    assert len(got) == len(want) == 2 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                                              for a, b in zip(got, want))
+    fit = list(ds[0].probe_images(2, 2, 16, 8)[0])
+    assert torch.equal(fit[0][0], list(vdata.probe_batches("fashion-mnist", 2, 2, 16, 8, seed=7)[0])[0][0])

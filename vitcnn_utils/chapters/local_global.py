@@ -17,21 +17,20 @@ and the ``measured_*`` methods write the chapter's "Measured" paragraphs from th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cache as _memo
 from pathlib import Path
 
 import torch
 
 from .. import attention, cache, localisation, measure
-from .. import data as vdata
 from ..evidence import fmt as _fmt, over_seeds, runs_text
 from ..models import load_named
 from ..zoo import ablation
-from .params import ChapterParams
+from .params import ChapterParams, draws as image_draws
 from ..evidence import (FAILS, HOLDS, PROJECT, UNDECIDED, Check, Finding, Judgement, check, diff, draws, interval,
                         per_seed, replicates, seeds_text)
 
@@ -470,27 +469,24 @@ def run(params: Params | None = None, **overrides) -> LocalGlobal:
     res = load(p.resnet)
     fp = {label: cache.model_fingerprint(m, label) for label, m in vits.items()}
     fp_vit, fp_res = cache.model_fingerprint(vits["all data"], "vit"), cache.model_fingerprint(res, "resnet")
-    data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
     resnet_low_layers, vit_erf_layers, resnet_erf_layers = (list(x) for x in (p.resnet_low_layers, p.vit_erf_layers,
                                                                               p.resnet_erf_layers))
-    seeds = [p.seed + d for d in range(p.n_draws)]
-    erf_seeds = [p.seed + ERF_SEED_OFFSET + d for d in range(p.n_draws)]
-
-    @_memo
-    def batches(s):
-        return vdata.analysis_batches(p.data, p.n_images, p.batch_size, seed=s, data_dir=p.data_dir, image_size=p.image_size)
+    all_draws = image_draws(p)
+    erf_draws_ = [dataclasses.replace(d, seed=d.seed + ERF_SEED_OFFSET) for d in all_draws]   # other images
+    seeds, erf_seeds = [d.seed for d in all_draws], [d.seed for d in erf_draws_]
 
     distances = {label: [] for label in vits}
     head_distance, head_cka, rho = [], [], []
-    for s in seeds:
-        key = {"data": data_key, "n": p.n_images, "batch": p.batch_size, "seed": s, "image_size": p.image_size}
+    for draw in all_draws:
+        batches = draw.images(p.n_images, p.batch_size)
+        key = draw.key(n=p.n_images, batch=p.batch_size)
         for label, m in vits.items():
             d = cache.cached("attention-distance", {**key, "model": fp[label]},
-                             lambda m=m: measure.attention_distances(m, batches(s), device=p.device)[0],
+                             lambda m=m: measure.attention_distances(m, batches, device=p.device)[0],
                              p.use_cache)
             distances[label].append(_nested(d))
         subsets = cache.cached("head-subsets", {**key, "vit": fp_vit, "resnet": fp_res, "layers": resnet_low_layers},
-                               lambda: measure.head_subset_cka(vits["all data"], res, batches(s), resnet_low_layers,
+                               lambda: measure.head_subset_cka(vits["all data"], res, batches, resnet_low_layers,
                                                                  device=p.device), p.use_cache)
         rho.append(attention.rank_correlation(subsets["distance"], subsets["cka"].mean(1)))
         by_head = {heads[0]: i for i, heads in enumerate(subsets["heads"])}          # subsets of one head each
@@ -500,19 +496,17 @@ def run(params: Params | None = None, **overrides) -> LocalGlobal:
     erf_layers = [("ViT", vits["all data"], layer) for layer in vit_erf_layers] + \
                  [("ResNet", res, layer) for layer in resnet_erf_layers]
     erf_draws: dict[str, list[torch.Tensor]] = {f"{kind} {layer}": [] for kind, _, layer in erf_layers}
-    for s in erf_seeds:
+    for draw in erf_draws_:
         images = None
         for kind, model, layer in erf_layers:
-            def compute(model=model, layer=layer):
+            def compute(model=model, layer=layer, draw=draw):
                 nonlocal images
                 if images is None:
-                    images = next(iter(vdata.analysis_batches(p.data, p.n_erf_images, p.n_erf_images, seed=s,
-                                                              data_dir=p.data_dir, image_size=p.image_size)))[0]
+                    images = next(iter(draw.images(p.n_erf_images, p.n_erf_images)))[0]
                 return measure.effective_receptive_field(model, images, layer, device=p.device)
             fp_model = fp_vit if kind == "ViT" else fp_res
             erf_draws[f"{kind} {layer}"].append(cache.cached(
-                "erf", {"data": data_key, "n": p.n_erf_images, "seed": s, "image_size": p.image_size, "model": fp_model,
-                        "layer": layer}, compute, p.use_cache))
+                "erf", draw.key(n=p.n_erf_images, model=fp_model, layer=layer), compute, p.use_cache))
     erf_maps = {}
     for name, maps in erf_draws.items():
         mean = torch.stack(maps).mean(0)

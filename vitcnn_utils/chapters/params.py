@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from .. import cache
+from .. import data as vdata
+
 P = TypeVar("P", bound="ChapterParams")
 
 BOOK_FIELDS = ("figures_dir", "results_dir", "seed_twins")   # read by the notebook around run(), not by run()
@@ -82,3 +85,43 @@ class ChapterParams:
     def run_arguments(self) -> dict[str, Any]:
         """The fields ``run`` reads (all but :data:`BOOK_FIELDS`), as keyword arguments."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in BOOK_FIELDS}
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One independent draw of a chapter's images: draw ``index`` uses ``seed`` (the chapter's ``seed +
+    index``) for its analysis images and its probe shots. Every chapter loops over :func:`draws`.
+
+    Attributes:
+        index, seed: the draw and its image seed.
+        data_key: :func:`vitcnn_utils.cache.data_fingerprint` of the chapter's data (its location and files).
+        params: the chapter's parameters (data, data_dir, image_size).
+    """
+    index: int
+    seed: int
+    data_key: dict
+    params: ChapterParams
+
+    def images(self, n_images: int, batch_size: int):
+        """The draw's analysis images: ``n_images`` test images in minibatches
+        (:func:`vitcnn_utils.data.analysis_batches`)."""
+        p = self.params
+        return vdata.analysis_batches(p.data, n_images, batch_size, seed=self.seed, data_dir=p.data_dir,
+                                      image_size=p.image_size)
+
+    def probe_images(self, shots: int, val_per_class: int, n_test: int, batch_size: int):
+        """The draw's ``(fit, val, test)`` probe images (:func:`vitcnn_utils.data.probe_batches`)."""
+        p = self.params
+        return vdata.probe_batches(p.data, shots, val_per_class, n_test, batch_size, seed=self.seed,
+                                   data_dir=p.data_dir, image_size=p.image_size)
+
+    def key(self, **more) -> dict:
+        """The part of a cache key every measurement of this draw shares (data files, seed, image size), with
+        ``more`` (image counts, batch size, models, ...): what changes the result must be in it."""
+        return {"data": self.data_key, "seed": self.seed, "image_size": self.params.image_size, **more}
+
+
+def draws(params: ChapterParams) -> list[Draw]:
+    """The chapter's ``n_draws`` draws, draw ``d`` on seed ``params.seed + d`` (the data fingerprinted once)."""
+    data_key = cache.data_fingerprint(params.data, params.data_dir)
+    return [Draw(d, params.seed + d, data_key, params) for d in range(params.n_draws)]

@@ -37,12 +37,11 @@ from dataclasses import dataclass
 import torch
 
 from .. import cache, cka, measure, zoo
-from .. import data as vdata
 from ..architectures import build_architecture
 from ..hooks import block_outputs
 from ..evidence import over_seeds, runs_text
 from ..models import load_named
-from .params import ChapterParams
+from .params import ChapterParams, draws as image_draws
 from ..evidence import PROJECT, Finding, Judgement, check, diff, interval, per_seed, replicates, seeds_text
 
 MODELS = ("ViT", "ResNet")
@@ -442,15 +441,14 @@ def run(params: Params | None = None, **overrides) -> RepresentationStructureRes
     for label, spec in zip(MODELS, (p.vit, p.resnet)):
         models[label], names_given[label] = _model(spec, label, p.weights, p.pretrained, p.device)
     fingerprints = [cache.model_fingerprint(m, names_given[label]) for label, m in models.items()]
-    data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
     block_names = {label: block_outputs(m) for label, m in models.items()}
-    seeds = [p.seed + d for d in range(p.n_draws)]
+    all_draws = image_draws(p)
+    seeds = [d.seed for d in all_draws]
 
     draws, summaries, first_batches = [], [], None
-    for s in seeds:
-        batches = vdata.analysis_batches(p.data, p.n_images, p.batch_size, seed=s, data_dir=p.data_dir, image_size=p.image_size)
-        key = {"models": fingerprints, "data": data_key, "n": p.n_images, "batch": p.batch_size, "seed": s,
-               "image_size": p.image_size}
+    for draw in all_draws:
+        batches = draw.images(p.n_images, p.batch_size)
+        key = draw.key(models=fingerprints, n=p.n_images, batch=p.batch_size)
         heatmaps = cache.cached("heatmaps", key, lambda: measure.model_heatmaps(models, batches, device=p.device),
                                 p.use_cache)
         if draws and heatmaps.names != draws[0].names:
@@ -459,7 +457,7 @@ def run(params: Params | None = None, **overrides) -> RepresentationStructureRes
         summaries.append(draw_summary(heatmaps, block_names))
         first_batches = batches if first_batches is None else first_batches
 
-    images = {"data": data_key, "n": p.n_images, "batch": p.batch_size, "seed": seeds[0], "image_size": p.image_size}
+    images = all_draws[0].key(n=p.n_images, batch=p.batch_size)
     baseline = None
     if p.init_seeds:
         architectures = {label: architecture_of(models[label], names_given[label]) for label in MODELS}

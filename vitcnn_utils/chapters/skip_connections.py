@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 
 from .. import cache, measure
-from .. import data as vdata
 from ..architectures import removed_blocks
 from ..hooks import normalised_depth
 from ..skips import ratio_profile, split_contrast, split_summary
@@ -34,7 +33,7 @@ from .. import evidence as findings
 from ..models import load_named
 from ..train import model_accuracies
 from ..zoo import display_name, optimisation_steps
-from .params import ChapterParams
+from .params import ChapterParams, draws as image_draws
 from ..evidence import (PAPER, PROJECT, Finding, Judgement, check, diff, draws, flag, interval, per_seed, replicates,
                         seeds_text)
 
@@ -326,15 +325,15 @@ def run(params: Params | None = None, **overrides) -> SkipConnectionsResult:
     if len(vits) != 1 + (control_model is not None) + len(no_skip):
         raise ValueError(f"the ViTs need distinct names: {[intact_name, vit_name] + list(no_skip)}")
     fp = {label: cache.model_fingerprint(m, label) for label, m in {**vits, res_name: res_model}.items()}
-    data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
-    seeds = [p.seed + d for d in range(p.n_draws)]
+    all_draws = image_draws(p)
+    seeds = [d.seed for d in all_draws]
 
     vit_ratios, res_ratios, summaries, within, accuracy, comparisons, long_split = [], [], [], [], [], [], []
     sublayers = units = names = None
     n_seen = None
-    for s in seeds:
-        batches = vdata.analysis_batches(p.data, p.n_images, p.batch_size, seed=s, data_dir=p.data_dir, image_size=p.image_size)
-        base = {"data": data_key, "n": p.n_images, "batch": p.batch_size, "seed": s, "image_size": p.image_size}
+    for draw in all_draws:
+        batches = draw.images(p.n_images, p.batch_size)
+        base = draw.key(n=p.n_images, batch=p.batch_size)
         vr, sublayers = cache.cached("skip-ratios", {**base, "model": fp[vit_name]},
                                      lambda: measure.vit_skip_ratios(vit_model, batches, p.device), p.use_cache)
         rr, units = cache.cached("skip-ratios", {**base, "model": fp[res_name]},

@@ -28,10 +28,9 @@ import torch
 
 from .. import cache, localisation, measure
 from ..evidence import over_seeds, runs_text
-from .. import data as vdata
 from ..hooks import normalised_depth
 from ..models import load_named
-from .params import ChapterParams
+from .params import ChapterParams, draws as image_draws
 from ..evidence import PAPER, PROJECT, Finding, Judgement, check, diff, interval, per_seed, replicates, seeds_text
 
 LABELS = ("ViT-CLS", "ViT-GAP", "ResNet")
@@ -283,10 +282,10 @@ def run(params: Params | None = None, **overrides) -> SpatialResult:
             seed_models[label], name = _model(spec, p.weights, p.pretrained, p.device)
             seed_names[label] = name or f"{label} seed 1"
             fingerprints[f"{label} seed 1"] = cache.model_fingerprint(seed_models[label], seed_names[label])
-    data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
     layers = {"ViT-CLS": p.vit_layer, "ViT-GAP": p.vit_layer, "ResNet": p.resnet_layer}
     positions = [tuple(int(v) for v in pos) for pos in p.token_positions]
-    seeds = [p.seed + d for d in range(p.n_draws)]
+    all_draws = image_draws(p)
+    seeds = [d.seed for d in all_draws]
 
     geometry = None
     cka = {label: [] for label in LABELS}
@@ -297,8 +296,8 @@ def run(params: Params | None = None, **overrides) -> SpatialResult:
     lambdas, probe_layers, sizes = [], {}, None
     seed_counts = {label: [] for label in seed_models}
     seed_last = {label: {} for label in seed_models}
-    for s in seeds:
-        batches = vdata.analysis_batches(p.data, p.n_images, p.batch_size, seed=s, data_dir=p.data_dir, image_size=p.image_size)
+    for draw in all_draws:
+        batches = draw.images(p.n_images, p.batch_size)
         if geometry is None:         # the layers' grids do not depend on the images
             geometry = {label: measure.token_geometry(m, layers[label], batches, device=p.device)
                         for label, m in models.items()}
@@ -306,11 +305,9 @@ def run(params: Params | None = None, **overrides) -> SpatialResult:
                 if measure.token_geometry(model, layers[label], batches, device=p.device) != geometry[label]:
                     raise ValueError(f"the second seed of {label} ({seed_names[label]}) has another token geometry "
                                      f"at {layers[label]} than {label}; pass a model of the same architecture")
-        key = {"data": data_key, "n": p.n_images, "batch": p.batch_size, "seed": s, "image_size": p.image_size}
-        fit, val, test = vdata.probe_batches(p.data, p.shots, p.val_per_class, p.n_test, p.batch_size, seed=s,
-                                             data_dir=p.data_dir, image_size=p.image_size)
-        probe_key = {"data": data_key, "shots": p.shots, "val_per_class": p.val_per_class, "n_test": p.n_test,
-                     "batch": p.batch_size, "seed": s, "image_size": p.image_size}
+        key = draw.key(n=p.n_images, batch=p.batch_size)
+        fit, val, test = draw.probe_images(p.shots, p.val_per_class, p.n_test, p.batch_size)
+        probe_key = draw.key(shots=p.shots, val_per_class=p.val_per_class, n_test=p.n_test, batch=p.batch_size)
 
         def token_patch(model, fingerprint, label):
             """This draw's token–patch CKA matrix of ``model`` at ``label``'s layer (cached)."""
