@@ -348,7 +348,7 @@ GRAM_STORE = cache.MemoryStore(max_bytes=2 * 2 ** 30)
 """Block Grams kept across :func:`run` calls in one process (the notebook's seed-twin rerun meets
 ``zoo:vit-cls``, ``-s1``, ``-e3`` and ``-e3-s1`` again): per model and draw, the float64 ``(n, n)`` Gram of each
 block layer for each minibatch (with the defaults, a ViT's 7 layers × 4 minibatches × 250² × 8 B ≈ 14 MB),
-least recently used out beyond 2 GiB. Its key (:func:`_block_grams`) covers everything the Grams depend on;
+least recently used out beyond 2 GiB, on the device they were computed on (``device``). Its key (:func:`_block_grams`) covers everything the Grams depend on;
 ``GRAM_STORE.clear()`` frees it, ``GRAM_STORE.max_bytes = 0`` turns it off (each draw still computes a model's
 Grams once)."""
 
