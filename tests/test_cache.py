@@ -167,6 +167,9 @@ def test_every_chapter_key_holds_the_data_fingerprint():
     modules = [data_scale, local_global, representation_structure, skip_connections, spatial]
     assert {m.__name__.rsplit(".", 1)[1] for m in modules} >= {
         p.stem for p in cache.CODE_ROOT.joinpath("chapters").glob("*.py") if "cache.cached(" in p.read_text()}
+    from vitcnn_utils.chapters import params
+    # the one draw loop fingerprints the data (tests/test_params.py checks the key it gives each draw)
+    assert "cache.data_fingerprint(params.data, params.data_dir)" in inspect.getsource(params.draws)
     for module in modules:
         source = inspect.getsource(module)
-        assert "cache.data_fingerprint(p.data, p.data_dir)" in source and "\"data\": p.data," not in source, module
+        assert "image_draws(p)" in source and "draw.key(" in source and "\"data\": p.data," not in source, module

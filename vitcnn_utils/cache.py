@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +43,60 @@ def cached(namespace: str, spec: dict, compute: Callable[[], Any], enabled: bool
     torch.save(result, tmp)
     tmp.replace(path)
     return result
+
+
+class MemoryStore:
+    """An in-process store of results, least recently used out beyond ``max_bytes`` of tensors: what
+    :func:`cached` is on disk, for intermediates too large or too many to write (e.g. per-minibatch Gram
+    matrices shared by several heatmaps and by a chapter's seed-twin rerun in the same process).
+
+    The key is the full JSON text of ``spec`` and :func:`code_version` (not a hash: two specs never share an
+    entry), so, as for :func:`cached`, the spec must name everything the result depends on. Values are
+    returned as stored, not copied: callers must not modify them. A value larger than ``max_bytes`` is
+    returned without being kept; ``max_bytes=0`` keeps nothing. ``nbytes`` counts the bytes of the tensors
+    held (found in nested lists, tuples and dicts, including named tuples).
+    """
+
+    def __init__(self, max_bytes: int):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+    def get(self, spec: dict, compute: Callable[[], Any]) -> Any:
+        """The stored result for ``spec`` (and the current code), computing and keeping it if absent."""
+        key = json.dumps({"spec": spec, "code": code_version()}, sort_keys=True, default=str)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key][0]
+        value = compute()
+        size = tensor_bytes(value)
+        if size <= self.max_bytes:
+            self._entries[key] = (value, size)
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                _, (_, freed) = self._entries.popitem(last=False)
+                self.nbytes -= freed
+        return value
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in ``value`` (a tensor, or lists, tuples and dicts of them, nested)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def code_version() -> str:

@@ -71,12 +71,61 @@ def model_cka(models: Mapping[str, torch.nn.Module], batches, layers: Mapping[st
     # each layer is reduced to its (n, n) Gram inside the hook: memory ~ L n², not the features
     for captured, _ in forward_passes(models, batches, layers, device=device, amp_dtype=amp_dtype,
                                       transform=cka.gram, progress="CKA" if progress else None):
-        joint = {}
-        for name, feats in captured.items():
-            names.setdefault(name, list(feats))                 # execution order
-            joint.update({f"{name}/{layer}": feats[layer] for layer in names[name]})
-        cka.update(joint)
+        cka.update(_joint(captured, names))
     return cka, names
+
+
+def _joint(captured: Mapping[str, Mapping[str, object]], names: dict[str, list[str]]) -> dict[str, object]:
+    """One minibatch's ``{"<model>/<layer>": Gram}`` for :meth:`MinibatchCKA.update`, every model's layers in
+    the order of its first minibatch (recorded in ``names``, execution order). The one place these keys and
+    this order are made, so :func:`model_cka` and :func:`heatmaps_from_grams` feed the same updates."""
+    joint = {}
+    for name, feats in captured.items():
+        names.setdefault(name, list(feats))                     # execution order
+        joint.update({f"{name}/{layer}": feats[layer] for layer in names[name]})
+    return joint
+
+
+def model_grams(model: torch.nn.Module, batches, layers: object = "default", device: str | torch.device = "cpu",
+                gram_dtype: torch.dtype = torch.float64, amp_dtype: torch.dtype | None = None,
+                progress: bool = False) -> list[OrderedDict]:
+    """One model's per-minibatch Gram matrices: ``[{layer: cka.Gram}]``, one dict per minibatch of ``batches``
+    (layers in execution order), computed in the forward hooks of :func:`~vitcnn_utils.runner.forward_passes`
+    exactly as :func:`model_cka` computes them (same ``device``, ``gram_dtype`` and ``amp_dtype`` give the same
+    bits). For :func:`heatmaps_from_grams`, so a model's Grams can be computed once and shared by several
+    heatmaps over the same images. Memory: ``layers × minibatches × n² × 8`` bytes (n = minibatch size)."""
+    cka = MinibatchCKA(gram_dtype=gram_dtype, device=torch.device(device))
+    return [captured["model"] for captured, _ in
+            forward_passes({"model": model}, batches, {"model": layers}, device=torch.device(device),
+                           amp_dtype=amp_dtype, transform=cka.gram, progress="Grams" if progress else None)]
+
+
+def block_grams(model: torch.nn.Module, batches, with_input: bool = True, device: str | torch.device = "cpu",
+                gram_dtype: torch.dtype = torch.float64, progress: bool = False) -> list[OrderedDict]:
+    """:func:`model_grams` of the model's :func:`~vitcnn_utils.hooks.block_layers`, the layers of
+    :func:`block_heatmaps`."""
+    return model_grams(model, batches, block_layers(model, with_input), device=device, gram_dtype=gram_dtype,
+                       progress=progress)
+
+
+def heatmaps_from_grams(grams: Mapping[str, Sequence[Mapping[str, object]]], device: str | torch.device = "cpu",
+                        gram_dtype: torch.dtype = torch.float64) -> Heatmaps:
+    """The :class:`Heatmaps` of :func:`model_heatmaps` from Grams already computed: ``grams`` is ``{label:
+    per-minibatch Grams}`` (each from :func:`model_grams` over the same batches, in the same order). The
+    :meth:`MinibatchCKA.update` calls, their order and their keys (``"<label>/<layer>"``) are those of
+    :func:`model_cka`, so with the same ``device`` and ``gram_dtype`` the heatmaps are the same bits as
+    :func:`model_heatmaps` on these models and batches. The Grams are read, never modified."""
+    if not grams:
+        raise ValueError("no models given: pass {label: per-minibatch Grams}")
+    counts = {label: len(per) for label, per in grams.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"every model must have the Grams of the same minibatches; minibatches per model: {counts}")
+    device = torch.device(device)
+    cka = MinibatchCKA(gram_dtype=gram_dtype, device=device)
+    names: dict[str, list[str]] = {}
+    for i in range(next(iter(counts.values()))):
+        cka.update(_joint({label: per[i] for label, per in grams.items()}, names))
+    return Heatmaps(names, cka.compute(), cka.total_examples)
 
 
 def block_heatmaps(models: Mapping[str, torch.nn.Module], batches, with_input: bool = True,

@@ -21,6 +21,7 @@ architecture, probes per draw and model.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,9 +31,9 @@ from .. import cache, measure, zoo
 from ..cka import Heatmaps
 from .. import data as vdata
 from ..evidence import over_seeds, runs_text
-from ..hooks import middle_index, normalised_depth
+from ..hooks import block_layers, middle_index, normalised_depth
 from ..models import load_named
-from .params import ChapterParams
+from .params import ChapterParams, draws as image_draws
 from ..evidence import (PAPER, PROJECT, Check, Finding, Judgement, check, diff, flag, interval, per_seed, replicates,
                         seeds_text)
 
@@ -252,6 +253,33 @@ def _model(name_or_model, label, weights, pretrained, device):
     return load_named(name_or_model, weights=weights, pretrained=pretrained, device=device), name_or_model
 
 
+GRAM_STORE = cache.MemoryStore(max_bytes=2 * 2 ** 30)
+"""Block Grams kept across :func:`run` calls in one process (the notebook's seed-twin rerun meets
+``zoo:vit-cls``, ``-s1``, ``-e3`` and ``-e3-s1`` again): per model and draw, the float64 ``(n, n)`` Gram of each
+block layer for each minibatch (with the defaults, a ViT's 7 layers × 4 minibatches × 250² × 8 B ≈ 14 MB),
+least recently used out beyond 2 GiB, on the device they were computed on (``device``). Its key (:func:`_block_grams`) covers everything the Grams depend on;
+``GRAM_STORE.clear()`` frees it, ``GRAM_STORE.max_bytes = 0`` turns it off (each draw still computes a model's
+Grams once)."""
+
+
+def _block_grams(draw_grams: dict, draw: dict, fingerprint: dict, model: torch.nn.Module, batches,
+                 device) -> list:
+    """``model``'s :func:`~vitcnn_utils.measure.block_grams` over this draw's ``batches``: from ``draw_grams``
+    (this draw's), else :data:`GRAM_STORE`, else computed. ``draw`` is the draw's data key, seed, image size,
+    batch size and number of images, ``fingerprint`` the model's :func:`~vitcnn_utils.cache.model_fingerprint`;
+    the key adds its preprocessing, the layers, the Gram dtype, the device and the number of threads (and the
+    store adds :func:`~vitcnn_utils.cache.code_version`)."""
+    inner = vdata._input_module(model) or model
+    spec = {"draw": draw, "model": fingerprint, "layers": block_layers(model, True), "gram_dtype": "float64",
+            "input": {"vitcnn_input": getattr(inner, "vitcnn_input", None),
+                      "pretrained_cfg": getattr(inner, "pretrained_cfg", None)},
+            "device": str(torch.device(device)), "threads": torch.get_num_threads()}
+    key = json.dumps(spec, sort_keys=True, default=str)
+    if key not in draw_grams:
+        draw_grams[key] = GRAM_STORE.get(spec, lambda: measure.block_grams(model, batches, device=device))
+    return draw_grams[key]
+
+
 def _steps(model) -> int | None:
     entry = getattr(model, "zoo_entry", None)
     return zoo.optimisation_steps(entry) if entry else None
@@ -395,23 +423,23 @@ def run(params: Params | None = None, **overrides) -> DataScaleResult:
             m, name = _model(spec, f"{arch} {label}", p.weights, p.pretrained, p.device)
             models[arch][label], names[arch][label] = m, name
             prints[arch][label] = cache.model_fingerprint(m, name)
-    data_key = cache.data_fingerprint(p.data, p.data_dir)          # the data's location and files, in every key
     num_classes = None              # the data's classes, from the probes' images (a timm head has ImageNet-1k's 1,000)
     has_cls = getattr(models["ViT"][FULL], "num_prefix_tokens", 0) > 0
     readouts = {"ViT": {SPATIAL: "gap_spatial" if has_cls else "gap", **({CLS: "first"} if has_cls else {})},
                 "ResNet": {SPATIAL: "gap"}}
-    seeds = [p.seed + d for d in range(p.n_draws)]
+    all_draws = image_draws(p)
+    seeds = [d.seed for d in all_draws]
 
     heat = {"vit_long": {}, "vit_matched": {}, "resnet": {}, "vit_other_seed": {}}
     acc = {arch: {ro: {label: [] for label in models[arch] if label != OTHER} for ro in readouts[arch]}
            for arch in ARCHS}
     layers = {}
-    for s in seeds:
-        batches = vdata.analysis_batches(p.data, p.n_images, p.batch_size, seed=s, data_dir=p.data_dir, image_size=p.image_size)
-        fit, val, test = vdata.probe_batches(p.data, p.shots, p.val_per_class, p.n_test, p.batch_size, seed=s,
-                                             data_dir=p.data_dir, image_size=p.image_size)
+    for draw in all_draws:
+        batches = draw.images(p.n_images, p.batch_size)
+        fit, val, test = draw.probe_images(p.shots, p.val_per_class, p.n_test, p.batch_size)
         num_classes = num_classes or measure.count_classes(fit)
-        base = {"data": data_key, "seed": s, "image_size": p.image_size, "batch": p.batch_size}
+        base = draw.key(batch=p.batch_size)
+        draw_grams: dict[str, list] = {}    # this draw's Grams by key: each model's computed once for all its groups
         for arch, group in models.items():
             # the seed baseline is a separate pair (FULL, SEED), so that the other models' heatmaps stay as they were
             # and so is the other-seed matched reference with the small-data models and the matched reference
@@ -421,7 +449,9 @@ def run(params: Params | None = None, **overrides) -> DataScaleResult:
                              if OTHER in group else []))
             for g in cka_groups:
                 h = cache.cached("data-scale-cka", {**base, "n": p.n_images, "models": [prints[arch][k] for k in g]},
-                                 lambda g=g: measure.block_heatmaps(g, batches, device=p.device, progress=False),
+                                 lambda g=g, arch=arch: measure.heatmaps_from_grams(
+                                     {k: _block_grams(draw_grams, {**base, "n": p.n_images}, prints[arch][k], m,
+                                                      batches, p.device) for k, m in g.items()}, device=p.device),
                                  p.use_cache)
                 layers[arch] = h.names[MATCHED if OTHER in g else FULL]
                 refs = ({"resnet": FULL} if arch != "ViT" else {"vit_other_seed": OTHER} if OTHER in g else
