@@ -132,6 +132,46 @@ def test_the_code_version_covers_the_library_modules():
     assert cache.code_version() == cache.code_version()
 
 
+def test_no_module_a_measurement_runs_is_left_out_of_the_code_version():
+    """The excluded modules (their edits keep the cache) are not among the modules the measurements import:
+    everything :mod:`vitcnn_utils.measure` and the trainer reach, import by import, is hashed."""
+    import ast
+    from pathlib import Path
+    root = cache.CODE_ROOT
+    assert set(cache.CODE_EXCLUDED) == {"tools", "evidence.py", "findings.py", "plotting.py"}
+
+    def imports(rel: str) -> set[str]:                # the package modules a module imports (relative imports)
+        path = root / rel
+        base = Path(rel).parent
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                pkg = base
+                for _ in range(node.level - 1):
+                    pkg = pkg.parent
+                for name in ([node.module] if node.module else []) + [a.name for a in node.names if not node.module]:
+                    target = pkg.joinpath(*name.split("."))
+                    for cand in (target.with_suffix(".py"), target / "__init__.py"):
+                        if (root / cand).is_file():
+                            out.add(cand.as_posix())
+                if node.module:
+                    for a in node.names:
+                        cand = pkg.joinpath(*node.module.split("."), a.name).with_suffix(".py")
+                        if (root / cand).is_file():
+                            out.add(cand.as_posix())
+        return out
+
+    seen, todo = set(), ["measure.py", "train.py"]          # (baselines draws its figure uncached)
+    while todo:
+        rel = todo.pop()
+        if rel not in seen:
+            seen.add(rel)
+            todo += sorted(imports(rel))
+    assert {"cka.py", "runner.py", "hooks.py", "data.py"} <= seen
+    assert not seen & {"evidence.py", "findings.py", "plotting.py"}, seen
+    assert not any(rel.startswith("tools/") for rel in seen)
+
+
 def test_an_image_folder_listing_is_in_the_key(tmp_path, cache_dir):
     root = tmp_path / "images"
     (root / "cat").mkdir(parents=True)

@@ -21,7 +21,10 @@ import torch
 
 CACHE_DIR = Path(os.environ.get("VITCNN_CACHE", ".cache/results"))
 CODE_ROOT = Path(__file__).resolve().parent       # the vitcnn_utils package
-CODE_EXCLUDED = ("tools",)                        # subpackages that measure nothing (the command-line tools)
+CODE_EXCLUDED = ("tools", "evidence.py", "findings.py", "plotting.py")
+"""What measures nothing, so its edits keep the cache: the command-line tools, the verdict engine and rules'
+gathering (they read recorded numbers) and the figures. The chapters stay in: their ``run`` decides what is
+computed. A test checks that no module the measurements import is excluded."""
 
 
 def key_of(spec: dict) -> str:

@@ -562,7 +562,7 @@ def spatial_probe_curves_over_draws(ax, depth: dict, curves: dict, title: str, c
             style, marker, text = _PROBE_KIND_STYLE.get(kind, ("-.", "x", kind))
             _range_band(ax, x, 100 * np.asarray(values, dtype=float), colours[model], f"{model}: {text}", marker, style)
     _probe_axes(ax, title, chance, "-.")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)   # below: the plot keeps the width
     return ax
 
 

@@ -300,12 +300,12 @@ def numbers(results: Sequence[DataScaleResult]) -> dict[str, str]:
         return over_seeds(results, quantity, digits, scale, unit)
     has_cls = CLS in r0.probe["ViT"]
     out = {"ds_runs": runs_text(len(results), r0.n_draws), "ds_images": f"{r0.n_images:,}", "ds_small": small,
-           "ds_shots": str(r0.shots), "ds_vit_first": f"`{vb[0]}`", "ds_vit_last": f"`{vb[-1]}`",
-           "ds_resnet_first": f"`{rb[0]}`", "ds_resnet_last": f"`{rb[-1]}`", "ds_resnet_small": rsmall,
+           "ds_shots": str(r0.shots), "ds_vit_first": f"{vb[0]}", "ds_vit_last": f"{vb[-1]}",
+           "ds_resnet_first": f"{rb[0]}", "ds_resnet_last": f"{rb[-1]}", "ds_resnet_small": rsmall,
            "ds_long": r0.describe("ViT", FULL),
            "ds_matched": r0.describe("ViT", MATCHED) if r0.has_matched else absent,
-           "ds_vit_mid": f"`{vb[r0.mid_index['ViT']]}` (depth {r0.mid_depth['ViT']:.2f})",
-           "ds_resnet_mid": f"`{rb[r0.mid_index['ResNet']]}` (depth {r0.mid_depth['ResNet']:.2f})",
+           "ds_vit_mid": f"{vb[r0.mid_index['ViT']]} (depth {r0.mid_depth['ViT']:.2f})",
+           "ds_resnet_mid": f"{rb[r0.mid_index['ResNet']]} (depth {r0.mid_depth['ResNet']:.2f})",
            "ds_drop_long": iv(lambda r: r.first_minus_last("vit_long", small)),
            "ds_drop_matched": iv(lambda r: r.first_minus_last("vit_matched", small)) if r0.has_matched else absent,
            "ds_long_vs_matched_first": iv(lambda r: r.cka_block("vit_long", MATCHED, "first")) if r0.has_matched else absent,
@@ -322,9 +322,9 @@ def numbers(results: Sequence[DataScaleResult]) -> dict[str, str]:
            "ds_vit_minus_resnet_cls": iv(lambda r: r.vit_minus_resnet_points(CLS), **pts) if has_cls else absent,
            "ds_matched_minus_resnet": (iv(lambda r: r.vit_minus_resnet_points(SPATIAL, MATCHED), **pts)
                                        if r0.has_matched else absent),
-           "ds_seed_points": iv(lambda r: r.seed_points(SPATIAL), **pts) if r0.has_seed else absent,
-           "ds_steps": "; ".join(f"{arch} " + ", ".join(f"{lb} {s:,}" for lb, s in r0.steps[arch].items() if s is not None)
-                                 for arch in ARCHS) if all(r0.steps[a].get(FULL) for a in ARCHS) else absent}
+           # one pair of models: in the twin run the two seeds swap roles, so only this run's signed difference
+           "ds_seed_points": over_seeds([r0], lambda r: r.seed_points(SPATIAL), **pts) if r0.has_seed else absent,
+           }
     return out
 
 
@@ -350,7 +350,7 @@ def probe_table(results: Sequence[DataScaleResult]) -> str:
     lines = ["| training data | " + " | ".join(f"{arch}, {r0.readout_names[arch][ro]}" for arch, ro in cols) + " |",
              "|---|" + "---:|" * len(cols)]
     for label in dict.fromkeys([*r0.model_names["ViT"], *r0.model_names["ResNet"]]):
-        if label == OTHER:
+        if label in (OTHER, SEED):      # SEED: over both training seeds, the same two models as FULL
             continue
         cells = [over_seeds(results, lambda r, a=arch, o=ro: r.mid(a, o, label), 1, 100, "%")
                  if label in r0.probe[arch][ro] else "–" for arch, ro in cols]

@@ -226,7 +226,7 @@ class RepresentationStructureResult:
         """``{"ViT vs <twin>": (block names, CKA per block), ...}`` for the models that have a twin (figure)."""
         if self.twin_cka is None:
             return {}
-        return {f"{label} vs {t['twin']}": (t["blocks"], t["cka"])
+        return {f"{label} vs {zoo.display_name(t['twin'])}": (t["blocks"], t["cka"])
                 for label, t in (("ViT", self.twin_cka["vit"]), ("ResNet", self.twin_cka["resnet"]))
                 if t is not None}
 
@@ -293,10 +293,10 @@ def numbers(results: Sequence[RepresentationStructureResult]) -> dict[str, str]:
     q, n_vit, n_res = r0.vit_lowest_quarter_layers, r0.n_layers["ViT"], r0.n_layers["ResNet"]
     out = {"rs_runs": runs_text(len(results), r0.n_draws), "rs_images": f"{r0.n_images:,}",
            "rs_vit_blocks": str(len(r0.block_names["ViT"])), "rs_resnet_blocks": str(len(r0.block_names["ResNet"])),
-           "rs_quarter": f"{q} of its {n_vit} layers", "rs_quarter_first": f"`{r0.names['ViT'][0]}`",
-           "rs_quarter_last": f"`{r0.names['ViT'][q - 1]}`",
+           "rs_quarter": f"{q} of its {n_vit} layers", "rs_quarter_first": f"{r0.names['ViT'][0]}",
+           "rs_quarter_last": f"{r0.names['ViT'][q - 1]}",
            "rs_lower_half": f"{r0.resnet_lower_half_layers} of {n_res}",
-           "rs_last_third_first": f"`{r0.names['ViT'][r0.vit_last_third_start]}`",
+           "rs_last_third_first": f"{r0.names['ViT'][r0.vit_last_third_start]}",
            "rs_all_layers_lower_half": over_seeds(results, lambda r: [c / n_vit for c in
                                                                         r.vit_layers_best_in_resnet_lower_half], 0, 100, "%"),
            "rs_max_last_third": over_seeds(results, lambda r: r.max_cka_vit_last_third),

@@ -244,8 +244,8 @@ def numbers(results: Sequence[SkipConnectionsResult]) -> dict[str, str]:
     def iv(quantity, digits=2, scale=1.0, unit=""):
         return findings.over_seeds(results, quantity, digits, scale, unit)
     out = {"sk_runs": findings.runs_text(len(results), r0.n_draws), "sk_images": f"{r0.n_images:,}",
-           "sk_first_half": f"`{r0.sublayers[0]}` to `{r0.sublayers[r0.half - 1]}`",
-           "sk_second_half": f"`{r0.sublayers[r0.half]}` to `{r0.sublayers[-1]}`",
+           "sk_first_half": f"{r0.sublayers[0]} to {r0.sublayers[r0.half - 1]}",
+           "sk_second_half": f"{r0.sublayers[r0.half]} to {r0.sublayers[-1]}",
            "sk_times": iv(lambda r: [v / b for v, b in zip(r.ratio_summary["vit_median_ratio"],
                                                             r.ratio_summary["resnet_median_ratio"])], 1)}
     for key, field in (("cls_first", "cls_ratio_first_half"), ("patch_first", "spatial_ratio_first_half"),

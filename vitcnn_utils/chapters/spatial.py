@@ -199,8 +199,8 @@ def numbers(results: Sequence[SpatialResult]) -> dict[str, str]:
     lo, hi = r0.lambda_range
     out = {"sp_runs": runs_text(len(results), r0.n_draws), "sp_images": f"{r0.n_images:,}", "sp_grid": f"{gh}×{gw}",
            "sp_interior": str(r0.interior_tokens("ViT-CLS")), "sp_chance": f"{100 * r0.chance:.0f}%",
-           "sp_vit_probe_layer": f"`{r0.probe_layers['ViT-CLS'][-1]}`",
-           "sp_resnet_probe_layer": f"`{r0.probe_layers['ResNet'][-1]}`",
+           "sp_vit_probe_layer": f"{r0.probe_layers['ViT-CLS'][-1]}",
+           "sp_resnet_probe_layer": f"{r0.probe_layers['ResNet'][-1]}",
            "sp_fit": f"{r0.n_fit:,} training images ({r0.shots} per class)",
            "sp_val": f"{r0.n_val:,} other training images ({r0.val_per_class} per class)",
            "sp_lambda": f"{lo:g} to {hi:g}", "sp_test": f"{r0.n_test:,}",
@@ -210,7 +210,7 @@ def numbers(results: Sequence[SpatialResult]) -> dict[str, str]:
                                      for label in r0.labels if max(r0.undefined_fraction[label]) > 0) or "none"}
     for label in r0.labels:
         k = KEYS[label]
-        out[f"sp_{k}_layer"] = f"`{r0.layers[label]}`"
+        out[f"sp_{k}_layer"] = f"{r0.layers[label]}"
         out[f"sp_{k}_interior"] = (f"{over_seeds(results, lambda r, lb=label: r.interior_count(lb), 1)} of "
                                    f"{r0.interior_tokens(label)}")
         out[f"sp_{k}_own"] = over_seeds(results, lambda r, lb=label: r.mean_own[lb])
