@@ -37,3 +37,16 @@ def tiny_resnet():
 @pytest.fixture
 def images():
     return torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+
+
+def perturbed_copy(model, scale, seed):
+    """A copy of ``model`` with Gaussian noise (``scale`` × each weight matrix's SD) on its weight matrices: a
+    stand-in for another trained model of the same architecture."""
+    import copy
+    other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.ndim > 1:
+                p.add_(scale * p.std() * torch.randn(p.shape, generator=gen))
+    return other

@@ -1,9 +1,9 @@
 """Chapter module vitcnn_utils.chapters.data_scale: run() on tiny models records every schema field as a list over
 draws, both 100% references (long schedule and matched steps) are compared, and draw 0 is the plain library
 call on the same images."""
-import copy
 
 import pytest
+from conftest import perturbed_copy
 import torch
 
 
@@ -17,12 +17,7 @@ SIZES = dict(n_images=16, batch_size=8, shots=2, val_per_class=2, n_test=16)
 
 def _perturbed(model, scale, seed, steps=None):
     """A copy of ``model`` with Gaussian noise on its weights; ``steps`` attaches a zoo-like manifest entry."""
-    other = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in other.parameters():
-            if p.ndim > 1:
-                p.add_(scale * p.std() * torch.randn(p.shape, generator=gen))
+    other = perturbed_copy(model, scale, seed)
     if steps is not None:
         epochs, images = steps
         other.zoo_entry = {"sha256": f"fake{seed}", "epochs": epochs, "train_images": images, "fraction": images / 60000,

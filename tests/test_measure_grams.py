@@ -1,9 +1,9 @@
 """Per-model Grams computed once and shared by heatmaps (measure.model_grams, measure.heatmaps_from_grams), the
 in-process store that keeps them (cache.MemoryStore) and the data-scale chapter's use of both: the same bits
 as computing every heatmap from the models."""
-import copy
 
 import pytest
+from conftest import perturbed_copy
 import torch
 
 from vitcnn_utils import cache, measure
@@ -18,13 +18,7 @@ def _batches(n=16, size=8, seed=0):
 
 
 def _perturbed(model, seed, scale=0.3):
-    other = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in other.parameters():
-            if p.ndim > 1:
-                p.add_(scale * p.std() * torch.randn(p.shape, generator=gen))
-    return other
+    return perturbed_copy(model, scale, seed)
 
 
 def _same(a, b):
