@@ -29,7 +29,7 @@ import torch
 from .. import attention, cache, localisation, measure
 from ..evidence import fmt as _fmt, over_seeds, runs_text
 from ..models import load_named
-from ..zoo import ablation
+from ..zoo import ablation, display_name as zoo_display_name
 from .params import ChapterParams, draws as image_draws
 from ..evidence import (FAILS, HOLDS, PROJECT, UNDECIDED, Check, Finding, Judgement, check, diff, draws, interval,
                         per_seed, replicates, seeds_text)
@@ -60,7 +60,7 @@ _CHANGE_TEXT = {"cutmix": "CutMix (α = {})", "mixup": "MixUp (α = {})", "crop_
                 "depth": "{} blocks", "shift": "shifts of ≤ {} px", "flip": "flips {}", "label_smoothing":
                 "label smoothing {}", "lr": "learning rate {}", "weight_decay": "weight decay {}",
                 "batch_size": "batch {}", "precision": "{}", "pos_embed": "fixed 2-D {} position embeddings",
-                "distilled": "a distillation token {}", "distill": "hard-label distillation from the zoo {}"}
+                "distilled": "a distillation token", "distill": "hard-label distillation from the zoo {}"}
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,8 @@ def _change(arch: dict, recipe: dict, base_arch: dict, base_recipe: dict) -> str
             text.append(f"{v}-px patches ({grid}×{grid} grid)")
         elif k == "embed_dim" and "num_heads" in keys:
             continue                                        # said with the heads' width
+        elif k == "distill":
+            text.append(_CHANGE_TEXT[k].format(zoo_display_name(f"zoo:{v}")))
         else:
             text.append(_CHANGE_TEXT.get(k, k + " {}").format(v))
     return ", ".join(text)
