@@ -29,7 +29,7 @@ from .. import cache, measure
 from ..architectures import removed_blocks
 from ..hooks import normalised_depth
 from ..skips import ratio_profile, split_contrast, split_summary
-from .. import evidence as findings
+from .. import evidence
 from ..models import load_named
 from ..train import model_accuracies
 from ..zoo import display_name, optimisation_steps
@@ -242,8 +242,8 @@ def numbers(results: Sequence[SkipConnectionsResult]) -> dict[str, str]:
     r0 = results[0]
 
     def iv(quantity, digits=2, scale=1.0, unit=""):
-        return findings.over_seeds(results, quantity, digits, scale, unit)
-    out = {"sk_runs": findings.runs_text(len(results), r0.n_draws), "sk_images": f"{r0.n_images:,}",
+        return evidence.over_seeds(results, quantity, digits, scale, unit)
+    out = {"sk_runs": evidence.runs_text(len(results), r0.n_draws), "sk_images": f"{r0.n_images:,}",
            "sk_first_half": f"{r0.sublayers[0]} to {r0.sublayers[r0.half - 1]}",
            "sk_second_half": f"{r0.sublayers[r0.half]} to {r0.sublayers[-1]}",
            "sk_times": iv(lambda r: [v / b for v, b in zip(r.ratio_summary["vit_median_ratio"],
@@ -273,7 +273,7 @@ def no_skip_table(results: Sequence[SkipConnectionsResult]) -> str:
         return "*No ViT without skips was given (`vit_no_skip` is empty): nothing measured for Fig 8.*"
 
     def iv(k, quantity, digits=2, scale=1.0, unit=""):
-        return findings.over_seeds(results, lambda r: quantity(r.no_skip[k]), digits, scale, unit)
+        return evidence.over_seeds(results, lambda r: quantity(r.no_skip[k]), digits, scale, unit)
     lines = ["| skips removed in | CKA across the block: intact | without the skips | accuracy: intact "
              "| without the skips | lost (points) |", "|:--|--:|--:|--:|--:|--:|"]
     for k, row in enumerate(r0.no_skip):
