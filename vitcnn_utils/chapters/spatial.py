@@ -215,9 +215,9 @@ def numbers(results: Sequence[SpatialResult]) -> dict[str, str]:
                                    f"{r0.interior_tokens(label)}")
         out[f"sp_{k}_own"] = over_seeds(results, lambda r, lb=label: r.mean_own[lb])
         out[f"sp_{k}_other"] = over_seeds(results, lambda r, lb=label: r.mean_other[lb])
-        for kind in ("tokens", "cls", "gap", "spatial_gap"):
-            if kind in r0.probe_curves[label]:
-                out[f"sp_{k}_{kind}"] = over_seeds(results, lambda r, lb=label, kd=kind: r.last(lb, kd), 1, 100, "%")
+        for kind in ("tokens", "cls", "gap", "spatial_gap"):      # every key, so the prose never misses one
+            out[f"sp_{k}_{kind}"] = (over_seeds(results, lambda r, lb=label, kd=kind: r.last(lb, kd), 1, 100, "%")
+                                     if kind in r0.probe_curves[label] else "not measured (no such readout)")
         out[f"sp_{k}_worst"] = over_seeds(results, lambda r, lb=label: r.token_accuracy_min[lb][:, -1].tolist(), 1,
                                           100, "%")
         out[f"sp_{k}_best"] = over_seeds(results, lambda r, lb=label: r.token_accuracy_max[lb][:, -1].tolist(), 1,
