@@ -157,16 +157,20 @@ def test_adoption_needs_the_full_schedule_two_seeds_and_the_accuracy_margin(synt
 
 
 def test_ablation_text_follows_the_numbers(result, synthetic_ablation, tmp_path):
-    text = result.ablation_text()
+    text = result.ablation_outcome()
     assert "`cutmix` gives block 0 1 local head(s) in every draw" in text and "not adopted" in text
-    assert "fixed before the results" in text and "No recipe measured so far meets the rule" in text
+    assert "No recipe measured so far meets the rule" in text
+    nums = lg.numbers([result])
+    assert nums["lg_ab_most_local"] == "cutmix" and nums["lg_rule_local"] == "0.75" and nums["lg_rule_seeds"] == "2"
+    assert "heads8" in nums["lg_ab_pending"] and "patch2-best" in nums["lg_ab_pending"]
     table = result.ablation_table()
     assert "| `cutmix` |" in table and "88.50%" in table and "not yet measured" in table
     assert " 1–2 · 0–1 |" in table                                             # local heads per block, min–max
     assert "`heads8`" in text and "`patch2-best`" in text                          # the unmeasured ones listed
     # nothing measured at all
     none = dataclasses.replace(result, ablation=lg.read_ablation(tmp_path / "absent.json"))
-    assert "Not measured yet" in none.ablation_text() and none.ablation_columns()[0][1] is None
+    assert "Not measured yet" in none.ablation_outcome() and none.ablation_columns()[0][1] is None
+    assert lg.numbers([none])["lg_ab_most_local"] == "not measured"
     # everything measured, nothing local
     entries = json.loads(synthetic_ablation.read_text())
     full = {name: {**entries["baseline"], "arch": arch, "recipe": recipe.to_dict()}
@@ -175,7 +179,7 @@ def test_ablation_text_follows_the_numbers(result, synthetic_ablation, tmp_path)
     path = tmp_path / "full.json"
     path.write_text(json.dumps(full))
     done = dataclasses.replace(result, ablation=lg.read_ablation(path))
-    assert "a measured negative result" in done.ablation_text() and "F4 predicts" in done.ablation_text()
+    assert "a measured negative result" in done.ablation_outcome() and "F4 predicts" in done.ablation_outcome()
 
 
 def test_numbers_are_intervals_over_seeds_and_draws(result):

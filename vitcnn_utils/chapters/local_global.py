@@ -300,39 +300,41 @@ class LocalGlobal:
                              ref["block0_distances_px"], ref["uniform_distance_px"], ref["local_heads_per_block"]))
         return "\n".join(lines)
 
-    def ablation_text(self, rule: dict = ADOPTION) -> str:
-        """What the ablation shows, from its numbers, judged by ``rule`` (stated before the results): the adopted
-        recipe, the candidates still to be run at the full schedule, or, plainly, that none gives block 0 a
-        local head (a measured negative result)."""
+    def ablation_numbers(self, rule: dict = ADOPTION) -> dict[str, str]:
+        """The recipe ablation's set-up and the adoption rule, as the text inserts them (``{glue:text}`` keys of
+        :func:`numbers`); ``"not measured"`` where no variant has finished."""
+        from ..zoo import VIT_EPOCHS
+        ab = self.ablation or RecipeAblation((), (), ablation.EPOCHS, "")       # none read: every key still given
+        absent = "not measured"
+        zoo_epochs, reference = self.epochs.get("vit"), self.test_accuracy.get("vit")
+        base = next((v for v in ab.variants if v.recipe == "baseline"), None)
+        most = (min(ab.variants, key=lambda v: ablation.block0_locality(v.distances_px, v.uniform_distance_px))
+                if ab.variants else None)
+        return {"lg_ab_measured": f"{len(ab.variants)} of {len(ab.variants) + len(ab.pending)}",
+                "lg_ab_pending": ", ".join(ab.pending) or "none", "lg_ab_epochs": str(ab.epochs),
+                "lg_zoo_epochs": str(zoo_epochs) if zoo_epochs is not None else "its own number of",
+                "lg_zoo_acc": f"{100 * reference:.2f}%" if reference is not None else absent,
+                "lg_ab_base_acc": f"{100 * base.test_accuracy:.2f}%" if base is not None else absent,
+                "lg_ab_images": str(ab.variants[0].n_images or "?") if ab.variants else absent,
+                "lg_ab_draws": str(len(ab.variants[0].distances_px)) if ab.variants else absent,
+                "lg_ab_most_local": most.recipe if most else absent,
+                "lg_ab_most_local_ratio": _fmt([min(d) for d in most.block0_normalised]) if most else absent,
+                "lg_rule_epochs": str(VIT_EPOCHS), "lg_rule_local": f"{rule['local_fraction']:g}",
+                "lg_rule_seeds": str(rule["seeds"]), "lg_rule_margin": f"{100 * rule['accuracy_margin']:.0f}"}
+
+    def ablation_outcome(self, rule: dict = ADOPTION) -> str:
+        """What ``rule`` (stated before the results) decides on the measured variants: the adopted recipe, the
+        candidates that give block 0 a local head but miss another part of the rule, or, plainly, that none gives
+        block 0 a local head (a measured negative result). The set-up and the rule itself are in the notebook's
+        text (:meth:`ablation_numbers`)."""
         from ..zoo import VIT_EPOCHS
         ab = self.ablation
-        zoo_epochs = self.epochs.get("vit")
         reference = self.test_accuracy.get("vit")
         pending = ", ".join(f"`{n}`" for n in ab.pending)
-        statement = (f"The rule, fixed before the results: a recipe is adopted for the zoo's ViTs when, at the full "
-                     f"{VIT_EPOCHS}-epoch schedule, block 0 has at least one head below {rule['local_fraction']}× the "
-                     f"uniform-attention distance in every draw, for {rule['seeds']} training seeds, at a test "
-                     f"accuracy at most {100 * rule['accuracy_margin']:.0f} points below the shipped ViT's"
-                     + (f" ({100 * reference:.2f}%)." if reference is not None else "."))
         if not ab.variants:
             return (f"**Not measured yet.** No variant of the ablation has finished ({pending} pending); run "
-                    f"`python -m vitcnn_utils.zoo.ablation` and rebuild this chapter.\n\n{statement}")
-        lines = [f"**Measured.** {len(ab.variants)} of {len(ab.variants) + len(ab.pending)} recipes measured"
-                 + (f" ({pending} not yet)" if ab.pending else "") + f". Each variant trains {ab.epochs} epochs on all "
-                 f"60,000 training images (one training run, seed 0, so the accuracies have no spread over training "
-                 f"seeds); the zoo ViT trains {zoo_epochs if zoo_epochs is not None else 'its own number of'} epochs, "
-                 f"so the accuracies here are those of a shorter schedule"]
-        base = next((v for v in ab.variants if v.recipe == "baseline"), None)
-        if base is not None and reference is not None:
-            lines[-1] += (f" (the zoo's own recipe reaches {100 * base.test_accuracy:.2f}% after {base.epochs} epochs "
-                          f"and {100 * reference:.2f}% after {zoo_epochs})")
-        lines[-1] += (f". Head distances are means over {ab.variants[0].n_images or '?'} test images per draw, "
-                      f"{len(ab.variants[0].distances_px)} draws.")
-        lines.append(statement)
-        most = min(ab.variants, key=lambda v: ablation.block0_locality(v.distances_px, v.uniform_distance_px))
-        lines.append(f"The most local block-0 head of any variant is in `{most.recipe}`, at "
-                     f"{_fmt([min(d) for d in most.block0_normalised])}× the uniform distance (local: below "
-                     f"{rule['local_fraction']}×).")
+                    "`python -m vitcnn_utils.zoo.ablation` and rebuild this chapter.")
+        lines = []
         adopted = ab.adopted(reference, rule) if reference is not None else []
         for v in ab.candidates():
             if v in adopted:
@@ -419,6 +421,7 @@ def numbers(results: Sequence[LocalGlobal]) -> dict[str, str]:
                                      for name in r0.erf_radius),
            "lg_all_vs_less": iv(lambda r: [a / b for a, b in zip(r.block_extremes("all data", 0)[0],
                                                                  r.block_extremes("less data", 0)[0])])}
+    out |= r0.ablation_numbers()
     for which, key in (("all data", "all"), ("less data", "less")):
         out[f"lg_{key}_label"] = r0.data_labels[which]
         for block, b in ((0, "b0"), (-1, "last")):
