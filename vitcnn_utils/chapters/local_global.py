@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from .. import attention, cache, localisation, measure
-from ..evidence import fmt as _fmt, over_seeds, runs_text
+from ..evidence import over_seeds, runs_text
 from ..models import load_named
-from ..zoo import ablation, display_name as zoo_display_name
+from ..zoo import VIT_EPOCHS, ablation, display_name as zoo_display_name
 from .params import ChapterParams, draws as image_draws
 from ..evidence import (FAILS, HOLDS, PROJECT, UNDECIDED, Check, Finding, Judgement, check, diff, draws, interval,
                         per_seed, replicates, seeds_text)
@@ -126,7 +126,6 @@ class RecipeAblation:
         full schedule, block 0 with a local head in every draw, test accuracy at most ``rule["accuracy_margin"]``
         below ``reference_accuracy``, and all of that for ``rule["seeds"]`` training seeds of one spec (the
         first seed's variant is returned)."""
-        from ..zoo import VIT_EPOCHS
 
         def meets(v):
             return (v.epochs >= VIT_EPOCHS and v.local_heads_block0 >= 1
@@ -293,7 +292,8 @@ class LocalGlobal:
             lines.append(row(f"`{v.recipe}`", v.change, v.epochs, v.test_accuracy, v.block0_distances_px,
                              v.uniform_distance_px, v.local_heads_per_block))
         for name in self.ablation.pending:
-            lines.append(f"| `{name}` | {_pending_change(name)} | {self.ablation.epochs} | not yet measured | – | – | – |")
+            epochs = VIT_EPOCHS if name == "best-full" else self.ablation.epochs      # best-full: the full schedule
+            lines.append(f"| `{name}` | {_pending_change(name)} | {epochs} | not yet measured | – | – | – |")
         ref = self.zoo_reference()
         if ref is not None:
             lines.append(row(ref["label"], "none (reference: the full schedule)", ref["epochs"], ref["test_accuracy"],
@@ -303,7 +303,6 @@ class LocalGlobal:
     def ablation_numbers(self, rule: dict = ADOPTION) -> dict[str, str]:
         """The recipe ablation's set-up and the adoption rule, as the text inserts them (``{glue:text}`` keys of
         :func:`numbers`); ``"not measured"`` where no variant has finished."""
-        from ..zoo import VIT_EPOCHS
         ab = self.ablation or RecipeAblation((), (), ablation.EPOCHS, "")       # none read: every key still given
         absent = "not measured"
         zoo_epochs, reference = self.epochs.get("vit"), self.test_accuracy.get("vit")
@@ -318,7 +317,8 @@ class LocalGlobal:
                 "lg_ab_images": str(ab.variants[0].n_images or "?") if ab.variants else absent,
                 "lg_ab_draws": str(len(ab.variants[0].distances_px)) if ab.variants else absent,
                 "lg_ab_most_local": most.recipe if most else absent,
-                "lg_ab_most_local_ratio": _fmt([min(d) for d in most.block0_normalised]) if most else absent,
+                "lg_ab_most_local_ratio": (interval([[min(d) for d in most.block0_normalised]]).text() if most
+                                           else absent),       # one training run: the interval over its draws
                 "lg_rule_epochs": str(VIT_EPOCHS), "lg_rule_local": f"{rule['local_fraction']:g}",
                 "lg_rule_seeds": str(rule["seeds"]), "lg_rule_margin": f"{100 * rule['accuracy_margin']:.0f}"}
 
@@ -327,7 +327,6 @@ class LocalGlobal:
         candidates that give block 0 a local head but miss another part of the rule, or, plainly, that none gives
         block 0 a local head (a measured negative result). The set-up and the rule itself are in the notebook's
         text (:meth:`ablation_numbers`)."""
-        from ..zoo import VIT_EPOCHS
         ab = self.ablation
         reference = self.test_accuracy.get("vit")
         pending = ", ".join(f"`{n}`" for n in ab.pending)
