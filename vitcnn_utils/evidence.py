@@ -388,6 +388,5 @@ class Finding:
 
 def seeds_text(reps) -> str:
     """What the intervals of ``reps`` (one record per training seed) span, for a rule's measured text."""
-    n = len(reps)
-    return (f"{n} training seeds × {len(draws(reps[0]['seeds'], 'seeds'))} draws" if n > 1 else
-            f"one training seed × {len(draws(reps[0]['seeds'], 'seeds'))} draws: image-draw noise only")
+    text = runs_text(len(reps), len(draws(reps[0]["seeds"], "seeds")))
+    return text if len(reps) > 1 else text.replace("1 training seed", "one training seed") + ": image-draw noise only"
