@@ -101,6 +101,38 @@ def test_book_pages_exist_with_images_and_no_cdn(built_book):
     assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
 
 
+def test_wide_figures_have_a_phone_layout_on_the_page(built_book):
+    """The 2 x 2 no-skip heatmaps and the 12-panel findings figure come in two layouts; the browser picks one by
+    screen width (tools/pages.responsive_figure); the introduction shows the findings figure's two files."""
+    _, _, html = built_book
+    for chapter in ("skip_connections", "conclusion"):
+        page = (html / "book" / "chapters" / f"{chapter}.html").read_text()
+        assert '<picture class="vitcnn-figure"><source media="(max-width: 600px)" srcset="data:image/png;base64,' \
+            in page and '<img src="data:image/png;base64,' in page, chapter
+    intro = (html / "book" / "intro.html").read_text()
+    assert "findings_summary_narrow.png" in intro and "vitcnn-narrow" in intro and "vitcnn-wide" in intro
+    assert "@media (max-width: 600px)" in (html / "_static" / "vitcnn.css").read_text()
+
+
+def test_a_responsive_figure_embeds_both_layouts_and_closes_them():
+    import base64
+    import io
+    import re
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from vitcnn_utils.tools import pages
+    wide, narrow = plt.figure(figsize=(8, 2)), plt.figure(figsize=(4, 6))
+    out = pages.responsive_figure(wide, narrow, 'the "alt" text').data
+    assert not plt.fignum_exists(wide.number) and not plt.fignum_exists(narrow.number)
+    small, big = re.findall(r'base64,([A-Za-z0-9+/=]+)"', out)
+    assert Image.open(io.BytesIO(base64.b64decode(small))).size[1] > Image.open(io.BytesIO(base64.b64decode(big))).size[1]
+    assert 'alt="the &quot;alt&quot; text"' in out and f"max-width: {pages.NARROW_MAX_PX}px" in out
+
+
 def test_up_to_date_chapter_is_not_reexecuted(built_book, capsys):
     root, outputs, _ = built_book
     chapter = book.CHAPTERS[0]

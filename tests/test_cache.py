@@ -200,16 +200,57 @@ def test_a_fashion_mnist_fingerprint_names_the_resolved_files(data_dirs):
     assert "not found" in fa["files"]["train"]                         # the folder has no train split
 
 
-def test_every_chapter_key_holds_the_data_fingerprint():
-    """Each chapter that caches keys its entries on the data's fingerprint, never on the bare source name."""
+def test_chapters_cache_only_through_measured_calls():
+    """A chapter never writes a cache key: every cached result is a :func:`cache.measured` call, whose key is the
+    call itself; a draw's images key themselves with the data's fingerprint (tests/test_params.py)."""
     import inspect
     from vitcnn_utils.chapters import data_scale, local_global, representation_structure, skip_connections, spatial
-    modules = [data_scale, local_global, representation_structure, skip_connections, spatial]
-    assert {m.__name__.rsplit(".", 1)[1] for m in modules} >= {
-        p.stem for p in cache.CODE_ROOT.joinpath("chapters").glob("*.py") if "cache.cached(" in p.read_text()}
     from vitcnn_utils.chapters import params
-    # the one draw loop fingerprints the data (tests/test_params.py checks the key it gives each draw)
     assert "cache.data_fingerprint(params.data, params.data_dir)" in inspect.getsource(params.draws)
-    for module in modules:
+    for module in (data_scale, local_global, representation_structure, skip_connections, spatial):
         source = inspect.getsource(module)
-        assert "image_draws(p)" in source and "draw.key(" in source and "\"data\": p.data," not in source, module
+        assert "image_draws(p)" in source and "cache.measured(" in source, module
+        assert "cache.cached(" not in source and "draw.key(" not in source and "model_fingerprint" not in source
+
+
+def _double(x, scale=2.0, note=None):
+    _double.calls += 1
+    return x * scale
+
+
+def test_a_measured_call_is_its_own_key(cache_dir, tiny_vit):
+    from vitcnn_utils.chapters.params import DrawImages
+    _double.calls = 0
+    x = torch.arange(4.0)
+    assert torch.equal(cache.measured(_double, x), 2 * x) and _double.calls == 1
+    assert torch.equal(cache.measured(_double, x.clone()), 2 * x) and _double.calls == 1        # same values: hit
+    cache.measured(_double, x + 1)
+    cache.measured(_double, x, scale=3.0)
+    cache.measured(_double, x.double())                                                         # dtype is in the key
+    assert _double.calls == 4
+    cache.measured(_double, x, unkeyed={"note": "progress"})                                    # not in the key: hit
+    assert _double.calls == 4
+    cache.measured(_double, x, enabled=False)
+    assert _double.calls == 5 and not list(cache_dir.glob("*.tmp"))
+    images = DrawImages(lambda: pytest.fail("a cached call never loads its images"), {"seed": 0, "n": 8})
+    key = cache.call_key(_double, images, {"b": tiny_vit, "a": tiny_vit}, device=torch.device("cpu"))
+    assert key["args"][0] == {"seed": 0, "n": 8} and [k for k, _ in key["args"][1]] == ["b", "a"]   # order kept
+    assert key["kwargs"] == {"device": "cpu"} and key["threads"] == torch.get_num_threads()
+    assert key["args"][1][0][1] == cache.model_key(tiny_vit) and "name" not in cache.model_key(tiny_vit)
+
+
+def test_a_model_key_covers_weights_structure_and_preprocessing(tiny_vit, monkeypatch):
+    base = cache.model_key(tiny_vit)
+    other = copy.deepcopy(tiny_vit)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-6)
+    assert cache.model_key(other) != base
+    monkeypatch.setattr(tiny_vit, "vitcnn_input", "imagenet", raising=False)
+    assert cache.model_key(tiny_vit)["input"]["vitcnn_input"] == "imagenet" and cache.model_key(tiny_vit) != base
+
+
+def test_an_argument_the_key_cannot_identify_is_an_error(cache_dir):
+    with pytest.raises(TypeError, match="cannot identify an argument of type generator.*cache_key"):
+        cache.measured(_double, (b for b in range(3)))
+    with pytest.raises(TypeError, match="of type object"):
+        cache.call_key(_double, 1.0, note=object())

@@ -7,6 +7,7 @@ from conftest import perturbed_copy
 import torch
 
 
+from vitcnn_utils import evidence
 from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
 from vitcnn_utils.chapters import data_scale
@@ -45,6 +46,8 @@ def result(groups):
 
 def test_record_has_every_schema_field_over_draws(result):
     rec = result.to_record()
+    typed = data_scale.Record.from_json(evidence._plain(rec), "chapter")   # what its findings' rules read is there, typed
+    assert typed.seeds == rec["seeds"] and typed.replicates == ()
     assert rec["n_draws"] == 2 and rec["smallest_fraction"] == {"ViT": "3%", "ResNet": "3%"}
     ref = rec["reference"]
     assert set(ref) >= {"long", "matched", "long_steps", "matched_steps", "small_steps"}

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from vitcnn_utils import evidence
 from vitcnn_utils import attention, cache, findings, localisation
 from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
@@ -70,6 +71,8 @@ def result(tiny_vit, tiny_resnet, synthetic_ablation, cache_dir):
 
 def test_record_has_every_schema_field_with_one_entry_per_draw(result):
     rec = result.to_record()
+    typed = lg.Record.from_json(evidence._plain(rec), "chapter")   # what its findings' rules read is there, typed
+    assert typed.seeds == rec["seeds"] and typed.replicates == ()
     for name in SCHEMA_FIELDS:
         assert name in rec, name
     assert rec["n_draws"] == N_DRAWS and rec["n_images"] == N_IMAGES
@@ -106,8 +109,9 @@ def test_draws_use_different_images(result):
 
 def test_each_draw_is_cached(result, tiny_vit, tiny_resnet, synthetic_ablation, cache_dir, monkeypatch):
     files = sorted(p.name for p in cache_dir.iterdir())
-    # per draw: two distance entries (same weights, two labels), one head-subset entry, four receptive fields
-    assert len(files) == N_DRAWS * (2 + 1 + 4)
+    # per draw: one distance entry (the same weights under two labels are one call), one head-subset entry, four
+    # receptive fields
+    assert len(files) == N_DRAWS * (1 + 1 + 4)
     monkeypatch.setattr(cache, "CACHE_DIR", cache_dir)
     again = _run(tiny_vit, tiny_vit, tiny_resnet, ablation_results=synthetic_ablation)
     assert sorted(p.name for p in cache_dir.iterdir()) == files

@@ -3,9 +3,11 @@ draw 0 equal to the plain library calls on seed 0's images (block outputs from a
 import pytest
 import torch
 
+from vitcnn_utils import evidence
 from vitcnn_utils import cka, findings
 from vitcnn_utils import measure
 from vitcnn_utils.chapters import representation_structure as rs
+from vitcnn_utils.chapters.params import draws
 from vitcnn_utils.data import analysis_batches
 from vitcnn_utils.hooks import block_outputs
 
@@ -19,6 +21,8 @@ def test_record_fields_and_draw_zero(tiny_vit, tiny_resnet):
     result = rs.run(vit=tiny_vit, resnet=tiny_resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=N_DRAWS, use_cache=False,
                     vit_twin=None, resnet_twin=None)
     rec = result.to_record()
+    typed = rs.Record.from_json(evidence._plain(rec), "chapter")   # what its findings' rules read is there, typed
+    assert typed.seeds == rec["seeds"] and typed.replicates == ()
     assert SCHEMA <= set(rec)
     assert rec["n_draws"] == N_DRAWS and rec["n_images"] == N_IMAGES and result.seeds == [0, 1]
     for field in PER_DRAW:
@@ -131,19 +135,14 @@ def test_init_baseline_and_twin_cka(tmp_path, monkeypatch):
                                   layers={"a": ["blocks.0", "blocks.1"], "b": ["blocks.0", "blocks.1"]}, progress=False)
     assert twins["vit"]["cka"] == pytest.approx(torch.diagonal(pair["a", "b"]).tolist(), abs=1e-9)
     assert all(-0.1 < v < 1.0 for v in twins["vit"]["cka"] + twins["resnet"]["cka"])
-    n_files = len(list(cache.CACHE_DIR.glob("twin-cka-*.pt")))
-    images = {"data": cache.data_fingerprint("fashion-mnist"), "n": N_IMAGES, "batch": BATCH, "seed": 0,
-              "image_size": None}
-    fps = (cache.model_fingerprint(vit_twin, "ViT twin"), cache.model_fingerprint(vit, "ViT"))
-    swapped = rs.twin_block_cka(vit_twin, vit, fps, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=0),
-                                images)
+    n_files = len(list(cache.CACHE_DIR.glob("model_heatmaps-*.pt")))
+    images = draws(rs.Params(n_draws=1))[0].images(N_IMAGES, BATCH)          # the chapter's first draw
+    swapped = rs.twin_block_cka(vit_twin, vit, images)
     assert swapped == (twins["vit"]["blocks"], twins["vit"]["cka"])           # the twin run reuses the cache entry
-    assert len(list(cache.CACHE_DIR.glob("twin-cka-*.pt"))) == n_files == 2
+    assert len(list(cache.CACHE_DIR.glob("model_heatmaps-*.pt"))) == n_files
     with pytest.raises(ValueError, match="same block outputs"):
-        rs.twin_block_cka(vit, resnet, fps, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=0), images,
-                          use_cache=False)
-    same = rs.twin_block_cka(vit, vit, fps[1:] * 2, analysis_batches("fashion-mnist", N_IMAGES, BATCH, seed=0),
-                             images, use_cache=False)
+        rs.twin_block_cka(vit, resnet, images, use_cache=False)
+    same = rs.twin_block_cka(vit, vit, images, use_cache=False)
     assert same[1] == pytest.approx([1.0, 1.0])
     assert f"last block {twins['resnet']['cka'][-1]:.2f}" in rs.numbers([result])["rs_resnet_twin"]
 

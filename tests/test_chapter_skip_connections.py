@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from vitcnn_utils import evidence
 from vitcnn_utils import findings, skips
 from vitcnn_utils import measure
 from vitcnn_utils.chapters import skip_connections as sc
@@ -44,6 +45,8 @@ def test_record_fields_and_draw_zero(vits, tiny_resnet):
     result = sc.run(vit=long, resnet=tiny_resnet, vit_control=control, vit_no_skip=no_skip, n_images=N_IMAGES, batch_size=BATCH, n_draws=N_DRAWS,
                     use_cache=False)
     rec = result.to_record()
+    typed = sc.Record.from_json(evidence._plain(rec), "chapter")   # what its findings' rules read is there, typed
+    assert typed.seeds == rec["seeds"] and typed.replicates == ()
     assert {"n_draws", "n_images", "control", "no_skip"} | RATIOS <= set(rec)
     assert rec["n_draws"] == N_DRAWS and rec["n_images"] == N_IMAGES
     for field in RATIOS:

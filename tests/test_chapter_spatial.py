@@ -4,6 +4,7 @@ measured like the models they replicate."""
 import pytest
 import torch
 
+from vitcnn_utils import evidence
 from vitcnn_utils import cache, findings, localisation
 from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
@@ -31,6 +32,8 @@ def result(tiny_vit, tiny_vit_gap, tiny_resnet, tiny_vit_seed1):
 
 def test_record_has_every_schema_field_over_draws(result):
     rec = result.to_record()
+    typed = spatial.Record.from_json(evidence._plain(rec), "chapter")   # what its findings' rules read is there, typed
+    assert typed.seeds == rec["seeds"] and typed.replicates == ()
     assert rec["n_draws"] == 2 and rec["seeds"] == [0, 1]
     for key in ("vit_cls", "vit_gap", "resnet"):
         counts = rec[key]["interior_own_patch_count"]
@@ -130,11 +133,11 @@ def test_draws_are_cached(tiny_vit, tiny_vit_gap, tiny_resnet, tmp_path, monkeyp
     kw = dict(vit=tiny_vit, vit_gap=tiny_vit_gap, resnet=tiny_resnet, vit_seed=None, vit_gap_seed=None,
               vit_layer="blocks.1", n_draws=1, **SIZES)
     first = spatial.run(**kw)
-    assert len(list(tmp_path.glob("token-patch-cka-*.pt"))) == 3 and len(list(tmp_path.glob("spatial-probes-*.pt"))) == 3
+    assert len(list(tmp_path.glob("token_patch_cka-*.pt"))) == 3 and len(list(tmp_path.glob("spatial_probes-*.pt"))) == 3
     assert spatial.run(**kw).to_record() == first.to_record()
-    # the CLS model as its own "second seed": cached under its own name (one more entry of each kind), the other
-    # models' entries reused, and the seed differences exactly zero
+    # the CLS model as its own "second seed": its token-patch CKA is the same call as the CLS model's (reused), its
+    # last-block probe a call of its own (one more entry), and the seed differences exactly zero
     seeded = spatial.run(**{**kw, "vit_seed": tiny_vit})
-    assert len(list(tmp_path.glob("token-patch-cka-*.pt"))) == 4 and len(list(tmp_path.glob("spatial-probes-*.pt"))) == 4
+    assert len(list(tmp_path.glob("token_patch_cka-*.pt"))) == 3 and len(list(tmp_path.glob("spatial_probes-*.pt"))) == 4
     assert spatial.run(**{**kw, "vit_seed": tiny_vit}).to_record() == seeded.to_record()
     assert seeded.seed_differences("ViT-CLS", "count") == [0] and seeded.seed_differences("ViT-CLS", "tokens") == [0.0]

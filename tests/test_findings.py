@@ -226,7 +226,7 @@ def test_a_missing_field_is_an_error_naming_chapter_and_field():
 def test_a_single_number_where_draws_are_expected_is_an_error():
     results = paper_like()
     results["representation_structure"]["vit_low_high"] = 0.8
-    with pytest.raises(TypeError, match="single number"):
+    with pytest.raises(findings.RecordTypeError, match=r"vit_low_high .* should be list\[float\] \(one value per draw\), got float"):
         findings.table(results)
 
 
@@ -319,3 +319,64 @@ def test_synthesis_groups_the_claims_by_what_this_build_shows():
     assert "beyond the noise between trainings.** A claim (Finding 1: direction only)." in text
     assert "other way.** B claim (Finding 2: opposite)." in text and "judged here.** C claim" in text
     assert "hides" not in text                                      # no finding in that group: no heading
+
+
+# -- typed records ----------------------------------------------------------------------------------------------
+
+from dataclasses import dataclass  # noqa: E402
+
+from vitcnn_utils.evidence import ChapterRecord  # noqa: E402
+
+
+@dataclass(frozen=True)
+class _Inner:
+    block: int
+    values: list[float]
+
+
+@dataclass(frozen=True)
+class _Toy(ChapterRecord):
+    seeds: list[int]
+    rows: list[_Inner]
+    by_name: dict[str, _Inner | None]
+    maybe: list[float] | None
+    name: str
+
+
+def _toy(**changes):
+    return {"seeds": [0, 1], "rows": [{"block": 1, "values": [0.5, None], "extra": "ignored"}],
+            "by_name": {"a": {"block": 2, "values": [1, 2.5]}, "b": None}, "maybe": None, "name": "x",
+            "figure_only": [[1, 2]], **changes}
+
+
+def test_a_typed_record_reads_declared_fields_with_their_types_and_replicates():
+    rec = _Toy.from_json({**_toy(), "replicates": [_toy(name="twin")]}, "toy")
+    assert rec.chapter == "toy" and rec.seeds == [0, 1] and rec.name == "x" and rec.maybe is None
+    assert rec.rows[0] == _Inner(1, [0.5, rec.rows[0].values[1]]) and math.isnan(rec.rows[0].values[1])  # None: NaN
+    assert rec.by_name["a"] == _Inner(2, [1.0, 2.5]) and isinstance(rec.by_name["a"].values[0], float)
+    assert rec.by_name["b"] is None and not hasattr(rec, "figure_only")          # figure data is not read
+    assert [r.name for r in findings.replicates(rec)] == ["x", "twin"] and rec.replicates[0].replicates == ()
+    with pytest.raises(findings.UndefinedValue):                                  # NaN never reaches a verdict
+        findings.draws(rec.rows[0].values)
+
+
+@pytest.mark.parametrize("changes, error, message", [
+    ({"rows": [{"values": [1.0]}]}, findings.MissingResult, r"'toy' have no field 'rows\[0\]\.block'"),
+    ({"rows": [{"block": 1.0, "values": [1.0]}]}, findings.RecordTypeError, r"rows\[0\]\.block .* should be int"),
+    ({"rows": [{"block": True, "values": [1.0]}]}, findings.RecordTypeError, "should be int, got bool"),
+    ({"by_name": {"a": [1]}}, findings.RecordTypeError, r"by_name\['a'\] .* should be a mapping of _Inner"),
+    ({"seeds": "01"}, findings.RecordTypeError, r"seeds .* should be list\[int\], got str"),
+    ({"name": None}, findings.RecordTypeError, "name .* should be str, got NoneType"),
+])
+def test_a_typed_record_names_the_field_that_is_missing_or_of_another_type(changes, error, message):
+    with pytest.raises(error, match=message):
+        _Toy.from_json(_toy(**changes), "toy")
+    del_seeds = {k: v for k, v in _toy().items() if k != "seeds"}
+    with pytest.raises(findings.MissingResult, match="no field 'seeds'.*_Toy"):
+        _Toy.from_json(del_seeds, "toy")
+
+
+def test_every_finding_reads_its_chapters_typed_record():
+    for f in findings.FINDINGS:
+        module = __import__(f"vitcnn_utils.chapters.{f.chapter}", fromlist=["Record"])
+        assert f.record is module.Record and issubclass(f.record, ChapterRecord)

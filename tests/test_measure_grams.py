@@ -7,7 +7,9 @@ from conftest import perturbed_copy
 import torch
 
 from vitcnn_utils import cache, measure
+from vitcnn_utils import data as vdata
 from vitcnn_utils.chapters import data_scale
+from vitcnn_utils.chapters.params import DrawImages
 from vitcnn_utils.chapters.data_scale import FULL, MATCHED, OTHER, SEED
 
 
@@ -107,23 +109,29 @@ def counted(monkeypatch):
 
 
 def test_chapter_grams_keyed_by_everything_they_depend_on(counted, vits, monkeypatch):
-    batches, fp = _batches(), cache.model_fingerprint(vits["a"], "a")
-    draw = {"data": "d", "seed": 0, "image_size": None, "batch": 8, "n": 16}
+    batches = _batches()
+    key = {"data": "d", "seed": 0, "image_size": None, "batch": 8, "n": 16}
+    images = DrawImages(lambda: batches, key)
     memo = {}
-    first = data_scale._block_grams(memo, draw, fp, vits["a"], batches, "cpu")
-    assert data_scale._block_grams(memo, draw, fp, vits["a"], batches, "cpu") is first and len(counted) == 1
-    assert data_scale._block_grams({}, draw, fp, vits["a"], batches, "cpu") is first and len(counted) == 1  # store
-    for changed in ({**draw, "seed": 1}, {**draw, "data": "e"}, {**draw, "n": 8}, {**draw, "batch": 4},
-                    {**draw, "image_size": 32}):
-        assert data_scale._block_grams(memo, changed, fp, vits["a"], batches, "cpu") is not first
+    first = data_scale._block_grams(vits["a"], images, "cpu", memo)
+    assert data_scale._block_grams(vits["a"], images, "cpu", memo) is first and len(counted) == 1
+    assert data_scale._block_grams(vits["a"], images, "cpu", {}) is first and len(counted) == 1  # the store
+    for changed in ({**key, "seed": 1}, {**key, "data": "e"}, {**key, "n": 8}, {**key, "batch": 4},
+                    {**key, "image_size": 32}):
+        assert data_scale._block_grams(vits["a"], DrawImages(lambda: batches, changed), "cpu", memo) is not first
     assert len(counted) == 6
-    data_scale._block_grams(memo, draw, cache.model_fingerprint(vits["b"], "a"), vits["b"], batches, "cpu")
+    data_scale._block_grams(vits["b"], images, "cpu", memo)                              # other weights
     assert len(counted) == 7
+    key = cache.call_key(measure.block_grams, vits["a"], images, device="cpu")
+    previous = getattr(vits["a"], "vitcnn_input", None)
+    monkeypatch.setattr(vits["a"], "vitcnn_input", "imagenet", raising=False)             # other preprocessing
+    assert cache.call_key(measure.block_grams, vits["a"], images, device="cpu") != key
+    monkeypatch.setattr(vits["a"], "vitcnn_input", previous, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
-    data_scale._block_grams(memo, draw, fp, vits["a"], batches, "cpu")
+    data_scale._block_grams(vits["a"], images, "cpu", memo)
     assert len(counted) == 8
     monkeypatch.setattr(cache, "code_version", lambda: "other code")
-    data_scale._block_grams({}, draw, fp, vits["a"], batches, "cpu")
+    data_scale._block_grams(vits["a"], images, "cpu", {})
     assert len(counted) == 9
 
 
@@ -136,7 +144,7 @@ def test_chapter_computes_each_model_once_per_draw_and_reuses_them_in_a_second_r
                 n_draws=1, use_cache=False, n_images=16, batch_size=8, shots=2, val_per_class=2, n_test=16)
     first = data_scale.run(**args)
     assert len(counted) == len(vit) + len(resnet) and len({id(m) for m in counted}) == len(counted)
-    batches = data_scale.vdata.analysis_batches("fashion-mnist", 16, 8, seed=0)
+    batches = vdata.analysis_batches("fashion-mnist", 16, 8, seed=0)
     plain = data_scale.matched_layer_cka(
         measure.block_heatmaps({k: vit[k] for k in ("3%", FULL, MATCHED)}, batches, progress=False), FULL)
     assert torch.equal(first.cka["vit_long"]["3%"][0], plain["3%"])
@@ -144,3 +152,21 @@ def test_chapter_computes_each_model_once_per_draw_and_reuses_them_in_a_second_r
     assert len(counted) == len(vit) + len(resnet)                       # all from the store
     for ref, per in first.cka.items():
         assert all(torch.equal(v, again.cka[ref][label]) for label, v in per.items())
+
+
+def test_heatmaps_with_accuracy_is_both_plain_calls_from_one_pass(vits, monkeypatch):
+    """The skip chapter's one pass: the heatmaps' bits and train.model_accuracies' values, a model under two names
+    run once (its accuracy given to both)."""
+    from vitcnn_utils import runner
+    from vitcnn_utils.train import model_accuracies
+    batches = vdata.analysis_batches("fashion-mnist", 32, 8, seed=0)
+    models = {"a": vits["a"], "b": vits["b"], "a again": vits["a"]}
+    passes = []
+    real = runner.forward_passes
+    monkeypatch.setattr(measure, "forward_passes", lambda *a, **k: passes.append(1) or real(*a, **k))
+    heatmaps, accuracy = measure.heatmaps_with_accuracy(models, batches, progress=False)
+    assert len(passes) == 1
+    monkeypatch.setattr(measure, "forward_passes", real)
+    _same(heatmaps, measure.model_heatmaps(models, batches, progress=False))
+    assert accuracy == model_accuracies(models, batches) and accuracy["a again"] == accuracy["a"]
+    assert all(0.0 <= v <= 1.0 for v in accuracy.values())

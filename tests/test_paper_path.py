@@ -132,7 +132,9 @@ def _check_chapter(paper_book, imagenet_folder, paper_weights, chapter):
     assert nb.metadata["vitcnn"]["parameters"] == params
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= len(FIGURES[chapter])
+    shown = [o.get("data", {}) for o in outputs]           # a PNG, or a figure with a phone layout (pages.py)
+    assert sum("image/png" in d or 'class="vitcnn-figure"' in "".join(d.get("text/html", "")) for d in shown) \
+        >= len(FIGURES[chapter])
     figures = paper_book["chapters"] / "figures"
     assert {p.stem for p in figures.glob("*.png")} >= FIGURES[chapter]
     assert all((figures / f"{f}.png").stat().st_size > 10_000 for f in FIGURES[chapter])

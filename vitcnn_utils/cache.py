@@ -48,6 +48,64 @@ def cached(namespace: str, spec: dict, compute: Callable[[], Any], enabled: bool
     return result
 
 
+def measured(fn: Callable, /, *args, enabled: bool = True, unkeyed: dict | None = None, **kwargs) -> Any:
+    """``fn(*args, **kwargs)`` (plus ``unkeyed``), from the results cache when this exact call was made before.
+
+    The key is the call itself (:func:`call_key`): ``fn``'s module and name and every argument, so a
+    measurement's key cannot leave out one of its inputs; :func:`cached` adds :func:`code_version`.
+    ``unkeyed``: keyword arguments that cannot change the result (a memo store), passed to ``fn`` but kept out
+    of the key. ``enabled=False`` computes without reading or writing the cache."""
+    spec = call_key(fn, *args, **kwargs)
+    return cached(fn.__name__, spec, lambda: fn(*args, **kwargs, **(unkeyed or {})), enabled)
+
+
+def call_key(fn: Callable, /, *args, **kwargs) -> dict:
+    """What identifies the call ``fn(*args, **kwargs)`` in a cache key: ``fn``'s qualified name, every argument
+    by :func:`argument_key` and the number of CPU threads (a float64 sum split over more threads may differ in
+    its last bits)."""
+    return {"call": f"{fn.__module__}.{fn.__qualname__}", "args": [argument_key(a) for a in args],
+            "kwargs": {k: argument_key(v) for k, v in sorted(kwargs.items())}, "threads": torch.get_num_threads()}
+
+
+def argument_key(value) -> Any:
+    """What identifies one argument of a measurement: a model by :func:`model_key`; an object with a
+    ``cache_key()`` method (a draw's images, :class:`vitcnn_utils.chapters.params.DrawImages`) by it; a tensor by
+    dtype, shape and a hash of its values; a device or dtype by its name; numbers, strings, ``None``, and lists,
+    tuples and dicts of these as themselves (a dict as its ``[key, value]`` pairs, in order: the order of a
+    dict of models is the order of the result). Anything else raises ``TypeError``: a key must not guess."""
+    if isinstance(value, torch.nn.Module):
+        return model_key(value)
+    if hasattr(value, "cache_key"):
+        return value.cache_key()
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        return {"tensor": hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest(),
+                "dtype": str(t.dtype), "shape": list(t.shape)}
+    if isinstance(value, (torch.device, torch.dtype)):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [argument_key(v) for v in value]
+    if isinstance(value, dict):
+        return [[str(k), argument_key(v)] for k, v in value.items()]
+    raise TypeError(f"cannot identify an argument of type {type(value).__name__} in a cache key: pass plain values, "
+                    f"models, tensors or an object with a cache_key() method (e.g. a draw's images), or pass it as "
+                    f"unkeyed= if it cannot change the result")
+
+
+def model_key(model: torch.nn.Module) -> dict:
+    """What identifies a model as a measurement's argument: :func:`model_fingerprint` (structure, every tensor
+    of its ``state_dict``, the zoo checksum) without a name, and how it reads its input (its ``vitcnn_input``
+    tag or timm's ``pretrained_cfg``, which choose the preprocessing)."""
+    from .data import _input_module
+    inner = _input_module(model) or model
+    fingerprint = model_fingerprint(model, "")
+    del fingerprint["name"]
+    return {**fingerprint, "input": {"vitcnn_input": getattr(inner, "vitcnn_input", None),
+                                     "pretrained_cfg": getattr(inner, "pretrained_cfg", None)}}
+
+
 class MemoryStore:
     """An in-process store of results, least recently used out beyond ``max_bytes`` of tensors: what
     :func:`cached` is on disk, for intermediates too large or too many to write (e.g. per-minibatch Gram

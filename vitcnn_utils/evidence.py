@@ -39,10 +39,13 @@ history shows they were set after first results were seen.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import statistics
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,26 +352,82 @@ class MissingResult(KeyError):
     """A chapter's record lacks a field that a finding's rule reads (the chapter and the rules disagree)."""
 
 
-class _Record(dict):
-    """A chapter's recorded values; a missing field raises :class:`MissingResult` naming chapter and field."""
-
-    def __init__(self, chapter: str, values: dict):
-        super().__init__(values)
-        self.chapter = chapter
-
-    def __missing__(self, key):
-        raise MissingResult(f"the results of chapter {self.chapter!r} have no field {key!r}: rerun the chapter "
-                            f"(python -m vitcnn_utils.tools.book -c {self.chapter}) or update vitcnn_utils.findings")
+class RecordTypeError(TypeError):
+    """A field of a chapter's record holds a value of another type than its typed record declares."""
 
 
-def replicates(values: dict) -> list[dict]:
-    """The records of every training seed of a chapter: its own (seed 0) and those in ``values["replicates"]``
-    (the same chapter run with every model's seed twin, see :mod:`vitcnn_utils.seeds`)."""
-    chapter = getattr(values, "chapter", "?")
-    return [values] + [_Record(chapter, r) for r in (values.get("replicates") or [])]
+@dataclass(frozen=True, kw_only=True)
+class ChapterRecord:
+    """Base of a chapter's typed record: the fields its findings' rules read, declared with their types in a
+    frozen dataclass next to the rules (``<chapter>.Record``). A chapter's JSON record may hold more (what its
+    figures and tables draw); :meth:`from_json` takes the declared fields, checks each one's type and raises
+    :class:`MissingResult` for one that is absent. Per-draw values are ``list[float]`` (one per draw); a value
+    recorded as undefined (``None``: NaN or infinite when measured) reads as NaN, which :func:`draws` rejects.
+
+    Attributes:
+        chapter: the chapter the record is of (named in errors).
+        replicates: the records of the chapter's further training seeds (same type, see :func:`replicates`).
+    """
+    chapter: str = "?"
+    replicates: tuple = ()
+
+    @classmethod
+    def from_json(cls, values: dict, chapter: str | None = None):
+        """The typed record of ``values`` (a chapter's JSON record as :func:`load_results` reads it), with its
+        ``"replicates"`` as records of the same type."""
+        chapter = chapter or getattr(values, "chapter", None) or "?"
+        own = _typed(cls, values, "", chapter)
+        reps = tuple(_typed(cls, r, f"replicates[{k}].", chapter) for k, r in enumerate(values.get("replicates") or ()))
+        return dataclasses.replace(own, chapter=chapter, replicates=reps)
 
 
-def per_seed(reps: list[dict], quantity: Callable[[dict], list]) -> list[list[float]]:
+def _typed(tp, value, path: str, chapter: str):
+    """``value`` (parsed JSON) as type ``tp``: a dataclass (from a dict, by its fields), ``list[T]``,
+    ``dict[str, T]``, ``T | None``, ``float`` (``None`` reads as NaN), ``int``, ``str``, ``bool``."""
+    where = path.rstrip(".") or "the record"
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecordTypeError(f"{where} of the {chapter!r} results should be a mapping of {tp.__name__}'s "
+                                  f"fields, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        own = {f.name for f in dataclasses.fields(ChapterRecord)}
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in own:
+                continue
+            if f.name not in value:
+                raise MissingResult(f"the results of chapter {chapter!r} have no field {path + f.name!r}: rerun "
+                                    f"the chapter (python -m vitcnn_utils.tools.book -c {chapter}) or update its "
+                                    f"typed record ({tp.__name__})")
+            kwargs[f.name] = _typed(hints[f.name], value[f.name], f"{path}{f.name}.", chapter)
+        return tp(**kwargs)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(inner, value, path, chapter)
+    if origin is list and isinstance(value, list):
+        return [_typed(args[0], v, f"{where}[{k}].", chapter) for k, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        return {k: _typed(args[1], v, f"{where}[{k!r}].", chapter) for k, v in value.items()}
+    if tp is float and (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))):
+        return math.nan if value is None else float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    wanted = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+    per_draw = " (one value per draw)" if tp == list[float] else ""
+    raise RecordTypeError(f"{where} of the {chapter!r} results should be {wanted}{per_draw}, got "
+                          f"{type(value).__name__} {value!r:.60}: rerun the chapter or fix what it records")
+
+
+def replicates(record: ChapterRecord) -> list[ChapterRecord]:
+    """The records of every training seed of a chapter: its own (seed 0) and its ``replicates`` (the same chapter
+    run with every model's seed twin, see :mod:`vitcnn_utils.seeds`)."""
+    return [record, *record.replicates]
+
+
+def per_seed(reps: list[ChapterRecord], quantity: Callable[[ChapterRecord], list]) -> list[list[float]]:
     """``quantity(record)`` (a list over draws) for each training seed's record."""
     return [list(quantity(v)) for v in reps]
 
@@ -376,17 +435,19 @@ def per_seed(reps: list[dict], quantity: Callable[[dict], list]) -> list[list[fl
 @dataclass(frozen=True)
 class Finding:
     """One of the paper's findings: where it is measured, what the paper reports, and its rule.
-    ``judge(values)`` gets the chapter's recorded values and returns a :class:`Judgement`. ``hypothesis`` is a
+    ``judge(record)`` gets the chapter's typed record (``record``, a :class:`ChapterRecord` subclass, read from
+    the chapter's JSON by :meth:`ChapterRecord.from_json`) and returns a :class:`Judgement`. ``hypothesis`` is a
     possible explanation of a difference at this project's scale: an *untested* hypothesis, shown as such."""
     number: int
     figure: str
     chapter: str
     paper: str
-    judge: Callable[[dict], Judgement]
+    judge: Callable[[ChapterRecord], Judgement]
     hypothesis: str = ""
+    record: type = dataclasses.field(kw_only=True)
 
 
 def seeds_text(reps) -> str:
     """What the intervals of ``reps`` (one record per training seed) span, for a rule's measured text."""
-    text = runs_text(len(reps), len(draws(reps[0]["seeds"], "seeds")))
+    text = runs_text(len(reps), len(draws(reps[0].seeds, "seeds")))
     return text if len(reps) > 1 else text.replace("1 training seed", "one training seed") + ": image-draw noise only"

@@ -19,9 +19,9 @@ from .chapters import data_scale, local_global, representation_structure, skip_c
 from .evidence import (  # noqa: F401  (re-exported: the notebooks' and tools' one import)
     CONFOUNDED, DIRECTION_ONLY, FAILS, HOLDS, LEVEL, NOT_DISTINGUISHABLE, NOT_MEASURED, NOT_REPRODUCED, OPPOSITE,
     PAPER, PARTLY, PROJECT, REPRODUCED, RESULTS_DIR, UNDECIDED, UNTESTABLE, VERDICT_MEANINGS, VERDICTS, Check,
-    Finding, Interval, Judgement, MissingResult, Spread, UndefinedValue, _plain, _Record, check, decide, diff, draws,
-    flag, fmt, interval, load_results, over_seeds, pct, per_seed, record, replicates, runs_text, seeds_text, spread,
-    t_quantile)
+    ChapterRecord, Finding, Interval, Judgement, MissingResult, RecordTypeError, Spread, UndefinedValue, _plain, check,
+    decide, diff, draws, flag, fmt, interval, load_results, over_seeds, pct, per_seed, record, replicates, runs_text,
+    seeds_text, spread, t_quantile)
 
 FINDINGS = [*representation_structure.FINDINGS, *local_global.FINDINGS, *skip_connections.FINDINGS,
             *spatial.FINDINGS, *data_scale.FINDINGS]
@@ -34,7 +34,7 @@ def judge(finding: Finding, results: dict) -> Judgement:
         return Judgement(f"(the {finding.chapter} chapter did not run in this build)",
                          not_measured=f"no results from {finding.chapter}")
     try:
-        return finding.judge(_Record(finding.chapter, results[finding.chapter]))
+        return finding.judge(finding.record.from_json(results[finding.chapter], finding.chapter))
     except UndefinedValue as err:
         return Judgement(f"(undefined for the models of this build: {err})",
                          not_measured="a recorded value is undefined for these models (NaN or infinite)")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from timm.models.resnet import Bottleneck, ResNet
@@ -59,18 +59,47 @@ def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mappi
     return Heatmaps(names, cka.compute(), cka.total_examples)
 
 
+def heatmaps_with_accuracy(models: Mapping[str, torch.nn.Module], batches,
+                           layers: Mapping[str, object] | None = None, device: str | torch.device = "cpu",
+                           gram_dtype: torch.dtype = torch.float64, progress: bool = True
+                           ) -> tuple[Heatmaps, dict[str, float]]:
+    """:func:`model_heatmaps` and every model's top-1 accuracy (a fraction) on the same ``batches``, from one
+    forward pass per model and minibatch: ``(heatmaps, {name: accuracy})``. The heatmaps are the bits of
+    :func:`model_heatmaps`; the accuracies are those of :func:`vitcnn_utils.train.model_accuracies` (the argmax of
+    the same logits against the labels, counts all-reduced), without its second pass over the images."""
+    correct: dict[str, int] = {}
+    seen: dict[str, int] = {}
+
+    def count(name: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        correct[name] = correct.get(name, 0) + (logits.argmax(-1).cpu() == labels).sum().item()
+        seen[name] = seen.get(name, 0) + labels.shape[0]
+    cka, names = model_cka(models, batches, layers, device, gram_dtype, None, progress, on_output=count)
+    first: dict[int, str] = {}
+    for name, model in models.items():
+        first.setdefault(id(model), name)
+    accuracies = {}
+    for name, model in models.items():
+        c, n = all_reduce_sum([torch.tensor(float(correct[first[id(model)]])),
+                               torch.tensor(float(seen[first[id(model)]]))])
+        accuracies[name] = c.item() / n.item()
+    return Heatmaps(names, cka.compute(), cka.total_examples), accuracies
+
+
 def model_cka(models: Mapping[str, torch.nn.Module], batches, layers: Mapping[str, object] | None = None,
               device: str | torch.device = "cpu", gram_dtype: torch.dtype = torch.float64,
-              amp_dtype: torch.dtype | None = None, progress: bool = True) -> tuple[MinibatchCKA, dict[str, list[str]]]:
+              amp_dtype: torch.dtype | None = None, progress: bool = True,
+              on_output: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None
+              ) -> tuple[MinibatchCKA, dict[str, list[str]]]:
     """The accumulation behind :func:`model_heatmaps` (same arguments): ``(cka, names)``, the filled
     :class:`~vitcnn_utils.cka.MinibatchCKA` over the layers ``"<model>/<layer>"`` and ``{model: layers}`` in
-    execution order, for callers that want more than the heatmap (e.g. ``cka.interval()``)."""
+    execution order, for callers that want more than the heatmap (e.g. ``cka.interval()``). ``on_output``: see
+    :func:`~vitcnn_utils.runner.forward_passes`."""
     device = torch.device(device)
     cka = MinibatchCKA(gram_dtype=gram_dtype, device=device)
     names: dict[str, list[str]] = {}
     # each layer is reduced to its (n, n) Gram inside the hook: memory ~ L n², not the features
     for captured, _ in forward_passes(models, batches, layers, device=device, amp_dtype=amp_dtype,
-                                      transform=cka.gram, progress="CKA" if progress else None):
+                                      transform=cka.gram, progress="CKA" if progress else None, on_output=on_output):
         cka.update(_joint(captured, names))
     return cka, names
 

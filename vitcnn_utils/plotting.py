@@ -1,6 +1,7 @@
 """One visual style for every figure of the book (seaborn/matplotlib), and saving figures as PNG."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -437,11 +438,18 @@ def skip_ratio_profile_over_draws(ax, profile: dict, title: str, half: int | Non
     return ax
 
 
-def no_skip_heatmap_grid(panels: list, suptitle: str, ncols: int = 2, panel_inches: float = 5.2):
+def no_skip_heatmap_grid(panels: list, suptitle: str, ncols: int = 2, panel_inches: float = 5.2,
+                         narrow: bool = False):
     """Within-model CKA heatmaps in a grid of ``ncols`` columns, each panel ``panel_inches`` wide so that the
     layer ticks (every block output) stay readable, one shared colour bar. Panels are
     dicts with ``matrix``, ``names``, ``title`` and optionally ``block``: the layers of that ViT block are framed
-    by dashed lines (where a heatmap of a ViT without that block's skips should split)."""
+    by dashed lines (where a heatmap of a ViT without that block's skips should split). ``narrow=True``: the
+    phone layout, one column of 3.3-inch panels with wrapped titles."""
+    if narrow:
+        ncols, panel_inches = 1, 3.3
+        suptitle = textwrap.fill(suptitle, 52)
+        panels = [{**p, "title": "\n".join(textwrap.fill(line, 50) for line in p["title"].split("\n"))}
+                  for p in panels]
     nrows = int(np.ceil(len(panels) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel_inches * ncols + 1.2, (panel_inches + 0.9) * nrows),
                              layout="constrained", squeeze=False)
@@ -453,7 +461,7 @@ def no_skip_heatmap_grid(panels: list, suptitle: str, ncols: int = 2, panel_inch
         ax.tick_params(labelsize=8.5)
         for label in ax.get_xticklabels() + ax.get_yticklabels():
             label.set_fontsize(8.5)
-        ax.title.set_fontsize(10)
+        ax.title.set_fontsize(9 if narrow else 10)
         block = panel.get("block")
         if block is not None:
             inside = [k for k, n in enumerate(names) if n == f"blocks.{block}" or n.startswith(f"blocks.{block}.")]
@@ -462,8 +470,9 @@ def no_skip_heatmap_grid(panels: list, suptitle: str, ncols: int = 2, panel_inch
                 ax.axhline(edge, color="#5fd3f3", lw=1.2, ls="--")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.colorbar(axes.flat[0].collections[0], ax=axes.ravel().tolist(), shrink=0.6, label="CKA")
-    fig.suptitle(suptitle)
+    fig.colorbar(axes.flat[0].collections[0], ax=axes.ravel().tolist(), label="CKA",
+                 **({"location": "bottom", "shrink": 0.8, "aspect": 30} if narrow else {"shrink": 0.6}))
+    fig.suptitle(suptitle, fontsize=10 if narrow else None)
     return fig
 
 
@@ -669,22 +678,31 @@ VERDICT_COLOURS = {"reproduced": "#2e9e6e", "direction only": "#7fb7e3", "partly
                    "untestable at this scale": "#c9c9c9", "confounded": "#e0a458", "not measured": "#e6e6e6"}
 
 
-def findings_forest(rows: list[dict], width: float = 10.0, row_inches: float = 0.95):
+def findings_forest(rows: list[dict], width: float = 10.0, row_inches: float = 0.95, narrow: bool = False):
     """The summary figure: one small panel per finding (rows of :func:`vitcnn_utils.findings.table`), each on its
     own axis in its own unit. Dots with thin bars: each training seed's mean and 95% draw interval; the wide band:
     the interval the verdict reads (their union), coloured by the verdict; solid line: the central criterion's
-    threshold (0 = no effect, or the level the claim needs); dashed line: the paper's size. Returns the figure."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(width, row_inches * len(rows) + 0.6), layout="constrained")
+    threshold (0 = no effect, or the level the claim needs); dashed line: the paper's size. Returns the figure.
+
+    ``narrow=True``: the phone layout (4 in wide, for a screen of ~360 px): each panel titled by its finding and
+    verdict only (the paper's claim is in the table beside it), axis labels wrapped."""
+    if narrow:
+        width, row_inches = 4.0, 1.05
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width, row_inches * len(rows) + (1.0 if narrow else 0.6)),
+                             layout="constrained")
     axes = np.atleast_1d(axes)
     for ax, row in zip(axes, rows):
         central, size = row["judged"].get("central"), row["judged"].get("size")
         colour = VERDICT_COLOURS.get(row["verdict"], "#888888")
         ax.set_yticks([])
         ax.grid(axis="y", visible=False)
-        ax.set_ylabel(f"F{row['finding']}", rotation=0, ha="right", va="center", fontsize=11, fontweight="bold")
-        ax.set_title(f"{row['paper']}", loc="left", fontsize=9.5, fontweight="normal", color="#333333")
-        ax.set_title(row["verdict"], loc="right", fontsize=9.5, fontweight="bold", color=colour if colour not in
-                     ("#c9c9c9", "#e6e6e6", "#a0a0a0") else "#666666")
+        verdict_colour = colour if colour not in ("#c9c9c9", "#e6e6e6", "#a0a0a0") else "#666666"
+        if narrow:
+            ax.set_title(f"F{row['finding']}", loc="left", fontsize=10, fontweight="bold")
+        else:
+            ax.set_ylabel(f"F{row['finding']}", rotation=0, ha="right", va="center", fontsize=11, fontweight="bold")
+            ax.set_title(f"{row['paper']}", loc="left", fontsize=9.5, fontweight="normal", color="#333333")
+        ax.set_title(row["verdict"], loc="right", fontsize=9.5, fontweight="bold", color=verdict_colour)
         if central is None or central.interval is None:
             ax.set_xticks([])
             ax.text(0.5, 0.5, row["not_measured"] or "no measured effect", transform=ax.transAxes, ha="center",
@@ -709,9 +727,15 @@ def findings_forest(rows: list[dict], width: float = 10.0, row_inches: float = 0
         ax.axvspan(band[0] - grow, band[1] + grow, ymin=0.15, ymax=0.85, color=colour, alpha=0.6, lw=0, zorder=0)
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", labelsize=8.5)
-        ax.set_xlabel(central.rule + (f" ({central.unit.strip()})" if central.unit.strip() else ""), fontsize=8.5,
-                      labelpad=1)
-    fig.suptitle("Each finding's effect against its noise: per-seed means (dots) with 95% draw intervals; band = "
-                 "interval over seeds and draws;\nsolid line = the criterion's threshold, dashed = the paper's size",
-                 fontsize=10)
+        if narrow:
+            ax.xaxis.set_major_locator(plt.MaxNLocator(5))
+        label = central.rule + (f" ({central.unit.strip()})" if central.unit.strip() else "")
+        ax.set_xlabel(textwrap.fill(label, 56) if narrow else label, fontsize=8.5, labelpad=1)
+    if narrow:
+        fig.suptitle("Each finding's effect against its noise\ndots: per-seed means, 95% draw intervals; band: over\n"
+                     "seeds and draws; solid: threshold; dashed: paper", fontsize=9.5)
+    else:
+        fig.suptitle("Each finding's effect against its noise: per-seed means (dots) with 95% draw intervals; band = "
+                     "interval over seeds and draws;\nsolid line = the criterion's threshold, dashed = the paper's size",
+                     fontsize=10)
     return fig

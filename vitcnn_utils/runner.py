@@ -106,7 +106,9 @@ def forward_passes(models: Mapping[str, torch.nn.Module], batches: Iterable,
                    layers: Mapping[str, str | Sequence[str]] | None = None, *,
                    device: str | torch.device | None = None, amp_dtype: torch.dtype | None = None,
                    transform: Callable[[torch.Tensor], object] | None = None,
-                   progress: str | None = None) -> Iterator[tuple[dict[str, OrderedDict], torch.Tensor]]:
+                   progress: str | None = None,
+                   on_output: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None
+                   ) -> Iterator[tuple[dict[str, OrderedDict], torch.Tensor]]:
     """Run every model on every raw ``(images, labels)`` minibatch of ``batches``.
 
     Args:
@@ -116,6 +118,9 @@ def forward_passes(models: Mapping[str, torch.nn.Module], batches: Iterable,
         amp_dtype: autocast dtype for the forward passes (e.g. ``torch.bfloat16``); None = full precision.
         transform: applied to each captured feature inside its hook (see :class:`~vitcnn_utils.hooks.Capture`).
         progress: the progress bar's label; None = no bar.
+        on_output: called as ``on_output(name, output, labels)`` with each model's output (its logits) for every
+            minibatch, once per model object (under the first name it is given), e.g. to count correct
+            predictions from the same pass.
 
     Yields:
         ``({name: {layer: feature}}, labels)`` per minibatch; each name's layers in execution order.
@@ -154,6 +159,8 @@ def forward_passes(models: Mapping[str, torch.nn.Module], batches: Iterable,
                 with torch.no_grad(), torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
                                                      enabled=amp_dtype is not None):
                     captured[name] = cap(prep(images.to(dev, non_blocking=True)))
+                if on_output is not None:
+                    on_output(name, cap.output, labels)
             out = {}
             for name, model in models.items():          # in the order given; shared captures reused
                 feats, keep = captured[first[id(model)]], set(wanted[name])

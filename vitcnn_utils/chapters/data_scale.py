@@ -16,8 +16,8 @@ and for its probe shots, validation and test images):
   the global average pool for the ResNet; the ViT's CLS token is probed beside it. The second seed is probed
   too: the difference between the two 100% ViTs is the probes' seed-to-seed baseline.
 
-Each draw is cached (:func:`vitcnn_utils.cache.cached`, the draw's seed in the key): CKA per draw and
-architecture, probes per draw and model.
+Each draw is cached (:func:`vitcnn_utils.cache.measured`: the call, with the draw's images, is the key): CKA per
+draw and architecture, probes per draw and model.
 """
 from __future__ import annotations
 
@@ -29,13 +29,11 @@ import torch
 
 from .. import cache, measure, zoo
 from ..cka import Heatmaps
-from .. import data as vdata
-from ..evidence import over_seeds, runs_text
-from ..hooks import block_layers, middle_index, normalised_depth
+from ..evidence import (PAPER, PROJECT, ChapterRecord, Check, Finding, Judgement, check, diff, flag, interval,
+                        over_seeds, per_seed, replicates, runs_text, seeds_text)
+from ..hooks import middle_index, normalised_depth
 from ..models import load_named
 from .params import ChapterParams, draws as image_draws
-from ..evidence import (PAPER, PROJECT, Check, Finding, Judgement, check, diff, flag, interval, per_seed, replicates,
-                        seeds_text)
 
 ARCHS = ("ViT", "ResNet")
 F11_FIRST_BLOCK = 0.8     # F11: first-block CKA of the least-data ViT with a 100% model at least this (this project's
@@ -262,22 +260,26 @@ least recently used out beyond 2 GiB, on the device they were computed on (``dev
 Grams once)."""
 
 
-def _block_grams(draw_grams: dict, draw: dict, fingerprint: dict, model: torch.nn.Module, batches,
-                 device) -> list:
-    """``model``'s :func:`~vitcnn_utils.measure.block_grams` over this draw's ``batches``: from ``draw_grams``
-    (this draw's), else :data:`GRAM_STORE`, else computed. ``draw`` is the draw's data key, seed, image size,
-    batch size and number of images, ``fingerprint`` the model's :func:`~vitcnn_utils.cache.model_fingerprint`;
-    the key adds its preprocessing, the layers, the Gram dtype, the device and the number of threads (and the
-    store adds :func:`~vitcnn_utils.cache.code_version`)."""
-    inner = vdata._input_module(model) or model
-    spec = {"draw": draw, "model": fingerprint, "layers": block_layers(model, True), "gram_dtype": "float64",
-            "input": {"vitcnn_input": getattr(inner, "vitcnn_input", None),
-                      "pretrained_cfg": getattr(inner, "pretrained_cfg", None)},
-            "device": str(torch.device(device)), "threads": torch.get_num_threads()}
+def _block_grams(model: torch.nn.Module, batches, device, draw_grams: dict) -> list:
+    """``model``'s :func:`~vitcnn_utils.measure.block_grams` over ``batches`` (a draw's images): from
+    ``draw_grams`` (this draw's memo), else :data:`GRAM_STORE`, else computed. The key is the call
+    (:func:`~vitcnn_utils.cache.call_key`: the model and its preprocessing, the images, the device, the number of
+    threads; the store adds :func:`~vitcnn_utils.cache.code_version`)."""
+    spec = cache.call_key(measure.block_grams, model, batches, device=device)
     key = json.dumps(spec, sort_keys=True, default=str)
     if key not in draw_grams:
         draw_grams[key] = GRAM_STORE.get(spec, lambda: measure.block_grams(model, batches, device=device))
     return draw_grams[key]
+
+
+def group_heatmaps(models: dict[str, torch.nn.Module], batches, device: str | torch.device = "cpu",
+                   draw_grams: dict | None = None) -> Heatmaps:
+    """The block heatmaps of ``models`` (:func:`~vitcnn_utils.measure.heatmaps_from_grams`, the same bits as
+    :func:`~vitcnn_utils.measure.block_heatmaps`), each model's Grams computed once per draw and process
+    (:func:`_block_grams`; ``draw_grams``: the draw's memo, shared by the chapter's CKA groups)."""
+    memo = {} if draw_grams is None else draw_grams
+    return measure.heatmaps_from_grams({k: _block_grams(m, batches, device, memo) for k, m in models.items()},
+                                       device=device)
 
 
 def _steps(model) -> int | None:
@@ -416,13 +418,12 @@ def run(params: Params | None = None, **overrides) -> DataScaleResult:
                      **({SEED: p.vit_seed} if p.vit_seed is not None else {}),
                      **({OTHER: p.vit_matched_seed} if p.vit_matched_seed is not None else {})},
              "ResNet": {**p.resnet_fractions, FULL: p.resnet}}
-    models, names, prints = {}, {}, {}
+    models, names = {}, {}
     for arch, group in specs.items():
-        models[arch], names[arch], prints[arch] = {}, {}, {}
+        models[arch], names[arch] = {}, {}
         for label, spec in group.items():
-            m, name = _model(spec, f"{arch} {label}", p.weights, p.pretrained, p.device)
-            models[arch][label], names[arch][label] = m, name
-            prints[arch][label] = cache.model_fingerprint(m, name)
+            models[arch][label], names[arch][label] = _model(spec, f"{arch} {label}", p.weights, p.pretrained,
+                                                             p.device)
     num_classes = None              # the data's classes, from the probes' images (a timm head has ImageNet-1k's 1,000)
     has_cls = getattr(models["ViT"][FULL], "num_prefix_tokens", 0) > 0
     readouts = {"ViT": {SPATIAL: "gap_spatial" if has_cls else "gap", **({CLS: "first"} if has_cls else {})},
@@ -438,7 +439,6 @@ def run(params: Params | None = None, **overrides) -> DataScaleResult:
         batches = draw.images(p.n_images, p.batch_size)
         fit, val, test = draw.probe_images(p.shots, p.val_per_class, p.n_test, p.batch_size)
         num_classes = num_classes or measure.count_classes(fit)
-        base = draw.key(batch=p.batch_size)
         draw_grams: dict[str, list] = {}    # this draw's Grams by key: each model's computed once for all its groups
         for arch, group in models.items():
             # the seed baseline is a separate pair (FULL, SEED), so that the other models' heatmaps stay as they were
@@ -448,11 +448,8 @@ def run(params: Params | None = None, **overrides) -> DataScaleResult:
                           + ([{OTHER: group[OTHER], MATCHED: group[MATCHED], **{k: group[k] for k in p.vit_fractions}}]
                              if OTHER in group else []))
             for g in cka_groups:
-                h = cache.cached("data-scale-cka", {**base, "n": p.n_images, "models": [prints[arch][k] for k in g]},
-                                 lambda g=g, arch=arch: measure.heatmaps_from_grams(
-                                     {k: _block_grams(draw_grams, {**base, "n": p.n_images}, prints[arch][k], m,
-                                                      batches, p.device) for k, m in g.items()}, device=p.device),
-                                 p.use_cache)
+                h = cache.measured(group_heatmaps, g, batches, device=p.device, enabled=p.use_cache,
+                                   unkeyed={"draw_grams": draw_grams})
                 layers[arch] = h.names[MATCHED if OTHER in g else FULL]
                 refs = ({"resnet": FULL} if arch != "ViT" else {"vit_other_seed": OTHER} if OTHER in g else
                         {"vit_long": FULL, **({"vit_matched": MATCHED} if MATCHED in g else {})})
@@ -463,12 +460,8 @@ def run(params: Params | None = None, **overrides) -> DataScaleResult:
             for label, model in group.items():
                 if label == OTHER:          # compared by CKA only (its probes would repeat vit_matched's twin's)
                     continue
-                result = cache.cached(
-                    "data-scale-block-probes", {**base, "shots": p.shots, "val": p.val_per_class, "n_test": p.n_test,
-                                                "aggregations": list(aggs), "model": prints[arch][label]},
-                    lambda model=model, aggs=aggs: measure.spatial_probes(model, fit, val, test, num_classes=num_classes,
-                                                                         device=p.device, aggregations=aggs),
-                    p.use_cache)
+                result = cache.measured(measure.spatial_probes, model, fit, val, test, num_classes=num_classes,
+                                        device=p.device, aggregations=aggs, enabled=p.use_cache)
                 for ro, agg in readouts[arch].items():
                     acc[arch][ro][label].append(result.accuracy[agg][:, 0].double())
     for ref in ("vit_matched", "vit_other_seed"):
@@ -519,27 +512,73 @@ def matched_layer_cka(heatmaps: Heatmaps, reference: str) -> dict[str, torch.Ten
 # -- the paper's findings this chapter judges (gathered by vitcnn_utils.findings) -------------------------------
 # Each rule reads the chapter's record of every training seed (evidence.replicates) and judges intervals.
 
-def _steps_control(v) -> Check:
-    ref = v["reference"]
-    small = set(ref["small_steps"].values())
-    known = None not in small and ref["matched_steps"] is not None   # untrained (arch:) models have no steps
-    matched = ref["matched"] is not None and known
-    close = matched and all(abs(int(s) - ref["matched_steps"]) <= 0.1 * ref["matched_steps"] for s in small)
+@dataclass(frozen=True)
+class StepsReference:
+    """The 100% ViTs the small-data ones are compared with, and every model's optimisation steps (``None``:
+    an untrained model)."""
+    long: str
+    matched: str | None
+    long_steps: int | None
+    matched_steps: int | None
+    small_steps: dict[str, int | None]
+
+
+@dataclass(frozen=True)
+class BlockCka:
+    """CKA at the first and last block, a list over draws."""
+    cka_first_block: list[float]
+    cka_last_block: list[float]
+
+
+@dataclass(frozen=True)
+class OtherSeedCka:
+    """CKA with the matched 100% ViT of the other training seed: of the seed baseline (another 100% ViT) and
+    of each small-data ViT (by fraction label)."""
+    baseline: BlockCka
+    cka: dict[str, BlockCka]
+
+
+@dataclass(frozen=True)
+class Trained:
+    test_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class Record(ChapterRecord):
+    """What F11–F12 read from the chapter's record (per draw: a list over draws; probe values in points).
+    ``models``, ``training``: per architecture ("ViT", "ResNet"), per fraction label."""
+    seeds: list[int]
+    smallest_fraction: dict[str, str]
+    models: dict[str, dict[str, str]]
+    training: dict[str, dict[str, Trained | None]]
+    reference: StepsReference
+    vit_matched_other_seed: OtherSeedCka | None
+    probe_mid_gain_points_long: dict[str, list[float]]
+    probe_mid_gain_points_matched: dict[str, list[float]] | None
+    probe_mid_vit_minus_resnet_points: list[float]
+
+
+def _steps_control(v: Record) -> Check:
+    ref = v.reference
+    small = set(ref.small_steps.values())
+    known = None not in small and ref.matched_steps is not None   # untrained (arch:) models have no steps
+    matched = ref.matched is not None and known
+    close = matched and all(abs(s - ref.matched_steps) <= 0.1 * ref.matched_steps for s in small)
     small = sorted(str(s) for s in small)
     return flag("a 100% reference trained with the small-data models' optimisation steps (within 10%)", close,
-                f"reference {ref['matched'] or ref['long']} {ref['matched_steps'] or ref['long_steps']} steps; "
+                f"reference {ref.matched or ref.long} {ref.matched_steps or ref.long_steps} steps; "
                 f"small-data models {', '.join(small)}")
 
 
-def _accuracy_control(reps) -> Check:
+def _accuracy_control(reps: list[Record]) -> Check:
     """More data must not lower test accuracy at the matched budget: if the matched 100% model is below a
     small-data model, its steps, not its data, limit it, and a data comparison at that budget is confounded."""
     rows = []
     for r in reps:
-        acc = {label: (e or {}).get("test_accuracy") for label, e in r["training"]["ViT"].items()}
-        ref = r["reference"]["matched"]
-        matched_label = next((lb for lb, name in r["models"]["ViT"].items() if name == ref), None)
-        small = {lb: acc.get(lb) for lb in r["reference"]["small_steps"]}
+        acc = {label: e.test_accuracy if e else None for label, e in r.training["ViT"].items()}
+        ref = r.reference.matched
+        matched_label = next((lb for lb, name in r.models["ViT"].items() if name == ref), None)
+        small = {lb: acc.get(lb) for lb in r.reference.small_steps}
         rows.append((acc.get(matched_label), small))
     known = all(m is not None and None not in s.values() for m, s in rows)
     ok = known and all(all(m >= a for a in s.values()) for m, s in rows)
@@ -549,27 +588,26 @@ def _accuracy_control(reps) -> Check:
                 "not its data, limit it)", ok, value)
 
 
-def _f11(v):
+def _f11(v: Record) -> Judgement:
     reps = replicates(v)
-    small = v["smallest_fraction"]["ViT"]
-    if any(r.get("vit_matched_other_seed") is None for r in reps):
+    small = v.smallest_fraction["ViT"]
+    if any(r.vit_matched_other_seed is None for r in reps):
         return Judgement("no second training seed of the matched-compute 100% ViT in this run",
                          not_measured="a data effect needs the CKA of two 100% ViTs (seed baseline) beside the "
                                       "small-data model's")
 
     def effect(r, block):   # seed baseline minus small-data model, both against the other seed's 100% model
-        o = r["vit_matched_other_seed"]
-        return diff(o["baseline"][f"cka_{block}_block"], o["cka"][small][f"cka_{block}_block"])
+        o, attr = r.vit_matched_other_seed, f"cka_{block}_block"
+        return diff(getattr(o.baseline, attr), getattr(o.cka[small], attr))
     last = per_seed(reps, lambda r: effect(r, "last"))
     grows = per_seed(reps, lambda r: diff(effect(r, "last"), effect(r, "first")))
-    first_small = per_seed(reps, lambda r: r["vit_matched_other_seed"]["cka"][small]["cka_first_block"])
-    t = lambda f: interval(per_seed(reps, f)).text()   # noqa: E731
-    o = "vit_matched_other_seed"
+    first_small = per_seed(reps, lambda r: r.vit_matched_other_seed.cka[small].cka_first_block)
+    t = lambda f: interval(per_seed(reps, lambda r: f(r.vit_matched_other_seed))).text()   # noqa: E731
     return Judgement(
         f"CKA with a 100% ViT of the other training seed (matched compute), first / last block: the {small} model "
-        f"{t(lambda r: r[o]['cka'][small]['cka_first_block'])} / {t(lambda r: r[o]['cka'][small]['cka_last_block'])}; "
-        f"another 100% model (seed baseline) {t(lambda r: r[o]['baseline']['cka_first_block'])} / "
-        f"{t(lambda r: r[o]['baseline']['cka_last_block'])} ({seeds_text(reps)})",
+        f"{t(lambda o: o.cka[small].cka_first_block)} / {t(lambda o: o.cka[small].cka_last_block)}; "
+        f"another 100% model (seed baseline) {t(lambda o: o.baseline.cka_first_block)} / "
+        f"{t(lambda o: o.baseline.cka_last_block)} ({seeds_text(reps)})",
         controls=(_steps_control(v),),
         central=check(f"at the last block, the {small} model less similar to a 100% model than another 100% model is",
                       last, ">", 0.0),
@@ -578,18 +616,18 @@ def _f11(v):
                    check("the data effect larger at the last block than at the first", grows, ">", 0.0)))
 
 
-def _f12(v):
+def _f12(v: Record) -> Judgement:
     reps = replicates(v)
-    small = v["smallest_fraction"]["ViT"]
-    if v["probe_mid_gain_points_matched"] is None:
+    small = v.smallest_fraction["ViT"]
+    if v.probe_mid_gain_points_matched is None:
         return Judgement("no matched-compute 100% ViT in this run",
                          not_measured="a data effect at matched compute needs a 100% ViT trained for the small-data "
                                       "models' steps")
-    gain = per_seed(reps, lambda r: r["probe_mid_gain_points_matched"]["vit"])
-    same = per_seed(reps, lambda r: r["probe_mid_vit_minus_resnet_points"])
+    gain = per_seed(reps, lambda r: r.probe_mid_gain_points_matched["vit"])
+    same = per_seed(reps, lambda r: r.probe_mid_vit_minus_resnet_points)
     return Judgement(
         f"mid-network probe, 100% minus {small} model at matched compute: {interval(gain).text(1, unit=' points')} "
-        f"(long-schedule 100% model: {interval(per_seed(reps, lambda r: r['probe_mid_gain_points_long']['vit'])).text(1, unit=' points')}); "
+        f"(long-schedule 100% model: {interval(per_seed(reps, lambda r: r.probe_mid_gain_points_long['vit'])).text(1, unit=' points')}); "
         f"ViT minus ResNet at 100%, same readout {interval(same).text(1, unit=' points')} ({seeds_text(reps)})",
         controls=(_steps_control(v), _accuracy_control(reps)),
         central=check("mid-network probe better at 100% than at the smallest fraction", gain, ">", 0.0, digits=1,
@@ -601,8 +639,8 @@ def _f12(v):
 
 FINDINGS = (
     Finding(11, "Fig 12", "data_scale", "low layers are already similar with 3–10% of the data; high layers need much "
-            "more", _f11, "our fractions are of 60,000 images (1,800 at 3%), not of 300 million"),
+            "more", _f11, "our fractions are of 60,000 images (1,800 at 3%), not of 300 million", record=Record),
     Finding(12, "Fig 13", "data_scale",
             "more data gives much stronger intermediate layers; ViTs stronger than ResNets mid-network", _f12,
-            "the paper compares 300M vs 1.3M images; our largest/smallest ratio is 33×"),
+            "the paper compares 300M vs 1.3M images; our largest/smallest ratio is 33×", record=Record),
 )

@@ -11,7 +11,7 @@ returns a :class:`LocalGlobal`:
 
 Draw ``d`` uses the test images chosen with ``seed + d`` (:func:`vitcnn_utils.data.analysis_batches`); the
 receptive-field images of draw ``d`` are chosen with ``seed + ERF_SEED_OFFSET + d``, a separate range. Every
-draw's measurement is cached (:func:`vitcnn_utils.cache.cached`; the seed is in the key).
+draw's measurement is cached (:func:`vitcnn_utils.cache.measured`: the call, with the draw's images, is the key).
 :meth:`LocalGlobal.to_record` is what the chapter records for :mod:`vitcnn_utils.findings` (see its SCHEMA),
 and the ``measured_*`` methods write the chapter's "Measured" paragraphs from the numbers.
 """
@@ -27,12 +27,11 @@ from pathlib import Path
 import torch
 
 from .. import attention, cache, localisation, measure
-from ..evidence import over_seeds, runs_text
+from ..evidence import (FAILS, HOLDS, PROJECT, UNDECIDED, ChapterRecord, Check, Finding, Judgement, check, diff,
+                        draws, interval, over_seeds, per_seed, replicates, runs_text, seeds_text)
 from ..models import load_named
 from ..zoo import VIT_EPOCHS, ablation, display_name as zoo_display_name
 from .params import ChapterParams, draws as image_draws
-from ..evidence import (FAILS, HOLDS, PROJECT, UNDECIDED, Check, Finding, Judgement, check, diff, draws, interval,
-                        per_seed, replicates, seeds_text)
 
 LOCAL_HEAD, GLOBAL_HEAD = 0.75, 0.9   # a head is local below 0.75x, global above 0.9x the uniform-attention
                                      # distance (this project's reading: the paper calls heads local by eye)
@@ -471,8 +470,6 @@ def run(params: Params | None = None, **overrides) -> LocalGlobal:
         return load_named(x, weights=p.weights, pretrained=p.pretrained, device=p.device) if isinstance(x, str) else x
     vits = {"all data": load(p.vit), "less data": load(p.vit_small_data)}
     res = load(p.resnet)
-    fp = {label: cache.model_fingerprint(m, label) for label, m in vits.items()}
-    fp_vit, fp_res = cache.model_fingerprint(vits["all data"], "vit"), cache.model_fingerprint(res, "resnet")
     resnet_low_layers, vit_erf_layers, resnet_erf_layers = (list(x) for x in (p.resnet_low_layers, p.vit_erf_layers,
                                                                               p.resnet_erf_layers))
     all_draws = image_draws(p)
@@ -483,15 +480,11 @@ def run(params: Params | None = None, **overrides) -> LocalGlobal:
     head_distance, head_cka, rho = [], [], []
     for draw in all_draws:
         batches = draw.images(p.n_images, p.batch_size)
-        key = draw.key(n=p.n_images, batch=p.batch_size)
         for label, m in vits.items():
-            d = cache.cached("attention-distance", {**key, "model": fp[label]},
-                             lambda m=m: measure.attention_distances(m, batches, device=p.device)[0],
-                             p.use_cache)
+            d, _ = cache.measured(measure.attention_distances, m, batches, device=p.device, enabled=p.use_cache)
             distances[label].append(_nested(d))
-        subsets = cache.cached("head-subsets", {**key, "vit": fp_vit, "resnet": fp_res, "layers": resnet_low_layers},
-                               lambda: measure.head_subset_cka(vits["all data"], res, batches, resnet_low_layers,
-                                                                 device=p.device), p.use_cache)
+        subsets = cache.measured(measure.head_subset_cka, vits["all data"], res, batches, resnet_low_layers,
+                                 device=p.device, enabled=p.use_cache)
         rho.append(attention.rank_correlation(subsets["distance"], subsets["cka"].mean(1)))
         by_head = {heads[0]: i for i, heads in enumerate(subsets["heads"])}          # subsets of one head each
         head_distance.append([subsets["distance"][by_head[h]].item() for h in sorted(by_head)])
@@ -501,16 +494,10 @@ def run(params: Params | None = None, **overrides) -> LocalGlobal:
                  [("ResNet", res, layer) for layer in resnet_erf_layers]
     erf_draws: dict[str, list[torch.Tensor]] = {f"{kind} {layer}": [] for kind, _, layer in erf_layers}
     for draw in erf_draws_:
-        images = None
+        images = next(iter(draw.images(p.n_erf_images, p.n_erf_images)))[0]     # one batch (N, C, H, W)
         for kind, model, layer in erf_layers:
-            def compute(model=model, layer=layer, draw=draw):
-                nonlocal images
-                if images is None:
-                    images = next(iter(draw.images(p.n_erf_images, p.n_erf_images)))[0]
-                return measure.effective_receptive_field(model, images, layer, device=p.device)
-            fp_model = fp_vit if kind == "ViT" else fp_res
-            erf_draws[f"{kind} {layer}"].append(cache.cached(
-                "erf", draw.key(n=p.n_erf_images, model=fp_model, layer=layer), compute, p.use_cache))
+            erf_draws[f"{kind} {layer}"].append(cache.measured(
+                measure.effective_receptive_field, model, images, layer, device=p.device, enabled=p.use_cache))
     erf_maps = {}
     for name, maps in erf_draws.items():
         mean = torch.stack(maps).mean(0)
@@ -540,13 +527,33 @@ def run(params: Params | None = None, **overrides) -> LocalGlobal:
 # -- the paper's findings this chapter judges (gathered by vitcnn_utils.findings) -------------------------------
 # Each rule reads the chapter's record of every training seed (evidence.replicates) and judges intervals.
 
-def _min_ratio(r, key: str, block: int = 0) -> list[float]:
+@dataclass(frozen=True)
+class Record(ChapterRecord):
+    """What F3–F6 read from the chapter's record. Head distances are ``[draw][block][head]`` in pixels;
+    ``erf_radius`` maps ``"<ViT|ResNet> <layer>"`` to the half-mass radius per draw."""
+    seeds: list[int]
+    uniform_distance: float
+    distances_all_data: list[list[list[float]]]
+    distances_less_data: list[list[list[float]]]
+    head_subset_rank_correlation: list[float]
+    erf_radius: dict[str, list[float]]
+    uniform_erf_radius: float
+    vit_erf_layers: list[str]
+    resnet_erf_layers: list[str]
+
+    def erf_radii(self, model: str) -> list[list[float]]:
+        """``model``'s ("ViT" or "ResNet") radii per layer, low to high, each a list over draws."""
+        layers = {"ViT": self.vit_erf_layers, "ResNet": self.resnet_erf_layers}[model]
+        return [self.erf_radius[f"{model} {layer}"] for layer in layers]
+
+
+def _min_ratio(r: Record, key: str, block: int = 0) -> list[float]:
     """Per draw: the smallest head distance of ``block`` as a fraction of the uniform-attention distance."""
-    return [min(draw[block]) / r["uniform_distance"] for draw in r[key]]
+    return [min(draw[block]) / r.uniform_distance for draw in getattr(r, key)]
 
 
-def _max_ratio(r, key: str, block: int = 0) -> list[float]:
-    return [max(draw[block]) / r["uniform_distance"] for draw in r[key]]
+def _max_ratio(r: Record, key: str, block: int = 0) -> list[float]:
+    return [max(draw[block]) / r.uniform_distance for draw in getattr(r, key)]
 
 
 def _local_precondition(reps, key="distances_all_data") -> Check:
@@ -558,11 +565,11 @@ def _local_precondition(reps, key="distances_all_data") -> Check:
 def _distance_text(reps) -> str:
     lo = interval(per_seed(reps, lambda r: _min_ratio(r, "distances_all_data")))
     hi = interval(per_seed(reps, lambda r: _max_ratio(r, "distances_all_data")))
-    return (f"block-0 head distances as a fraction of uniform attention's ({reps[0]['uniform_distance']:.1f} px): "
+    return (f"block-0 head distances as a fraction of uniform attention's ({reps[0].uniform_distance:.1f} px): "
             f"most local head {lo.text()}, most global {hi.text()} ({seeds_text(reps)})")
 
 
-def _f3(v):
+def _f3(v: Record) -> Judgement:
     reps = replicates(v)
     return Judgement(
         _distance_text(reps) + ". No local head in block 0 is what the paper's Fig 4 finds for ViTs trained on "
@@ -577,7 +584,7 @@ def _f3(v):
                          per_seed(reps, lambda r: _min_ratio(r, "distances_all_data", -1)), "≥", LOCAL_HEAD)))
 
 
-def _f4(v):
+def _f4(v: Record) -> Judgement:
     reps = replicates(v)
     less = per_seed(reps, lambda r: _min_ratio(r, "distances_less_data"))
     more_local = per_seed(reps, lambda r: diff(_min_ratio(r, "distances_less_data"), _min_ratio(r, "distances_all_data")))
@@ -589,9 +596,9 @@ def _f4(v):
         secondary=(check(f"no local head in the 3% model (≥ {LOCAL_HEAD}× uniform)", less, "≥", LOCAL_HEAD),))
 
 
-def _f5(v):
+def _f5(v: Record) -> Judgement:
     reps = replicates(v)
-    rho = per_seed(reps, lambda r: r["head_subset_rank_correlation"])
+    rho = per_seed(reps, lambda r: r.head_subset_rank_correlation)
     return Judgement(
         f"rank correlation of a block-0 head's distance with its CKA to low ResNet layers {interval(rho).text()}; "
         + _distance_text(reps),
@@ -601,16 +608,14 @@ def _f5(v):
         size=(check("≤ −0.5", rho, "≤", -0.5, PROJECT + " of Fig 5"),))
 
 
-def _f6(v):
+def _f6(v: Record) -> Judgement:
     reps = replicates(v)
-
-    def radii(r, model):
-        return [r["erf_radius"][f"{model} {layer}"] for layer in r[f"{model.lower()}_erf_layers"]]
+    radii = Record.erf_radii
     low = per_seed(reps, lambda r: diff(radii(r, "ViT")[0], radii(r, "ResNet")[0]))
     mid = per_seed(reps, lambda r: diff(radii(r, "ViT")[1], radii(r, "ResNet")[1]))
     steps = [per_seed(reps, lambda r, k=k: diff(radii(r, "ResNet")[k + 1], radii(r, "ResNet")[k]))
              for k in range(len(radii(v, "ResNet")) - 1)]
-    uniform = v["uniform_erf_radius"]
+    uniform = v.uniform_erf_radius
     vit_mid = per_seed(reps, lambda r: [x / uniform for x in draws(radii(r, "ViT")[1])])
     growth = [interval(s) for s in steps]
     state = HOLDS if all(g.low >= 0 for g in growth) else FAILS if any(g.high < 0 for g in growth) else UNDECIDED
@@ -629,13 +634,13 @@ def _f6(v):
 FINDINGS = (
     Finding(3, "Fig 3", "local_global", "low blocks mix local and global heads; the highest blocks are all global",
             _f3, "local heads may need more data, as the paper's Fig 4 finds, or a different recipe (see the recipe "
-                 "ablation)"),
+                 "ablation)", record=Record),
     Finding(4, "Fig 4", "local_global", "with less training data, early blocks learn no local heads", _f4,
-            "needs a 100% model with local heads"),
+            "needs a 100% model with local heads", record=Record),
     Finding(5, "Fig 5", "local_global",
             "the more local an early head, the more similar it is to the ResNet's lower layers", _f5,
-            "needs heads that span local to global distances"),
+            "needs heads that span local to global distances", record=Record),
     Finding(6, "Fig 6", "local_global",
             "ViT receptive fields are larger early and global by mid-network; the ResNet's grow gradually", _f6,
-            "on a 28-px image the ResNet's receptive field may cover most of the image after two stages"),
+            "on a 28-px image the ResNet's receptive field may cover most of the image after two stages", record=Record),
 )

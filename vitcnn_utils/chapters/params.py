@@ -8,7 +8,8 @@ and ``params/paper/<chapter>.yaml`` may only set its fields; ``tests/test_params
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -102,23 +103,52 @@ class Draw:
     data_key: dict
     params: ChapterParams
 
-    def images(self, n_images: int, batch_size: int):
+    def images(self, n_images: int, batch_size: int) -> "DrawImages":
         """The draw's analysis images: ``n_images`` test images in minibatches
-        (:func:`vitcnn_utils.data.analysis_batches`)."""
+        (:func:`vitcnn_utils.data.analysis_batches`), loaded on first use."""
         p = self.params
-        return vdata.analysis_batches(p.data, n_images, batch_size, seed=self.seed, data_dir=p.data_dir,
-                                      image_size=p.image_size)
+        return DrawImages(lambda: vdata.analysis_batches(p.data, n_images, batch_size, seed=self.seed,
+                                                         data_dir=p.data_dir, image_size=p.image_size),
+                          self.key(n=n_images, batch=batch_size))
 
-    def probe_images(self, shots: int, val_per_class: int, n_test: int, batch_size: int):
-        """The draw's ``(fit, val, test)`` probe images (:func:`vitcnn_utils.data.probe_batches`)."""
+    def probe_images(self, shots: int, val_per_class: int, n_test: int, batch_size: int
+                     ) -> tuple["DrawImages", "DrawImages", "DrawImages"]:
+        """The draw's ``(fit, val, test)`` probe images (:func:`vitcnn_utils.data.probe_batches`), loaded on first
+        use (the three together)."""
         p = self.params
-        return vdata.probe_batches(p.data, shots, val_per_class, n_test, batch_size, seed=self.seed,
-                                   data_dir=p.data_dir, image_size=p.image_size)
+        load = functools.cache(lambda: vdata.probe_batches(p.data, shots, val_per_class, n_test, batch_size,
+                                                           seed=self.seed, data_dir=p.data_dir,
+                                                           image_size=p.image_size))
+        key = self.key(shots=shots, val_per_class=val_per_class, n_test=n_test, batch=batch_size)
+        return tuple(DrawImages(lambda k=k: load()[k], {**key, "split": split})
+                     for k, split in enumerate(("fit", "val", "test")))
 
     def key(self, **more) -> dict:
-        """The part of a cache key every measurement of this draw shares (data files, seed, image size), with
-        ``more`` (image counts, batch size, models, ...): what changes the result must be in it."""
+        """What identifies this draw's images in a cache key (data files, seed, image size), with ``more``
+        (image counts, batch size)."""
         return {"data": self.data_key, "seed": self.seed, "image_size": self.params.image_size, **more}
+
+
+class DrawImages:
+    """A draw's images: an iterable of ``(images (B, C, H, W), labels (B,))`` minibatches with a length, loaded
+    on first use, and :meth:`cache_key`, which identifies them when they are a measurement's argument
+    (:func:`vitcnn_utils.cache.measured`), so that a cached measurement never loads its images."""
+
+    def __init__(self, load: Callable[[], Any], key: dict):
+        self._load, self._key = load, key
+
+    @functools.cached_property
+    def batches(self):
+        return self._load()
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def cache_key(self) -> dict:
+        return self._key
 
 
 def draws(params: ChapterParams) -> list[Draw]:

@@ -12,8 +12,8 @@ model_heatmaps`) and reads from each draw:
   the *integer* number of the ViT's lowest-quarter layers whose best match lies in the ResNet's lower half; and
   the highest CKA of any layer of the ViT's last third with any ResNet layer.
 
-Each draw's heatmaps are cached (:func:`vitcnn_utils.cache.cached`, namespace ``"heatmaps"``, the draw's seed in
-the key), so draw 0 is the plain library call on ``seed``'s images and a rebuild after a text edit is instant.
+Each draw's heatmaps are cached (:func:`vitcnn_utils.cache.measured`: the call, with the draw's images, is the
+key), so draw 0 is the plain library call on ``seed``'s images and a rebuild after a text edit is instant.
 
 Two baselines to read those numbers against, both on the first draw's images only (image-draw noise is small
 beside what they measure) and cached the same way:
@@ -39,10 +39,10 @@ import torch
 from .. import cache, cka, measure, zoo
 from ..architectures import build_architecture
 from ..hooks import block_outputs
-from ..evidence import over_seeds, runs_text
+from ..evidence import (PROJECT, ChapterRecord, Finding, Judgement, check, diff, interval, over_seeds, per_seed,
+                        replicates, runs_text, seeds_text)
 from ..models import load_named
 from .params import ChapterParams, draws as image_draws
-from ..evidence import PROJECT, Finding, Judgement, check, diff, interval, per_seed, replicates, seeds_text
 
 MODELS = ("ViT", "ResNet")
 LOW, HIGH = (0.0, 0.25), (0.75, 1.0)      # the quarters compared by F1 (fractions of a model's layers)
@@ -362,14 +362,13 @@ def random_init(arch: dict, init_seed: int, device: str | torch.device = "cpu") 
     return model.eval().to(device)
 
 
-def init_baseline(architectures: Mapping[str, dict | None], init_seeds: Sequence[int], batches, key: dict,
+def init_baseline(architectures: Mapping[str, dict | None], init_seeds: Sequence[int], batches,
                   device: str | torch.device = "cpu", use_cache: bool = True) -> dict:
     """The F1/F2 numbers (:func:`draw_summary`) of the architectures ``{"ViT": arch, "ResNet": arch}`` at
     random initialisation, one heatmap (default layers, as the chapter's) per init seed on ``batches``.
 
-    ``key`` identifies the images (data fingerprint, ``n``, batch size, seed, image size); each init seed's
-    heatmaps are cached under it with the architectures and the seed (namespace ``"heatmaps-init"``), so the
-    twin run of the chapter (same architectures) reuses them. An architecture that is ``None`` leaves its
+    Each init seed's heatmaps are cached (:func:`~vitcnn_utils.cache.measured`: the randomly initialised models
+    and the images are the key), so the twin run of the chapter (same architectures) reuses them. An architecture that is ``None`` leaves its
     numbers ``None`` (and F2's, which need both models).
 
     Returns:
@@ -382,11 +381,9 @@ def init_baseline(architectures: Mapping[str, dict | None], init_seeds: Sequence
         if not present:
             break
         models = {label: random_init(architectures[label], s, device) for label in present}
-        spec = {**key, "arch": {label: architectures[label] for label in present}, "init_seed": s}
         with warnings.catch_warnings():      # timm zero-initialises each ResNet branch's last BN: constant layers
             warnings.filterwarnings("ignore", message=r".*constant over all", category=UserWarning)
-            heatmaps = cache.cached("heatmaps-init", spec,
-                                    lambda: measure.model_heatmaps(models, batches, device=device), use_cache)
+            heatmaps = cache.measured(measure.model_heatmaps, models, batches, device=device, enabled=use_cache)
         summary = draw_summary(heatmaps, {label: block_outputs(m) for label, m in models.items()})
         for k, (field, label, _) in INIT_FIELDS.items():
             got = summary.get(field)
@@ -399,15 +396,13 @@ def init_baseline(architectures: Mapping[str, dict | None], init_seeds: Sequence
     return out
 
 
-def twin_block_cka(model: torch.nn.Module, twin: torch.nn.Module, fingerprints: tuple[dict, dict], batches,
-                   key: dict, device: str | torch.device = "cpu", use_cache: bool = True
-                   ) -> tuple[list[str], list[float]]:
+def twin_block_cka(model: torch.nn.Module, twin: torch.nn.Module, batches, device: str | torch.device = "cpu",
+                   use_cache: bool = True) -> tuple[list[str], list[float]]:
     """CKA of each block output (:func:`~vitcnn_utils.hooks.block_outputs`) of ``model`` with the same block of
     ``twin`` on ``batches``: ``(block names, [CKA per block])``, the diagonal of their cross heatmap.
 
-    ``fingerprints`` are the two models' :func:`~vitcnn_utils.cache.model_fingerprint`; the pair is sorted by
-    them for the computation and its cache key (namespace ``"twin-cka"``, with ``key`` identifying the images),
-    so ``(a, b)`` and ``(b, a)`` are one computation (CKA is symmetric).
+    The pair is sorted by the models' :func:`~vitcnn_utils.cache.model_key` for the computation and its cache key
+    (:func:`~vitcnn_utils.cache.measured`), so ``(a, b)`` and ``(b, a)`` are one computation (CKA is symmetric).
 
     Raises:
         ValueError: the two models have different block outputs (``twin`` is not the same architecture).
@@ -416,11 +411,9 @@ def twin_block_cka(model: torch.nn.Module, twin: torch.nn.Module, fingerprints: 
     if blocks != twin_blocks:
         raise ValueError(f"a seed twin must have the same block outputs as its model: {len(blocks)} blocks "
                          f"({', '.join(blocks[:3])}...) against {len(twin_blocks)} ({', '.join(twin_blocks[:3])}...)")
-    pair = sorted(zip(fingerprints, (model, twin)), key=lambda p: json.dumps(p[0], sort_keys=True))
-    spec = {**key, "models": [fp for fp, _ in pair], "layers": "block_outputs"}
-    models = {"a": pair[0][1], "b": pair[1][1]}
-    heatmaps = cache.cached("twin-cka", spec, lambda: measure.model_heatmaps(
-        models, batches, layers={"a": blocks, "b": blocks}, device=device), use_cache)
+    a, b = sorted((model, twin), key=lambda m: json.dumps(cache.model_key(m), sort_keys=True, default=str))
+    heatmaps = cache.measured(measure.model_heatmaps, {"a": a, "b": b}, batches, layers={"a": blocks, "b": blocks},
+                              device=device, enabled=use_cache)
     return list(blocks), [float(v) for v in torch.diagonal(heatmaps["a", "b"])]
 
 
@@ -440,7 +433,6 @@ def run(params: Params | None = None, **overrides) -> RepresentationStructureRes
     models, names_given = {}, {}
     for label, spec in zip(MODELS, (p.vit, p.resnet)):
         models[label], names_given[label] = _model(spec, label, p.weights, p.pretrained, p.device)
-    fingerprints = [cache.model_fingerprint(m, names_given[label]) for label, m in models.items()]
     block_names = {label: block_outputs(m) for label, m in models.items()}
     all_draws = image_draws(p)
     seeds = [d.seed for d in all_draws]
@@ -448,20 +440,17 @@ def run(params: Params | None = None, **overrides) -> RepresentationStructureRes
     draws, summaries, first_batches = [], [], None
     for draw in all_draws:
         batches = draw.images(p.n_images, p.batch_size)
-        key = draw.key(models=fingerprints, n=p.n_images, batch=p.batch_size)
-        heatmaps = cache.cached("heatmaps", key, lambda: measure.model_heatmaps(models, batches, device=p.device),
-                                p.use_cache)
+        heatmaps = cache.measured(measure.model_heatmaps, models, batches, device=p.device, enabled=p.use_cache)
         if draws and heatmaps.names != draws[0].names:
             raise RuntimeError("the captured layers differ between draws")
         draws.append(heatmaps)
         summaries.append(draw_summary(heatmaps, block_names))
         first_batches = batches if first_batches is None else first_batches
 
-    images = all_draws[0].key(n=p.n_images, batch=p.batch_size)
     baseline = None
     if p.init_seeds:
         architectures = {label: architecture_of(models[label], names_given[label]) for label in MODELS}
-        baseline = {**init_baseline(architectures, p.init_seeds, first_batches, images, p.device, p.use_cache),
+        baseline = {**init_baseline(architectures, p.init_seeds, first_batches, p.device, p.use_cache),
                     "seed": seeds[0], "n_images": draws[0].n_images}
     twins = None
     if p.vit_twin is not None or p.resnet_twin is not None:
@@ -478,9 +467,7 @@ def run(params: Params | None = None, **overrides) -> RepresentationStructureRes
                 twins.setdefault("skipped", {})[label.lower()] = (
                     f"`{twin_name}` is not the same architecture as `{names_given[label]}`")
                 continue
-            fingerprint = cache.model_fingerprint(twin_model, twin_name)
-            blocks, values = twin_block_cka(models[label], twin_model, (fingerprints[MODELS.index(label)],
-                                            fingerprint), first_batches, images, p.device, p.use_cache)
+            blocks, values = twin_block_cka(models[label], twin_model, first_batches, p.device, p.use_cache)
             twins[label.lower()] = {"twin": twin_name, "blocks": blocks, "cka": values}
 
     names = draws[0].names
@@ -510,11 +497,26 @@ def run(params: Params | None = None, **overrides) -> RepresentationStructureRes
 # -- the paper's findings this chapter judges (gathered by vitcnn_utils.findings) -------------------------------
 # Each rule reads the chapter's record of every training seed (evidence.replicates) and judges intervals.
 
-def _f1(v):
+@dataclass(frozen=True)
+class Record(ChapterRecord):
+    """What F1–F2 read from the chapter's record (per draw: a list over draws; counts as ints)."""
+    seeds: list[int]
+    vit_low_high: list[float]
+    resnet_low_high: list[float]
+    vit_low_high_blocks: list[float]
+    resnet_low_high_blocks: list[float]
+    vit_lowest_quarter_best_in_resnet_lower_half_count: list[int]
+    vit_lowest_quarter_layers: int
+    resnet_lower_half_layers: int
+    resnet_layers: int
+    max_cka_vit_last_third: list[float]
+
+
+def _f1(v: Record) -> Judgement:
     reps = replicates(v)
-    d_all = per_seed(reps, lambda r: diff(r["vit_low_high"], r["resnet_low_high"]))
-    d_blocks = per_seed(reps, lambda r: diff(r["vit_low_high_blocks"], r["resnet_low_high_blocks"]))
-    vit, res = (interval(per_seed(reps, lambda r, k=k: r[k])) for k in ("vit_low_high", "resnet_low_high"))
+    d_all = per_seed(reps, lambda r: diff(r.vit_low_high, r.resnet_low_high))
+    d_blocks = per_seed(reps, lambda r: diff(r.vit_low_high_blocks, r.resnet_low_high_blocks))
+    vit, res = interval(per_seed(reps, lambda r: r.vit_low_high)), interval(per_seed(reps, lambda r: r.resnet_low_high))
     return Judgement(
         f"mean CKA between the lowest and highest quarter of the layers: ViT {vit.text()}, ResNet {res.text()} "
         f"({seeds_text(reps)})",
@@ -523,30 +525,30 @@ def _f1(v):
         secondary=(check("ViT above the ResNet on block outputs only", d_blocks, ">", 0.0),))
 
 
-def _f2(v):
+def _f2(v: Record) -> Judgement:
     reps = replicates(v)
-    total = int(v["vit_lowest_quarter_layers"])
-    chance = int(v["resnet_lower_half_layers"]) / int(v["resnet_layers"])
-    share = per_seed(reps, lambda r: [c / total for c in r["vit_lowest_quarter_best_in_resnet_lower_half_count"]])
+    total = v.vit_lowest_quarter_layers
+    chance = v.resnet_lower_half_layers / v.resnet_layers
+    share = per_seed(reps, lambda r: [c / total for c in r.vit_lowest_quarter_best_in_resnet_lower_half_count])
     return Judgement(
         f"share of the ViT's {total} lowest-quarter layers whose best-matching ResNet layer is in the ResNet's lower "
         f"half: {interval(share).text(0, 100, '%')} (a random match: {chance:.0%}); best CKA of the ViT's last "
-        f"third with any ResNet layer {interval(per_seed(reps, lambda r: r['max_cka_vit_last_third'])).text()} "
+        f"third with any ResNet layer {interval(per_seed(reps, lambda r: r.max_cka_vit_last_third)).text()} "
         f"({seeds_text(reps)})",
         central=check(f"ViT lowest-quarter layers best matched in the ResNet's lower half: share above a random "
                       f"match's {chance:.0%}", share, ">", chance, digits=0,
                       scale=100, unit="%"),
         size=(check(f"at least {F2_SIZE:.0%} of them", share, "≥", F2_SIZE, PROJECT + " of Fig 2", 0, 100, "%"),),
         secondary=(check(f"the ViT's last third matches no ResNet layer: max CKA < {F2_LAST_THIRD:g}",
-                         per_seed(reps, lambda r: r["max_cka_vit_last_third"]), "<", F2_LAST_THIRD, PROJECT + " of Fig 2"),))
+                         per_seed(reps, lambda r: r.max_cka_vit_last_third), "<", F2_LAST_THIRD, PROJECT + " of Fig 2"),))
 
 
 FINDINGS = (
     Finding(1, "Fig 1", "representation_structure",
             "ViT layers are uniformly similar; the ResNet has stages, low and high layers dissimilar", _f1,
-            "a 6-block ViT and a 6-unit ResNet have few layers between bottom and top"),
+            "a 6-block ViT and a 6-unit ResNet have few layers between bottom and top", record=Record),
     Finding(2, "Fig 2", "representation_structure",
             "the ResNet's lower half matches the ViT's lowest quarter; the ViT's last third matches no ResNet layer",
             _f2, "both small networks solve a 10-class task on 28-px images, so their top layers may converge on "
-                 "the same class-separating representation"),
+                 "the same class-separating representation", record=Record),
 )

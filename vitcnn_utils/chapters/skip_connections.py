@@ -9,14 +9,15 @@
 * **ViTs without the skips of one block** (Fig 8, F8): the within-model CKA heatmaps of the matched control
   ``vit_control`` (the intact ViT trained with exactly the no-skip models' recipe), of the long ViT ``vit`` and
   of every ``vit_no_skip`` model (one joint :func:`~vitcnn_utils.measure.model_heatmaps` accumulation), their top-1
-  accuracies on the draw's images (:func:`~vitcnn_utils.train.model_accuracies`), and per no-skip model
+  accuracies on the draw's images (from the heatmaps' forward pass, :func:`~vitcnn_utils.measure.heatmaps_with_accuracy`:
+  the values of :func:`~vitcnn_utils.train.model_accuracies`), and per no-skip model
   (:func:`~vitcnn_utils.chapters.no_skip_comparison`) the mean CKA across the removed block and the accuracy drop,
   both against the control. The long ViT's split CKA and accuracy are reported beside (not used by F8 unless
   there is no control, ``vit_control=None``).
 
 Optimisation steps come from the zoo manifest (:func:`~vitcnn_utils.zoo.optimisation_steps`; ``None`` for models
-without an entry). Each draw's computations are cached (:func:`vitcnn_utils.cache.cached`, the draw's seed in the
-key), so draw 0 is the plain library call on ``seed``'s images and a rebuild after a text edit is instant.
+without an entry). Each draw's computations are cached (:func:`vitcnn_utils.cache.measured`: the call, with the
+draw's images, is the key), so draw 0 is the plain library call on ``seed``'s images and a rebuild after a text edit is instant.
 """
 from __future__ import annotations
 
@@ -31,11 +32,10 @@ from ..hooks import normalised_depth
 from ..skips import ratio_profile, split_contrast, split_summary
 from .. import evidence
 from ..models import load_named
-from ..train import model_accuracies
 from ..zoo import display_name, optimisation_steps
 from .params import ChapterParams, draws as image_draws
-from ..evidence import (PAPER, PROJECT, Finding, Judgement, check, diff, draws, flag, interval, per_seed, replicates,
-                        seeds_text)
+from ..evidence import (PAPER, PROJECT, ChapterRecord, Finding, Judgement, check, diff, draws, flag, interval,
+                        per_seed, replicates, seeds_text)
 
 F8_ACCURACY_DROP = 0.02   # F8's size: accuracy lost at the middle block (fraction; the paper: about 4%)
 F7_MEDIAN_TIMES = 2.0     # F7's size: the ViT's median skip ratio this many times the ResNet's (reading of "far above")
@@ -324,7 +324,6 @@ def run(params: Params | None = None, **overrides) -> SkipConnectionsResult:
     vits = {intact_name: intact_model, **({vit_name: vit_model} if control_model is not None else {}), **no_skip}
     if len(vits) != 1 + (control_model is not None) + len(no_skip):
         raise ValueError(f"the ViTs need distinct names: {[intact_name, vit_name] + list(no_skip)}")
-    fp = {label: cache.model_fingerprint(m, label) for label, m in {**vits, res_name: res_model}.items()}
     all_draws = image_draws(p)
     seeds = [d.seed for d in all_draws]
 
@@ -333,19 +332,14 @@ def run(params: Params | None = None, **overrides) -> SkipConnectionsResult:
     n_seen = None
     for draw in all_draws:
         batches = draw.images(p.n_images, p.batch_size)
-        base = draw.key(n=p.n_images, batch=p.batch_size)
-        vr, sublayers = cache.cached("skip-ratios", {**base, "model": fp[vit_name]},
-                                     lambda: measure.vit_skip_ratios(vit_model, batches, p.device), p.use_cache)
-        rr, units = cache.cached("skip-ratios", {**base, "model": fp[res_name]},
-                                 lambda: measure.resnet_skip_ratios(res_model, batches, p.device), p.use_cache)
+        vr, sublayers = cache.measured(measure.vit_skip_ratios, vit_model, batches, p.device, enabled=p.use_cache)
+        rr, units = cache.measured(measure.resnet_skip_ratios, res_model, batches, p.device, enabled=p.use_cache)
         vit_ratios.append(vr.double())
         res_ratios.append(rr.double())
         summaries.append(skip_ratio_summary(vr, rr, vit_model.num_prefix_tokens))
 
-        key = {**base, "models": [fp[label] for label in vits]}
-        heatmaps = cache.cached("no-skip-heatmaps", key, lambda: measure.model_heatmaps(vits, batches, device=p.device),
-                                p.use_cache)
-        acc = cache.cached("accuracy", key, lambda: model_accuracies(vits, batches, p.device), p.use_cache)
+        heatmaps, acc = cache.measured(measure.heatmaps_with_accuracy, vits, batches, device=p.device,
+                                       enabled=p.use_cache)    # one forward pass for both
         names = heatmaps.names[intact_name] if names is None else names
         n_seen = heatmaps.n_images
         within.append({label: heatmaps[label, label].double() for label in vits})
@@ -463,12 +457,44 @@ def no_skip_comparison(heatmaps, intact: str, no_skip: dict[str, torch.nn.Module
 # -- the paper's findings this chapter judges (gathered by vitcnn_utils.findings) -------------------------------
 # Each rule reads the chapter's record of every training seed (evidence.replicates) and judges intervals.
 
-def _f7(v):
+@dataclass(frozen=True)
+class ControlFacts:
+    """The intact ViT F8 compares against (``None`` fields: no control in this run, or not in the zoo)."""
+    name: str | None
+    steps: int | None
+
+
+@dataclass(frozen=True)
+class NoSkipFacts:
+    """One no-skip ViT as F8 reads it (per-draw lists)."""
+    block: int
+    depth_fraction: float
+    steps: int | None
+    split_cka_intact: list[float]
+    split_cka_no_skip: list[float]
+    accuracy_drop: list[float]
+
+
+@dataclass(frozen=True)
+class Record(ChapterRecord):
+    """What F7–F8 read from the chapter's record (per draw: a list over draws)."""
+    seeds: list[int]
+    cls_ratio_first_half: list[float]
+    spatial_ratio_first_half: list[float]
+    cls_ratio_second_half: list[float]
+    spatial_ratio_second_half: list[float]
+    vit_median_ratio: list[float]
+    resnet_median_ratio: list[float]
+    control: ControlFacts
+    no_skip: list[NoSkipFacts]
+
+
+def _f7(v: Record) -> Judgement:
     reps = replicates(v)
-    first = per_seed(reps, lambda r: diff(r["cls_ratio_first_half"], r["spatial_ratio_first_half"]))
-    second = per_seed(reps, lambda r: diff(r["cls_ratio_second_half"], r["spatial_ratio_second_half"]))
-    over = per_seed(reps, lambda r: [a / b for a, b in zip(draws(r["vit_median_ratio"]), draws(r["resnet_median_ratio"]))])
-    t = lambda k: interval(per_seed(reps, lambda r: r[k])).text()   # noqa: E731
+    first = per_seed(reps, lambda r: diff(r.cls_ratio_first_half, r.spatial_ratio_first_half))
+    second = per_seed(reps, lambda r: diff(r.cls_ratio_second_half, r.spatial_ratio_second_half))
+    over = per_seed(reps, lambda r: [a / b for a, b in zip(draws(r.vit_median_ratio), draws(r.resnet_median_ratio))])
+    t = lambda k: interval(per_seed(reps, lambda r: getattr(r, k))).text()   # noqa: E731
     return Judgement(
         f"skip ratio ‖z‖/‖f(z)‖, first half: CLS {t('cls_ratio_first_half')} vs patches "
         f"{t('spatial_ratio_first_half')}; second half: CLS {t('cls_ratio_second_half')} vs patches "
@@ -479,34 +505,34 @@ def _f7(v):
         size=(check(f"ViT median ratio ≥ {F7_MEDIAN_TIMES:g}× the ResNet's", over, "≥", F7_MEDIAN_TIMES, PROJECT + " of “far above” (Fig 7)"),))
 
 
-def _f8(v):
+def _f8(v: Record) -> Judgement:
     reps = replicates(v)
-    rows, control = v["no_skip"], v["control"]
+    rows, control = v.no_skip, v.control
     if not rows:
         return Judgement("no ViT without skips in this run", not_measured="the chapter ran without no-skip models")
-    middle = min(range(len(rows)), key=lambda k: abs(rows[k]["depth_fraction"] - 0.5))
-    matched = all(r["control"]["name"] is not None and r["control"]["steps"] is not None
-                  and all(row["steps"] == r["control"]["steps"] for row in r["no_skip"]) for r in reps)
-    steps = ", ".join(f"block {row['block']}: {row['steps']}" for row in rows)
+    middle = min(range(len(rows)), key=lambda k: abs(rows[k].depth_fraction - 0.5))
+    matched = all(r.control.name is not None and r.control.steps is not None
+                  and all(row.steps == r.control.steps for row in r.no_skip) for r in reps)
+    steps = ", ".join(f"block {row.block}: {row.steps}" for row in rows)
 
     def split(k):
-        return per_seed(reps, lambda r: diff(r["no_skip"][k]["split_cka_intact"], r["no_skip"][k]["split_cka_no_skip"]))
+        return per_seed(reps, lambda r: diff(r.no_skip[k].split_cka_intact, r.no_skip[k].split_cka_no_skip))
 
     def drop(k):
-        return per_seed(reps, lambda r: r["no_skip"][k]["accuracy_drop"])
-    text = "; ".join(f"block {row['block']}: CKA across it lower by {interval(split(k)).text()} without skips, "
+        return per_seed(reps, lambda r: r.no_skip[k].accuracy_drop)
+    text = "; ".join(f"block {row.block}: CKA across it lower by {interval(split(k)).text()} without skips, "
                      f"accuracy drop {interval(drop(k)).text(1, 100, ' points')}" for k, row in enumerate(rows))
     others = [k for k in range(len(rows)) if k != middle]
     return Judgement(
-        text + f" (intact control {control['name']}, {control['steps']} steps; no-skip models {steps}; "
+        text + f" (intact control {control.name}, {control.steps} steps; no-skip models {steps}; "
         f"{seeds_text(reps)})",
         controls=(flag("intact control trained with the no-skip models' number of optimisation steps", matched,
-                       f"control {control['steps']} steps; {steps}"),),
-        central=check(f"CKA across the middle block (block {rows[middle]['block']}) lower without its skips",
+                       f"control {control.steps} steps; {steps}"),),
+        central=check(f"CKA across the middle block (block {rows[middle].block}) lower without its skips",
                       split(middle), ">", 0.0),
         size=(check(f"about 4 points accuracy lost at the middle block (≥ {100 * F8_ACCURACY_DROP:g})", drop(middle),
                     "≥", F8_ACCURACY_DROP, PAPER + " (Fig 8: about 4%)", 1, 100, " points"),),
-        secondary=tuple(check(f"CKA across block {rows[k]['block']} lower without its skips", split(k), ">", 0.0)
+        secondary=tuple(check(f"CKA across block {rows[k].block} lower without its skips", split(k), ">", 0.0)
                         for k in others))
 
 
@@ -514,7 +540,8 @@ FINDINGS = (
     Finding(7, "Fig 7", "skip_connections",
             "early on the CLS token travels the skip path while patch tokens change; reversed later; ViT ratios far "
             "above the ResNet's", _f7,
-            "with 6 blocks and a 10-class task the CLS token may have little to gather"),
+            "with 6 blocks and a 10-class task the CLS token may have little to gather", record=Record),
     Finding(8, "Fig 8", "skip_connections",
-            "removing a block's skips splits the CKA heatmap there; middle blocks cost about 4% accuracy", _f8),
+            "removing a block's skips splits the CKA heatmap there; middle blocks cost about 4% accuracy", _f8,
+            record=Record),
 )

@@ -15,7 +15,7 @@ and for its probe shots, validation and test images):
   be set beside the difference between two trainings of one model. F9 and F10 then ask their criteria of every
   pairing of a CLS seed with a GAP seed.
 
-Each draw of each model is cached (:func:`vitcnn_utils.cache.cached`, the draw's seed in the key), so draw 0 is
+Each draw of each model is cached (:func:`vitcnn_utils.cache.measured`: the call is the key), so draw 0 is
 the plain library call on ``seed``'s images and a rebuild after a text edit is instant.
 """
 from __future__ import annotations
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import torch
 
 from .. import cache, localisation, measure
-from ..evidence import over_seeds, runs_text
+from ..evidence import (PAPER, PROJECT, ChapterRecord, Finding, Judgement, check, diff, interval, over_seeds,
+                        per_seed, replicates, runs_text, seeds_text)
 from ..hooks import normalised_depth
 from ..models import load_named
 from .params import ChapterParams, draws as image_draws
-from ..evidence import PAPER, PROJECT, Finding, Judgement, check, diff, interval, per_seed, replicates, seeds_text
 
 LABELS = ("ViT-CLS", "ViT-GAP", "ResNet")
 KEYS = {"ViT-CLS": "vit_cls", "ViT-GAP": "vit_gap", "ResNet": "resnet"}   # labels -> record keys
@@ -272,16 +272,14 @@ def run(params: Params | None = None, **overrides) -> SpatialResult:
     (:func:`~vitcnn_utils.data.probe_batches`).
     """
     p = Params.resolve(params, overrides)
-    models, fingerprints = {}, {}
+    models = {}
     for label, spec in zip(LABELS, (p.vit, p.vit_gap, p.resnet)):
-        models[label], name = _model(spec, p.weights, p.pretrained, p.device)
-        fingerprints[label] = cache.model_fingerprint(models[label], name or label)
+        models[label], _ = _model(spec, p.weights, p.pretrained, p.device)
     seed_models, seed_names = {}, {}
     for label, spec in zip(SEEDED, (p.vit_seed, p.vit_gap_seed)):
         if spec is not None:
             seed_models[label], name = _model(spec, p.weights, p.pretrained, p.device)
             seed_names[label] = name or f"{label} seed 1"
-            fingerprints[f"{label} seed 1"] = cache.model_fingerprint(seed_models[label], seed_names[label])
     layers = {"ViT-CLS": p.vit_layer, "ViT-GAP": p.vit_layer, "ResNet": p.resnet_layer}
     positions = [tuple(int(v) for v in pos) for pos in p.token_positions]
     all_draws = image_draws(p)
@@ -305,28 +303,22 @@ def run(params: Params | None = None, **overrides) -> SpatialResult:
                 if measure.token_geometry(model, layers[label], batches, device=p.device) != geometry[label]:
                     raise ValueError(f"the second seed of {label} ({seed_names[label]}) has another token geometry "
                                      f"at {layers[label]} than {label}; pass a model of the same architecture")
-        key = draw.key(n=p.n_images, batch=p.batch_size)
         fit, val, test = draw.probe_images(p.shots, p.val_per_class, p.n_test, p.batch_size)
-        probe_key = draw.key(shots=p.shots, val_per_class=p.val_per_class, n_test=p.n_test, batch=p.batch_size)
 
-        def token_patch(model, fingerprint, label):
+        def token_patch(model, label):
             """This draw's token–patch CKA matrix of ``model`` at ``label``'s layer (cached)."""
             g = geometry[label]
-            return cache.cached(
-                "token-patch-cka", {**key, "model": fingerprint, "layer": layers[label], **g},
-                lambda: measure.token_patch_cka(model, batches, layers[label], g["patch_size"], g["grid"],
-                                                g["num_prefix_tokens"], device=p.device), p.use_cache)
+            return cache.measured(measure.token_patch_cka, model, batches, layers[label], g["patch_size"],
+                                  g["grid"], g["num_prefix_tokens"], device=p.device, enabled=p.use_cache)
 
-        def probes(model, fingerprint, only=None):
+        def probes(model, only=None):
             """This draw's probes of ``model`` at every block, or at the layers ``only`` (cached)."""
-            where = {"layers": only} if only else {}            # every block: the key as it always was
-            return cache.cached("spatial-probes", {**probe_key, "model": fingerprint, **where},
-                                lambda: measure.spatial_probes(model, fit, val, test, layers=only, device=p.device),
-                                p.use_cache)
+            return cache.measured(measure.spatial_probes, model, fit, val, test, layers=only, device=p.device,
+                                  enabled=p.use_cache)
 
         for label, model in models.items():
             g = geometry[label]
-            matrix = token_patch(model, fingerprints[label], label)
+            matrix = token_patch(model, label)
             cka[label].append(matrix.double())
             for field, value in localisation.own_patch_counts(matrix, g["grid"]).items():
                 counts[label].setdefault(field, []).append(value)
@@ -335,7 +327,7 @@ def run(params: Params | None = None, **overrides) -> SpatialResult:
             mean_other[label].append(summary["mean_other"])
             undefined[label].append(summary["undefined_fraction"])
 
-            result = probes(model, fingerprints[label])
+            result = probes(model)
             prefix = g["num_prefix_tokens"]
             for kind, values in probe_curves(result, prefix).items():
                 curves[label].setdefault(kind, []).append(values.double())
@@ -347,10 +339,10 @@ def run(params: Params | None = None, **overrides) -> SpatialResult:
             sizes = (measure.count_classes(fit), result.n_fit, result.n_val, result.n_test)
 
         for label, model in seed_models.items():       # second training seeds: the final layer's counts and the
-            g, fp = geometry[label], fingerprints[f"{label} seed 1"]   # last block's probes (as the models above)
-            matrix = token_patch(model, fp, label)
+            g = geometry[label]                        # last block's probes (as the models above)
+            matrix = token_patch(model, label)
             seed_counts[label].append(localisation.own_patch_counts(matrix, g["grid"])["interior_own_patch_count"])
-            result = probes(model, fp, only=probe_layers[label][-1:])
+            result = probes(model, only=probe_layers[label][-1:])
             for kind, values in probe_curves(result, g["num_prefix_tokens"]).items():
                 seed_last[label].setdefault(kind, []).append(values[-1].item())
             lambdas.append(chosen_lambda_range(result))
@@ -441,17 +433,41 @@ def chosen_lambda_range(result) -> tuple[float, float]:
 # -- the paper's findings this chapter judges (gathered by vitcnn_utils.findings) -------------------------------
 # Each rule reads the chapter's record of every training seed (evidence.replicates) and judges intervals.
 
-def _share_points(counts, tokens: int) -> list[float]:
-    return [100.0 * int(c) / tokens for c in counts]
+@dataclass(frozen=True)
+class OwnPatchFacts:
+    """One model's own-patch counts as F9 reads them: per draw, how many of its ``interior_tokens`` interior
+    tokens are most similar to their own input patch."""
+    interior_own_patch_count: list[int]
+    interior_tokens: int
 
 
-def _f9(v):
+@dataclass(frozen=True)
+class Record(ChapterRecord):
+    """What F9–F10 read from the chapter's record: own-patch counts per model and the last block's probe
+    accuracies per readout (fractions, a list over draws)."""
+    seeds: list[int]
+    vit_cls: OwnPatchFacts
+    vit_gap: OwnPatchFacts
+    resnet: OwnPatchFacts
+    vit_cls_tokens: list[float]
+    vit_gap_tokens: list[float]
+    resnet_tokens: list[float]
+    vit_cls_cls: list[float]
+    vit_gap_gap: list[float]
+
+    def own_patch_points(self, model: str) -> list[float]:
+        """Per draw: the share of ``model``'s ("vit_cls", "vit_gap", "resnet") interior tokens most similar to
+        their own patch, in percentage points."""
+        facts = getattr(self, model)
+        return [100.0 * c / facts.interior_tokens for c in facts.interior_own_patch_count]
+
+
+def _f9(v: Record) -> Judgement:
     reps = replicates(v)
-    field = "interior_own_patch_count"
-    n = int(v["vit_cls"]["interior_tokens"])
-    share = {m: per_seed(reps, lambda r, m=m: _share_points(r[m][field], n)) for m in ("vit_cls", "vit_gap", "resnet")}
-    cls_gap = per_seed(reps, lambda r: diff(_share_points(r["vit_cls"][field], n), _share_points(r["vit_gap"][field], n)))
-    cls_res = per_seed(reps, lambda r: diff(_share_points(r["vit_cls"][field], n), _share_points(r["resnet"][field], n)))
+    n = v.vit_cls.interior_tokens
+    share = {m: per_seed(reps, lambda r, m=m: r.own_patch_points(m)) for m in ("vit_cls", "vit_gap", "resnet")}
+    cls_gap = per_seed(reps, lambda r: diff(r.own_patch_points("vit_cls"), r.own_patch_points("vit_gap")))
+    cls_res = per_seed(reps, lambda r: diff(r.own_patch_points("vit_cls"), r.own_patch_points("resnet")))
     return Judgement(
         f"share of the {n} interior tokens most similar to their own input patch: ViT-CLS "
         f"{interval(share['vit_cls']).text(0, unit='%')}, ViT-GAP {interval(share['vit_gap']).text(0, unit='%')}, "
@@ -462,12 +478,12 @@ def _f9(v):
         secondary=(check("ViT-CLS above the ResNet", cls_res, ">", 0.0, digits=0, unit=" points"),))
 
 
-def _f10(v):
+def _f10(v: Record) -> Judgement:
     reps = replicates(v)
-    gap_cls = per_seed(reps, lambda r: diff(r["vit_gap_tokens"], r["vit_cls_tokens"]))
-    res_cls = per_seed(reps, lambda r: diff(r["resnet_tokens"], r["vit_cls_tokens"]))
-    same = per_seed(reps, lambda r: diff(r["vit_cls_cls"], r["vit_gap_gap"]))
-    t = lambda k: interval(per_seed(reps, lambda r: r[k])).text(1, 100, "%")   # noqa: E731
+    gap_cls = per_seed(reps, lambda r: diff(r.vit_gap_tokens, r.vit_cls_tokens))
+    res_cls = per_seed(reps, lambda r: diff(r.resnet_tokens, r.vit_cls_tokens))
+    same = per_seed(reps, lambda r: diff(r.vit_cls_cls, r.vit_gap_gap))
+    t = lambda k: interval(per_seed(reps, lambda r: getattr(r, k))).text(1, 100, "%")   # noqa: E731
     return Judgement(
         f"last block, single-token probes: ViT-CLS {t('vit_cls_tokens')}, ViT-GAP {t('vit_gap_tokens')}, ResNet "
         f"{t('resnet_tokens')}; CLS;CLS {t('vit_cls_cls')} vs GAP;GAP {t('vit_gap_gap')} ({seeds_text(reps)})",
@@ -482,8 +498,8 @@ def _f10(v):
 FINDINGS = (
     Finding(9, "Figs 9–10", "spatial",
             "ViT-CLS final tokens localise to their own patch; ResNet and GAP-ViT much less", _f9,
-            "28-px images in 4-px patches may leave each token little context to lose"),
+            "28-px images in 4-px patches may leave each token little context to lose", record=Record),
     Finding(10, "Fig 11", "spatial",
             "single spatial tokens of the CLS model probe poorly; GAP-model and ResNet tokens well; CLS;CLS ≈ GAP;GAP",
-            _f10, "10 classes may be far easier to read from one token than the paper's 1,000"),
+            _f10, "10 classes may be far easier to read from one token than the paper's 1,000", record=Record),
 )
