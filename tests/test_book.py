@@ -110,7 +110,7 @@ def test_wide_figures_have_a_phone_layout_on_the_page(built_book):
         assert '<picture class="vitcnn-figure"><source media="(max-width: 600px)" srcset="data:image/png;base64,' \
             in page and '<img src="data:image/png;base64,' in page, chapter
     intro = (html / "book" / "intro.html").read_text()
-    assert "findings_summary_narrow.png" in intro and "vitcnn-narrow" in intro and "vitcnn-wide" in intro
+    assert "findings_summary_narrow.png" in intro and 'class="vitcnn-narrow' in intro and 'class="vitcnn-wide' in intro
     assert "@media (max-width: 600px)" in (html / "_static" / "vitcnn.css").read_text()
 
 
