@@ -27,6 +27,7 @@ def built_book(tmp_path_factory, monkeypatch_module):
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(book.ROOT / name, root / name)
     shutil.copytree(book.ROOT / "book", root / "book", ignore=shutil.ignore_patterns("_build", "chapters"))
+    shutil.copytree(book.ROOT / "_static", root / "_static")          # the book's own CSS
     monkeypatch_module.setenv("TQDM_DISABLE", "1")
     outputs = {}
     for chapter in book.CHAPTERS:
