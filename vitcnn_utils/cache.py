@@ -1,9 +1,9 @@
 """A small on-disk results cache, so chapters share computations and a rebuild after a text edit is fast.
 
-A result is stored under a key derived from everything it depends on: the caller's spec (a JSON-able dict:
-model fingerprints from :func:`model_fingerprint`, the data's fingerprint from :func:`data_fingerprint`,
-layers, image indices, parameters) and, added by :func:`cached` itself, :func:`code_version`, a hash of the
-measurement code. A change of data location, data files, weights, parameters or library code therefore
+A result is stored under a key derived from everything it depends on. The chapters cache through
+:func:`measured`, whose key is the call itself (:func:`call_key`: the function and every argument, models by
+:func:`model_key`, a draw's images by their data fingerprint from :func:`data_fingerprint`, seed and sizes);
+:func:`cached` adds :func:`code_version`, a hash of the measurement code. A change of data location, data files, weights, parameters or library code therefore
 computes afresh: a cache never has to be cleared by hand. Writes are atomic (temporary file, then rename).
 """
 from __future__ import annotations
