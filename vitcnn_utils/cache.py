@@ -3,8 +3,9 @@
 A result is stored under a key derived from everything it depends on. The chapters cache through
 :func:`measured`, whose key is the call itself (:func:`call_key`: the function and every argument, models by
 :func:`model_key`, a draw's images by their data fingerprint from :func:`data_fingerprint`, seed and sizes);
-:func:`cached` adds :func:`code_version`, a hash of the measurement code. A change of data location, data files, weights, parameters or library code therefore
-computes afresh: a cache never has to be cleared by hand. Writes are atomic (temporary file, then rename).
+:func:`cached` adds :func:`code_version`, a hash of the measurement code. A change of data location, data
+files, weights, parameters or library code therefore computes afresh: a cache never has to be cleared by
+hand. Writes are atomic (temporary file, then rename).
 """
 from __future__ import annotations
 
@@ -78,9 +79,8 @@ def argument_key(value) -> Any:
     if hasattr(value, "cache_key"):
         return value.cache_key()
     if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        return {"tensor": hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest(),
-                "dtype": str(t.dtype), "shape": list(t.shape)}
+        return {"tensor": hashlib.sha256(_tensor_bytes(value)).hexdigest(), "dtype": str(value.dtype),
+                "shape": list(value.shape)}
     if isinstance(value, (torch.device, torch.dtype)):
         return str(value)
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -199,15 +199,19 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of ``tensor``'s values (on the CPU, contiguous), for hashing."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def model_fingerprint(model: torch.nn.Module, name: str) -> dict:
     """What identifies a model in a cache key: its name, a hash of its structure (``repr``: module classes and
     their settings, e.g. a block without skips) and of every tensor of its ``state_dict`` (names, dtypes,
     shapes, values), and the zoo checksum of a zoo model. Weights changed after loading change the key too."""
     digest = hashlib.sha256(repr(model).encode())
     for key, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"\0{key} {t.dtype} {tuple(t.shape)}\0".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(f"\0{key} {tensor.dtype} {tuple(tensor.shape)}\0".encode())
+        digest.update(_tensor_bytes(tensor))
     out = {"name": name, "params_sha256": digest.hexdigest()}
     entry = getattr(model, "zoo_entry", None)
     if entry is not None:

@@ -375,7 +375,7 @@ class ChapterRecord:
     def from_json(cls, values: dict, chapter: str | None = None):
         """The typed record of ``values`` (a chapter's JSON record as :func:`load_results` reads it), with its
         ``"replicates"`` as records of the same type."""
-        chapter = chapter or getattr(values, "chapter", None) or "?"
+        chapter = chapter or "?"
         own = _typed(cls, values, "", chapter)
         reps = tuple(_typed(cls, r, f"replicates[{k}].", chapter) for k, r in enumerate(values.get("replicates") or ()))
         return dataclasses.replace(own, chapter=chapter, replicates=reps)

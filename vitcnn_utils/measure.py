@@ -74,13 +74,9 @@ def heatmaps_with_accuracy(models: Mapping[str, torch.nn.Module], batches,
         correct[name] = correct.get(name, 0) + (logits.argmax(-1).cpu() == labels).sum().item()
         seen[name] = seen.get(name, 0) + labels.shape[0]
     cka, names = model_cka(models, batches, layers, device, gram_dtype, None, progress, on_output=count)
-    first: dict[int, str] = {}
-    for name, model in models.items():
-        first.setdefault(id(model), name)
     accuracies = {}
-    for name, model in models.items():
-        c, n = all_reduce_sum([torch.tensor(float(correct[first[id(model)]])),
-                               torch.tensor(float(seen[first[id(model)]]))])
+    for name in models:
+        c, n = all_reduce_sum([torch.tensor(float(correct[name])), torch.tensor(float(seen[name]))])
         accuracies[name] = c.item() / n.item()
     return Heatmaps(names, cka.compute(), cka.total_examples), accuracies
 

@@ -118,8 +118,8 @@ def forward_passes(models: Mapping[str, torch.nn.Module], batches: Iterable,
         amp_dtype: autocast dtype for the forward passes (e.g. ``torch.bfloat16``); None = full precision.
         transform: applied to each captured feature inside its hook (see :class:`~vitcnn_utils.hooks.Capture`).
         progress: the progress bar's label; None = no bar.
-        on_output: called as ``on_output(name, output, labels)`` with each model's output (its logits) for every
-            minibatch, once per model object (under the first name it is given), e.g. to count correct
+        on_output: called as ``on_output(name, output, labels)`` with each named model's output (its logits) for
+            every minibatch (a model under two names: its one output, for each name), e.g. to count correct
             predictions from the same pass.
 
     Yields:
@@ -152,19 +152,20 @@ def forward_passes(models: Mapping[str, torch.nn.Module], batches: Iterable,
             runs[name] = (cap, preprocessor(model), _device_of(model))
         for batch in tqdm(batches, desc=progress, total=total, leave=False, disable=_no_progress_bar(progress)):
             images, labels = minibatch_pair(batch)
-            captured = {}
+            captured, outputs = {}, {}
             for name, (cap, prep, dev) in runs.items():
                 # no_grad around the pass alone: a grad mode held across the yield would leak into the caller
                 # (and two interleaved generators would restore each other's mode in the wrong order)
                 with torch.no_grad(), torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
                                                      enabled=amp_dtype is not None):
                     captured[name] = cap(prep(images.to(dev, non_blocking=True)))
-                if on_output is not None:
-                    on_output(name, cap.output, labels)
+                outputs[name] = cap.output
             out = {}
             for name, model in models.items():          # in the order given; shared captures reused
                 feats, keep = captured[first[id(model)]], set(wanted[name])
                 out[name] = OrderedDict((layer, f) for layer, f in feats.items() if layer in keep)
+                if on_output is not None:
+                    on_output(name, outputs[first[id(model)]], labels)
             yield out, labels
 
 
