@@ -230,6 +230,30 @@ def test_float32_grams_within_1e6_of_reference_with_large_offset_and_scale():
 
 
 # ---- errors ---------------------------------------------------------------------------------------------------
+def test_reused_gram_buffer_changes_nothing_and_leaves_inputs_alone():
+    """update() writes each minibatch's Grams into a buffer kept between minibatches: the sums must equal
+    those of a fresh buffer every time, bit for bit (within and across, ragged last batch included), and the
+    caller's Grams, passed in again to a second object as the data-scale chapter does, must be left as they were."""
+    torch.manual_seed(3)
+    sizes = [16, 16, 9]
+    xs = [[torch.randn(n, 5) * s, torch.randn(n, 3, 2)] for n, s in zip(sizes, (1.0, 1e3, 1e-3))]
+    ys = [[torch.randn(n, 4), torch.randn(n, 7) + 5] for n in sizes]
+    for within in (True, False):
+        reused, fresh, from_grams = MinibatchCKA(), MinibatchCKA(), MinibatchCKA()
+        for x, y in zip(xs, ys):
+            reused.update(x, None if within else y)
+            fresh._buffers.clear()
+            fresh.update(x, None if within else y)
+            gx, gy = [from_grams.gram(t) for t in x], [from_grams.gram(t) for t in y]
+            before = [g.matrix.clone() for g in gx + gy]
+            from_grams.update(gx, None if within else gy)
+            assert all(torch.equal(g.matrix, b) for g, b in zip(gx + gy, before))
+        assert reused._buffers["a"].shape[1] == sizes[-1]          # the ragged batch got its own buffer
+        a, b, c = reused.sums(), fresh.sums(), from_grams.sums()
+        for key in a:
+            assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key]), key
+
+
 def test_errors_are_clear():
     cka = MinibatchCKA()
     with pytest.raises(ValueError, match="before any update"):

@@ -276,6 +276,7 @@ class MinibatchCKA:
         # every minibatch's own terms, for interval(): (xy (L_a, L_b), xx (L_a,), yy (L_b,), exponent_a (L_a,),
         # exponent_b (L_b,)), each in units of its own exponents (NEVER where the layer was constant)
         self._terms: list[tuple[torch.Tensor, ...]] = []
+        self._buffers: dict[str, torch.Tensor | None] = {}     # _grams' (L, n, n) stacks, reused per minibatch
 
     # -- per minibatch ------------------------------------------------------------------------------
     def gram(self, x: torch.Tensor) -> Gram:
@@ -289,26 +290,34 @@ class MinibatchCKA:
         with torch.autocast(x.device.type, enabled=False):   # hooks run inside the forward's autocast
             return Gram(*_centred_gram(x, self.gram_dtype, self.device or x.device))
 
-    def _grams(self, names: list[str], feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """U-centred Grams ``(L, n, n)`` in units of ``4**exponents``, per-layer flags ``(L,)`` (1 = finite,
-        2 = non-constant) and the exponents ``(L,)`` int64."""
+    def _grams(self, side: str, names: list[str], feats: list[torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """U-centred Grams ``(L, n, n)`` in units of ``4**exponents``, whether each layer varies ``(L,)`` bool,
+        and the exponents ``(L,)`` int64.
+
+        The Grams are written into this object's buffer for ``side`` ("a" or "b"), kept from one minibatch to
+        the next while ``(L, n)`` and the device stay the same: writing a fresh ``(L, n, n)`` tensor every
+        minibatch cost more than the copy itself (first-touch page faults). Nothing outside this object
+        holds the buffer; it is overwritten by the next :meth:`update` and freed by :meth:`reset`."""
         if not feats:
             raise ValueError("no layers given: pass at least one (n, ...) tensor")
         n = feats[0].shape[0]
         if n < 4:
             raise ValueError(f"minibatch of {n} examples: unbiased HSIC needs at least 4 per batch "
                              "(use larger batches, or drop the ragged last batch)")
-        device = self.device or feats[0].device
-        grams = torch.empty(len(feats), n, n, dtype=torch.float64, device=device)
-        flags = torch.empty(len(feats), dtype=torch.int64, device=device)
+        device = torch.device(self.device or feats[0].device)
+        grams = self._buffers.get(side)
+        if grams is None or grams.shape != (len(feats), n, n) or grams.device != device:
+            self._buffers[side] = None                    # free the old buffer before making the new one
+            grams = self._buffers[side] = torch.empty(len(feats), n, n, dtype=torch.float64, device=device)
+        varying = torch.empty(len(feats), dtype=torch.bool, device=device)
         exponents = torch.empty(len(feats), dtype=torch.int64, device=device)
         for i, (name, x) in enumerate(zip(names, feats)):
             if x.shape[0] != n:
                 raise ValueError(f"layer {name!r} has {x.shape[0]} examples, the first layer "
                                  f"{n}: every layer (and model) must see the same minibatch")
-            grams[i], varying, exponents[i] = x if isinstance(x, Gram) else _centred_gram(x, self.gram_dtype, device)
-            flags[i] = torch.isfinite(grams[i]).all().long() + 2 * varying.long()
-        return u_centre_(grams), flags, exponents
+            grams[i], varying[i], exponents[i] = x if isinstance(x, Gram) else _centred_gram(x, self.gram_dtype, device)
+        return u_centre_(grams), varying, exponents
 
     def update(self, feats_a: Features, feats_b: Features | None = None) -> None:
         """Add one minibatch.
@@ -333,25 +342,26 @@ class MinibatchCKA:
                 change = "; ".join(c for c in changes if c)
             raise ValueError(f"the layers differ from those of the first update: {change}. Pass the same layers, "
                              "in the same order, to every update (or call reset() to start a new heatmap)")
-        grams_a, flags_a, exps_a = self._grams(names_a, list_a)
-        grams_b, flags_b, exps_b = (grams_a, flags_a, exps_a) if within else self._grams(names_b, list_b)
+        grams_a, varying_a, exps_a = self._grams("a", names_a, list_a)
+        grams_b, varying_b, exps_b = (grams_a, varying_a, exps_a) if within else self._grams("b", names_b, list_b)
         n = grams_a.shape[-1]
         if grams_b.shape[-1] != n:
             raise ValueError(f"model A's minibatch has {n} examples, model B's {grams_b.shape[-1]}")
-        flags = torch.cat([flags_a, flags_b]).cpu()             # the one host sync per minibatch
-        bad = [name for name, f in zip(names_a + names_b, flags.tolist()) if not f & 1]
+        scale = 1.0 / (n * (n - 3))
+        flat_a, flat_b = grams_a.flatten(1), grams_b.flatten(1)
+        xy = (flat_a @ flat_b.T) * scale                       # all layer pairs in one product
+        xx = xy.diagonal().clone() if within else (flat_a * flat_a).sum(1) * scale
+        yy = xx.clone() if within else (flat_b * flat_b).sum(1) * scale  # never alias xx
+        # a non-finite Gram entry makes its row sums, and so its U-centred Gram's self-product, non-finite; a
+        # finite one cannot overflow (the features were rescaled to |x| <= 1): one check, one host sync
+        finite = torch.isfinite(torch.cat([xx, yy])).cpu()
+        bad = [name for name, ok in zip(names_a + names_b, finite.tolist()) if not ok]
         if bad:
             raise ValueError(f"non-finite values (NaN/inf) in layer(s) {', '.join(map(repr, dict.fromkeys(bad)))} "
                              "of this minibatch")
 
         if self.names_a is None:
             self.names_a, self.names_b, self.within = names_a, names_b, within
-        scale = 1.0 / (n * (n - 3))
-        flat_a, flat_b = grams_a.flatten(1), grams_b.flatten(1)
-        xy = (flat_a @ flat_b.T) * scale                       # all layer pairs in one product
-        xx = xy.diagonal().clone() if within else (flat_a * flat_a).sum(1) * scale
-        yy = xx.clone() if within else (flat_b * flat_b).sum(1) * scale  # never alias xx
-        varying_a, varying_b = (flags_a & 2).bool(), (flags_b & 2).bool()
         never = _NEVER
         own_a = torch.where(varying_a, exps_a, never)
         own_b = own_a if within else torch.where(varying_b, exps_b, never)
