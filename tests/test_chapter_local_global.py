@@ -197,3 +197,25 @@ def test_numbers_are_intervals_over_seeds_and_draws(result):
     assert nums["lg_uniform_erf"] == f"{result.uniform_erf_radius:.1f} px"
     assert f"over {2 * N_DRAWS} runs" in nums["lg_all_local_all"] or f"in all {2 * N_DRAWS} runs" in nums["lg_all_local_all"]
     assert all(isinstance(v, str) for v in nums.values())
+
+
+def test_recipe_plot_phone_layout_draws_the_same_points_on_swapped_axes():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from vitcnn_utils import plotting
+    columns = [("a\n5 ep.", [[0.5, 1.0], [0.7, 0.9]]), ("b", None), ("zoo vit-cls\n20 ep.", [[1.0, 0.98]])]
+    points = {}
+    for horizontal in (False, True):
+        fig, ax = plt.subplots()
+        plotting.recipe_ablation_distances(ax, columns, 0.75, "t", horizontal=horizontal)
+        xy = [line.get_xydata() for line in ax.lines if line.get_marker() == "o"]
+        points[horizontal] = [p[:, ::-1] if horizontal else p for p in xy]
+        ticks = [t.get_text() for t in (ax.get_yticklabels() if horizontal else ax.get_xticklabels())]
+        assert ticks == [label for label, _ in columns]
+        assert any("not yet measured" in t.get_text() for t in ax.texts)
+        plt.close(fig)
+    assert len(points[False]) == 2                                  # one errorbar per measured column
+    for wide, narrow in zip(points[False], points[True]):
+        assert wide.tolist() == narrow.tolist()
+    assert points[False][0][:, 1].tolist() == [0.6, 0.95]           # the mean over draws of each head

@@ -286,15 +286,19 @@ def receptive_fields_with_radii(erfs: dict, radii: dict, uniform_radius: float, 
     return fig
 
 
-def recipe_ablation_distances(ax, columns: list, local_fraction: float, title: str):
+def recipe_ablation_distances(ax, columns: list, local_fraction: float, title: str, horizontal: bool = False):
     """Block-0 head distances ÷ the uniform-attention distance, one column per recipe: ``columns`` is a list
     of ``(label, [draw][head] or None)``; each head a dot at its mean over draws with a min–max bar over
     draws; a column without values (not measured yet) is labelled so, never filled. Reference lines at 1
-    (uniform attention) and at the local threshold ``local_fraction``."""
+    (uniform attention) and at the local threshold ``local_fraction``. ``horizontal=True``: one row per recipe
+    (top to bottom, distance on the x axis), the phone layout."""
     top = 1.25
+    along, across = (ax.set_ylim, ax.set_xlim) if horizontal else (ax.set_xlim, ax.set_ylim)
+    line = ax.axvline if horizontal else ax.axhline
     for i, (label, values) in enumerate(columns):
         if values is None:
-            ax.text(i, 0.5, "not yet measured", ha="center", va="center", rotation=90, fontsize=8, color="0.4",
+            ax.text(*((0.5, i) if horizontal else (i, 0.5)), "not yet measured", ha="center", va="center",
+                    rotation=0 if horizontal else 90, fontsize=8, color="0.4",
                     bbox={"facecolor": "white", "edgecolor": "0.8", "boxstyle": "round,pad=0.3"})
             continue
         v = np.asarray(values, dtype=float)
@@ -302,21 +306,30 @@ def recipe_ablation_distances(ax, columns: list, local_fraction: float, title: s
         heads = len(mean)
         offsets = np.linspace(-0.22, 0.22, heads) if heads > 1 else np.zeros(1)
         colour = "0.25" if label.startswith("zoo") else MODEL_COLOURS["vit"]
-        ax.errorbar(i + offsets, mean, yerr=[mean - v.min(0), v.max(0) - mean], fmt="o", ms=4, capsize=2,
-                    elinewidth=1, color=colour)
+        spread = [mean - v.min(0), v.max(0) - mean]
+        if horizontal:
+            ax.errorbar(mean, i + offsets, xerr=spread, fmt="o", ms=3.5, capsize=2, elinewidth=1, color=colour)
+        else:
+            ax.errorbar(i + offsets, mean, yerr=spread, fmt="o", ms=4, capsize=2, elinewidth=1, color=colour)
         top = max(top, float(v.max()) + 0.08)
     if columns and columns[-1][0].startswith("zoo"):
-        ax.axvline(len(columns) - 1.5, color="0.6", lw=0.8)             # the shipped reference stands apart
-    ax.axhline(1.0, color="0.3", ls="--", lw=1.1, label="uniform attention (1×)")
-    ax.axhline(local_fraction, color=MODEL_COLOURS["resnet"], ls=":", lw=1.5,
-               label=f"local threshold ({local_fraction:g}×)")
-    ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels([label for label, _ in columns], fontsize=8)
-    ax.set_xlim(-0.6, len(columns) - 0.4)
-    ax.set_ylim(0, top)
-    ax.set_ylabel("block-0 head distance ÷ uniform distance")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+        (ax.axhline if horizontal else ax.axvline)(len(columns) - 1.5, color="0.6", lw=0.8)  # the shipped reference
+    line(1.0, color="0.3", ls="--", lw=1.1, label="uniform attention (1×)")
+    line(local_fraction, color=MODEL_COLOURS["resnet"], ls=":", lw=1.5, label=f"local threshold ({local_fraction:g}×)")
+    labels = [label for label, _ in columns]
+    if horizontal:
+        ax.set_yticks(range(len(columns)), labels, fontsize=8)
+        along(len(columns) - 0.4, -0.6)                                   # the first recipe at the top
+        across(0, top)
+        ax.set_xlabel("block-0 head distance ÷ uniform distance", fontsize=9)
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1, framealpha=0.9)
+    else:
+        ax.set_xticks(range(len(columns)), labels, fontsize=8)
+        along(-0.6, len(columns) - 0.4)
+        across(0, top)
+        ax.set_ylabel("block-0 head distance ÷ uniform distance")
+        ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.set_title(title, fontsize=9 if horizontal else None)
     return ax
 
 
