@@ -180,10 +180,15 @@ def test_ablation_text_follows_the_numbers(result, synthetic_ablation, tmp_path)
     full = {name: {**entries["baseline"], "arch": arch, "recipe": recipe.to_dict()}
             for name, (arch, recipe) in ablation.VARIANTS.items()}
     full.update({name: entries["baseline"] for name in ablation.DERIVED})
+    full["best-full"] = {**entries["baseline"], "epochs": lg.VIT_EPOCHS}
     path = tmp_path / "full.json"
     path.write_text(json.dumps(full))
     done = dataclasses.replace(result, ablation=lg.read_ablation(path))
-    assert "a measured negative result" in done.ablation_outcome() and "F4 predicts" in done.ablation_outcome()
+    text = done.ablation_outcome()
+    assert "a measured negative result" in text and "F4 predicts" in text
+    ratios = [ablation.block0_locality(v.distances_px, v.uniform_distance_px) for v in done.ablation.variants]
+    assert f"Across the {len(ratios)} recipes" in text and f"{min(ratios):.2f}–{max(ratios):.2f}×" in text
+    assert "`best-full`, trained for the full" in text                     # the full-schedule run named
 
 
 def test_numbers_are_intervals_over_seeds_and_draws(result):
