@@ -189,6 +189,14 @@ def test_ablation_text_follows_the_numbers(result, synthetic_ablation, tmp_path)
     ratios = [ablation.block0_locality(v.distances_px, v.uniform_distance_px) for v in done.ablation.variants]
     assert f"Across the {len(ratios)} recipes" in text and f"{min(ratios):.2f}–{max(ratios):.2f}×" in text
     assert "`best-full`, trained for the full" in text                     # the full-schedule run named
+    assert "Outside the rule" not in text                                   # no local head anywhere
+    # a full-schedule run with a local head deeper than block 0 in every draw: reported, not counted
+    full["best-full"] = {**full["best-full"], "distances_px": [[[9.0, 9.5], [2.0, 9.0]], [[9.0, 9.0], [3.0, 8.0]]]}
+    path.write_text(json.dumps(full))
+    deeper = dataclasses.replace(result, ablation=lg.read_ablation(path))
+    text = deeper.ablation_outcome()
+    assert "a measured negative result" in text                             # block 0 still decides
+    assert "`best-full` has local heads deeper in the network in every draw (1 in block 1, of 2 blocks)" in text
 
 
 def test_numbers_are_intervals_over_seeds_and_draws(result):

@@ -364,7 +364,29 @@ class LocalGlobal:
                          "ViT attends nearly uniformly in its first block whatever the recipe, which is what the "
                          "paper's F4 predicts for little data; F3 and F5 stay judged on the zoo ViT, which has no "
                          "local head.")
+            lines += self._deeper_local_heads(full)
         return "\n\n".join(lines)
+
+    def _deeper_local_heads(self, variants: Sequence[AblationVariant]) -> list[str]:
+        """An observation outside the rule, in words: blocks after block 0 where a full-schedule variant has
+        local heads in every draw, beside the zoo ViT measured in this chapter (its fewest local heads in any
+        draw, per block). Empty when no such block exists."""
+        zoo = [min(draw[b] for draw in self.local_heads("all data")) for b in range(len(self.distances_all_data[0]))]
+        out = []
+        for v in variants:
+            counts = v.local_heads_per_block
+            blocks = [(b, min(draw[b] for draw in counts)) for b in range(1, len(counts[0]))]
+            blocks = [(b, n) for b, n in blocks if n > 0]
+            if not blocks:
+                continue
+            where = ", ".join(f"{n} in block {b}" for b, n in blocks)
+            zoo_where = ", ".join(f"{zoo[b]}" for b, _ in blocks) if len(zoo) == len(counts[0]) else None
+            out.append(f"Outside the rule, which looks at block 0 only and is not moved after the results: `{v.recipe}` "
+                       f"has local heads deeper in the network in every draw ({where}, of {len(counts[0])} blocks)"
+                       + (f", where the zoo ViT measured above has {zoo_where}" if zoo_where is not None else "")
+                       + f". Whether `{v.recipe}`'s recipe makes heads local deeper than block 0 is a hypothesis "
+                       "that one training run does not settle.")
+        return out
 
 
 def _per_head(draws: list, block: int | None = None) -> list[list[float]]:
