@@ -104,6 +104,9 @@ def test_a_failing_chapter_fails_jupyter_book_build(tmp_path, monkeypatch, error
 def test_jupyter_book_build_executes_the_chapters_it_lacks(tmp_path):
     """A real `jupyter-book build` of a book whose toc holds the (cheap) conclusion: it is executed first."""
     root = _book_root(tmp_path, ["book/chapters/conclusion"])
+    (root / "book" / "chapters").mkdir()
+    stale = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("{glue:text}`sk_runs`")])
+    nbformat.write(stale, root / "book" / "chapters" / ".skip_connections.running.ipynb")  # a killed run's file
     env = {k: v for k, v in os.environ.items() if k != sphinx_chapters.EXECUTED_ENV}
     proc = subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(root)], env=env,
                           capture_output=True, text=True, cwd=root)
@@ -113,3 +116,4 @@ def test_jupyter_book_build_executes_the_chapters_it_lacks(tmp_path):
     assert executed.metadata["vitcnn"]["parameters"] == {}
     assert "Conclusion" in (root / "_build" / "html" / "book" / "chapters" / "conclusion.html").read_text()
     assert "nonexisting document" not in proc.stderr
+    assert ".running" not in proc.stdout + proc.stderr                   # not read: no glue or toctree warnings
