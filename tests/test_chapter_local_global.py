@@ -166,7 +166,8 @@ def test_ablation_text_follows_the_numbers(result, synthetic_ablation, tmp_path)
     assert "No recipe measured so far meets the rule" in text
     nums = lg.numbers([result])
     assert nums["lg_ab_most_local"] == "cutmix" and nums["lg_rule_local"] == "0.75" and nums["lg_rule_seeds"] == "2"
-    assert "heads8" in nums["lg_ab_pending"] and "patch2-best" in nums["lg_ab_pending"]
+    assert "heads8" in nums["lg_ab_measured"] and "patch2-best" in nums["lg_ab_measured"]
+    assert nums["lg_ab_measured"].startswith(f"2 of {2 + len(result.ablation.pending)} recipes are measured (not yet: ")
     table = result.ablation_table()
     assert "| `cutmix` |" in table and "88.50%" in table and "not yet measured" in table
     assert " 1–2 · 0–1 |" in table                                             # local heads per block, min–max
@@ -190,6 +191,7 @@ def test_ablation_text_follows_the_numbers(result, synthetic_ablation, tmp_path)
     assert f"Across the {len(ratios)} recipes" in text and f"{min(ratios):.2f}–{max(ratios):.2f}×" in text
     assert "`best-full`, trained for the full" in text                     # the full-schedule run named
     assert "Outside the rule" not in text                                   # no local head anywhere
+    assert lg.numbers([done])["lg_ab_measured"] == f"All {len(ratios)} recipes are measured"
     # a full-schedule run with a local head deeper than block 0 in every draw: reported, not counted
     full["best-full"] = {**full["best-full"], "distances_px": [[[9.0, 9.5], [2.0, 9.0]], [[9.0, 9.0], [3.0, 8.0]]]}
     path.write_text(json.dumps(full))
