@@ -28,14 +28,14 @@ from vitcnn_utils.cache import _tensor_bytes
 CHAPTERS = ("representation_structure", "local_global", "skip_connections", "spatial", "data_scale")
 
 
-def weights_hash(model: torch.nn.Module, memo: dict[int, str]) -> str:
-    if id(model) not in memo:
-        digest = hashlib.sha256()
-        for key, tensor in model.state_dict().items():
-            digest.update(key.encode())
-            digest.update(_tensor_bytes(tensor))
-        memo[id(model)] = digest.hexdigest()[:16]
-    return memo[id(model)]
+def weights_hash(model: torch.nn.Module) -> str:
+    """A hash of ``model``'s ``state_dict``, taken at every pass: a memo by ``id`` would be wrong once a freed
+    model's ``id`` is reused by the next chapter's model, or once weights change in place."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()[:16]
 
 
 def main() -> None:
@@ -44,7 +44,6 @@ def main() -> None:
     args = parser.parse_args()
 
     records: list[tuple[str, str, list[bytes], float]] = []      # (chapter, weights, image hashes, seconds)
-    memo: dict[int, str] = {}
     chapter_now = [""]
     original_call = hooks.Capture.__call__
 
@@ -54,7 +53,7 @@ def main() -> None:
         out = original_call(self, *call_args, **kwargs)
         seconds = time.perf_counter() - start
         per_image = [hashlib.sha256(_tensor_bytes(image)).digest()[:12] for image in images]
-        records.append((chapter_now[0], weights_hash(self.model, memo), per_image, seconds))
+        records.append((chapter_now[0], weights_hash(self.model), per_image, seconds))
         return out
 
     hooks.Capture.__call__ = recording_call
