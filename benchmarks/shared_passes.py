@@ -2,9 +2,10 @@
 
 Runs each measuring chapter's ``run`` with its default (zoo) models, one draw, its first training seed and no
 cache, one after the other in one process, and records every model forward pass the library makes
-(:class:`vitcnn_utils.hooks.Capture`): which weights (a hash of the ``state_dict``), which images (a hash of each
+(:class:`vitcnn_utils.hooks.Capture`): which model (its structure and weights, as
+:func:`vitcnn_utils.cache.model_fingerprint` hashes them for the results cache), which images (a hash of each
 preprocessed image) and how long the pass took, its capture hooks included. An image's pass through a model
-*repeats* when the same weights already saw the same image, earlier in the same chapter or in another one.
+*repeats* when the same model already saw the same image, earlier in the same chapter or in another one.
 
     python benchmarks/shared_passes.py [--chapters representation_structure spatial ...]
 
@@ -20,30 +21,19 @@ import importlib
 import time
 from collections import defaultdict
 
-import torch
-
 from vitcnn_utils import hooks
-from vitcnn_utils.cache import _tensor_bytes
+from vitcnn_utils.cache import _tensor_bytes, model_fingerprint
+from vitcnn_utils.tools.book import CHAPTERS, READS_RESULTS
 
-CHAPTERS = ("representation_structure", "local_global", "skip_connections", "spatial", "data_scale")
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """A hash of ``model``'s ``state_dict``, taken at every pass: a memo by ``id`` would be wrong once a freed
-    model's ``id`` is reused by the next chapter's model, or once weights change in place."""
-    digest = hashlib.sha256()
-    for key, tensor in model.state_dict().items():
-        digest.update(key.encode())
-        digest.update(_tensor_bytes(tensor))
-    return digest.hexdigest()[:16]
+MEASURING = [c for c in CHAPTERS if c not in READS_RESULTS]      # the book's chapters that run models
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--chapters", nargs="+", choices=CHAPTERS, default=list(CHAPTERS))
+    parser.add_argument("--chapters", nargs="+", choices=MEASURING, default=MEASURING)
     args = parser.parse_args()
 
-    records: list[tuple[str, str, list[bytes], float]] = []      # (chapter, weights, image hashes, seconds)
+    records: list[tuple[str, str, list[bytes], float]] = []      # (chapter, model hash, image hashes, seconds)
     chapter_now = [""]
     original_call = hooks.Capture.__call__
 
@@ -53,28 +43,32 @@ def main() -> None:
         out = original_call(self, *call_args, **kwargs)
         seconds = time.perf_counter() - start
         per_image = [hashlib.sha256(_tensor_bytes(image)).digest()[:12] for image in images]
-        records.append((chapter_now[0], weights_hash(self.model), per_image, seconds))
+        # the model's hash at every pass, not memoised by id(): a freed model's id can come back for the next
+        # chapter's model, and weights can change in place
+        records.append((chapter_now[0], model_fingerprint(self.model, "")["params_sha256"], per_image, seconds))
         return out
 
     hooks.Capture.__call__ = recording_call
     walls = {}
-    for chapter in args.chapters:
-        module = importlib.import_module(f"vitcnn_utils.chapters.{chapter}")
-        chapter_now[0] = chapter
-        start = time.perf_counter()
-        module.run(**{**module.Params().run_arguments(), "n_draws": 1, "use_cache": False})
-        walls[chapter] = time.perf_counter() - start
-        print(f"{chapter}: {walls[chapter]:.1f} s", flush=True)
-    hooks.Capture.__call__ = original_call
+    try:
+        for chapter in args.chapters:
+            module = importlib.import_module(f"vitcnn_utils.chapters.{chapter}")
+            chapter_now[0] = chapter
+            start = time.perf_counter()
+            module.run(**{**module.Params().run_arguments(), "n_draws": 1, "use_cache": False})
+            walls[chapter] = time.perf_counter() - start
+            print(f"{chapter}: {walls[chapter]:.1f} s", flush=True)
+    finally:
+        hooks.Capture.__call__ = original_call
 
-    seen: dict[tuple[str, bytes], str] = {}                      # (weights, image) -> first chapter
+    seen: dict[tuple[str, bytes], str] = {}                      # (model, image) -> first chapter
     rows = defaultdict(lambda: [0, 0, 0, 0.0, 0.0, 0.0])         # passes, own repeats, other's, s, s own, s other
-    for chapter, weights, images, seconds in records:
+    for chapter, model, images, seconds in records:
         row = rows[chapter]
         row[3] += seconds
         share = seconds / max(len(images), 1)
         for image in images:
-            key = (weights, image)
+            key = (model, image)
             row[0] += 1
             if key not in seen:
                 seen[key] = chapter
