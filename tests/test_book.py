@@ -302,7 +302,7 @@ def test_run_chapters_runs_measuring_chapters_together_then_the_readers(monkeypa
         with lock:
             running.add(chapter)
             events.append(("start", chapter, frozenset(running)))
-        if chapter in ("data_scale", "representation_structure"):
+        if chapter in ("data_scale", "spatial"):
             both.wait()                                   # the two longest run at the same time
         with lock:
             running.discard(chapter)
@@ -311,7 +311,7 @@ def test_run_chapters_runs_measuring_chapters_together_then_the_readers(monkeypa
     seconds = book.run_chapters(book.CHAPTERS, {}, tmp_path, jobs=2)
     assert set(seconds) == set(book.CHAPTERS)
     starts = [e[1] for e in events if e[0] == "start"]
-    assert starts[:2] == ["data_scale", "representation_structure"] and starts[-1] == "conclusion"
+    assert starts[:2] == ["data_scale", "spatial"] and starts[-1] == "conclusion"
     assert all(e[0] == "end" for e in events[-1:]) and events[-2] == ("start", "conclusion", frozenset({"conclusion"}))
     assert book.os.environ["OMP_NUM_THREADS"] == "2"
 
