@@ -50,3 +50,17 @@ def perturbed_copy(model, scale, seed):
             if p.ndim > 1:
                 p.add_(scale * p.std() * torch.randn(p.shape, generator=gen))
     return other
+
+
+@pytest.fixture
+def gram_dtypes(monkeypatch):
+    """The ``gram_dtype`` of every :class:`~vitcnn_utils.cka.MinibatchCKA` made while the test runs, in order: a
+    chapter's ``gram_dtype`` parameter must reach each CKA it computes."""
+    from vitcnn_utils import cka
+    made, init = [], cka.MinibatchCKA.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self.gram_dtype)
+    monkeypatch.setattr(cka.MinibatchCKA, "__init__", recording)
+    return made

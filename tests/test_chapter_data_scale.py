@@ -7,7 +7,7 @@ from conftest import perturbed_copy
 import torch
 
 
-from vitcnn_utils import evidence
+from vitcnn_utils import cache, evidence
 from vitcnn_utils import measure
 from vitcnn_utils import data as vdata
 from vitcnn_utils.chapters import data_scale
@@ -143,3 +143,12 @@ def test_numbers_and_tables_are_intervals_over_seeds_and_draws(result):
     probes = data_scale.probe_table([result])
     assert findings.interval([result.mid("ResNet", data_scale.SPATIAL, FULL)]).text(1, 100, "%") in probes
     assert OTHER not in probes
+
+
+def test_gram_dtype_reaches_every_cka(groups, gram_dtypes, monkeypatch):
+    monkeypatch.setattr(data_scale, "GRAM_STORE", cache.MemoryStore(max_bytes=2 ** 30))   # Grams computed here
+    vit, resnet = groups
+    data_scale.run(vit=vit[FULL], vit_matched=vit[MATCHED], resnet=resnet[FULL], vit_seed=vit[SEED],
+                   vit_matched_seed=vit[OTHER], vit_fractions={"3%": vit["3%"]}, resnet_fractions={"3%": resnet["3%"]},
+                   n_draws=1, use_cache=False, gram_dtype="float32", **SIZES)
+    assert gram_dtypes and set(gram_dtypes) == {torch.float32}

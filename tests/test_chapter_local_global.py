@@ -234,3 +234,9 @@ def test_recipe_plot_phone_layout_draws_the_same_points_on_swapped_axes():
     for wide, narrow in zip(points[False], points[True]):
         assert wide.tolist() == narrow.tolist()
     assert points[False][0][:, 1].tolist() == [0.6, 0.95]           # the mean over draws of each head
+
+
+def test_gram_dtype_reaches_every_cka(tiny_vit, tiny_resnet, synthetic_ablation, gram_dtypes):
+    _run(tiny_vit, tiny_vit, tiny_resnet, ablation_results=synthetic_ablation, n_draws=1, use_cache=False,
+         gram_dtype="float32")
+    assert gram_dtypes and set(gram_dtypes) == {torch.float32}

@@ -196,3 +196,20 @@ def test_a_twin_of_another_architecture_is_skipped(tiny_vit, tiny_resnet):
     assert result.twin_cka["vit"] is None and result.twin_cka["resnet"] is None
     assert set(result.twin_cka["skipped"]) == {"vit", "resnet"}
     assert "is not the same architecture" in rs.numbers([result])["rs_vit_twin"] and result.twin_curves() == {}
+
+
+def test_gram_dtype_reaches_every_cka_and_moves_results_only_within_float32_precision(gram_dtypes):
+    """gram_dtype="float32" reaches the draws' heatmaps, the init baseline and the twin CKA; the numbers move from
+    float64's by float32 rounding only."""
+    vit, resnet = _zoo_like(TINY_VIT, 10), _zoo_like(TINY_RESNET, 11)
+    kw = dict(vit=vit, resnet=resnet, n_images=N_IMAGES, batch_size=BATCH, n_draws=1, use_cache=False,
+              vit_twin=_zoo_like(TINY_VIT, 12), resnet_twin=_zoo_like(TINY_RESNET, 13), init_seeds=(0,))
+    in64 = rs.run(**kw)
+    assert gram_dtypes and set(gram_dtypes) == {torch.float64}
+    gram_dtypes.clear()
+    in32 = rs.run(**kw, gram_dtype="float32")
+    assert len(gram_dtypes) == 1 + 1 + 2 and set(gram_dtypes) == {torch.float32}   # draw, init seed, two twins
+    assert not torch.equal(in32.cross, in64.cross)
+    torch.testing.assert_close(in32.cross, in64.cross, rtol=0, atol=1e-6, equal_nan=True)
+    with pytest.raises(ValueError, match="gram_dtype must be one of 'float64', 'float32', got 'half'"):
+        rs.run(**kw, gram_dtype="half")

@@ -115,3 +115,10 @@ def test_without_control_or_no_skip_models(vits, tiny_resnet):
     empty = sc.run(vit=long, resnet=tiny_resnet, vit_control=None, vit_no_skip=[], n_images=N_IMAGES, batch_size=BATCH, n_draws=1, use_cache=False)
     assert empty.to_record()["no_skip"] == [] and "nothing measured" in sc.no_skip_table([empty])
     assert sc.numbers([empty])["sk_budget"].startswith("not applicable")
+
+
+def test_gram_dtype_reaches_every_cka(vits, tiny_resnet, gram_dtypes):
+    long, control, no_skip = vits
+    sc.run(vit=long, resnet=tiny_resnet, vit_control=control, vit_no_skip=no_skip, n_images=N_IMAGES,
+           batch_size=BATCH, n_draws=1, use_cache=False, gram_dtype="float32")
+    assert gram_dtypes and set(gram_dtypes) == {torch.float32}

@@ -141,3 +141,10 @@ def test_draws_are_cached(tiny_vit, tiny_vit_gap, tiny_resnet, tmp_path, monkeyp
     assert len(list(tmp_path.glob("token_patch_cka-*.pt"))) == 3 and len(list(tmp_path.glob("spatial_probes-*.pt"))) == 4
     assert spatial.run(**{**kw, "vit_seed": tiny_vit}).to_record() == seeded.to_record()
     assert seeded.seed_differences("ViT-CLS", "count") == [0] and seeded.seed_differences("ViT-CLS", "tokens") == [0.0]
+
+
+def test_gram_dtype_reaches_every_cka(tiny_vit, tiny_vit_gap, tiny_resnet, tiny_vit_seed1, gram_dtypes):
+    spatial.run(vit=tiny_vit, vit_gap=tiny_vit_gap, resnet=tiny_resnet, vit_seed=tiny_vit_seed1, vit_gap_seed=None,
+                vit_layer="blocks.1", resnet_layer="layer4.0", token_positions=[(0, 0)], n_draws=1, use_cache=False,
+                gram_dtype="float32", **SIZES)
+    assert gram_dtypes and set(gram_dtypes) == {torch.float32}

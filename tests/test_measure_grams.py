@@ -113,26 +113,30 @@ def test_chapter_grams_keyed_by_everything_they_depend_on(counted, vits, monkeyp
     key = {"data": "d", "seed": 0, "image_size": None, "batch": 8, "n": 16}
     images = DrawImages(lambda: batches, key)
     memo = {}
-    first = data_scale._block_grams(vits["a"], images, "cpu", memo)
-    assert data_scale._block_grams(vits["a"], images, "cpu", memo) is first and len(counted) == 1
-    assert data_scale._block_grams(vits["a"], images, "cpu", {}) is first and len(counted) == 1  # the store
+    first = data_scale._block_grams(vits["a"], images, "cpu", "float64", memo)
+    assert data_scale._block_grams(vits["a"], images, "cpu", "float64", memo) is first and len(counted) == 1
+    assert data_scale._block_grams(vits["a"], images, "cpu", "float64", {}) is first and len(counted) == 1  # the store
     for changed in ({**key, "seed": 1}, {**key, "data": "e"}, {**key, "n": 8}, {**key, "batch": 4},
                     {**key, "image_size": 32}):
-        assert data_scale._block_grams(vits["a"], DrawImages(lambda: batches, changed), "cpu", memo) is not first
+        other_images = DrawImages(lambda: batches, changed)
+        assert data_scale._block_grams(vits["a"], other_images, "cpu", "float64", memo) is not first
     assert len(counted) == 6
-    data_scale._block_grams(vits["b"], images, "cpu", memo)                              # other weights
+    data_scale._block_grams(vits["b"], images, "cpu", "float64", memo)                  # other weights
     assert len(counted) == 7
+    in_float32 = data_scale._block_grams(vits["a"], images, "cpu", "float32", memo)     # other Gram precision
+    assert len(counted) == 8 and in_float32 is not first
+    assert not torch.equal(in_float32[0]["blocks.0"].matrix, first[0]["blocks.0"].matrix)
     key = cache.call_key(measure.block_grams, vits["a"], images, device="cpu")
     previous = getattr(vits["a"], "vitcnn_input", None)
     monkeypatch.setattr(vits["a"], "vitcnn_input", "imagenet", raising=False)             # other preprocessing
     assert cache.call_key(measure.block_grams, vits["a"], images, device="cpu") != key
     monkeypatch.setattr(vits["a"], "vitcnn_input", previous, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
-    data_scale._block_grams(vits["a"], images, "cpu", memo)
-    assert len(counted) == 8
-    monkeypatch.setattr(cache, "code_version", lambda: "other code")
-    data_scale._block_grams(vits["a"], images, "cpu", {})
+    data_scale._block_grams(vits["a"], images, "cpu", "float64", memo)
     assert len(counted) == 9
+    monkeypatch.setattr(cache, "code_version", lambda: "other code")
+    data_scale._block_grams(vits["a"], images, "cpu", "float64", {})
+    assert len(counted) == 10
 
 
 def test_chapter_computes_each_model_once_per_draw_and_reuses_them_in_a_second_run(counted, vits, tiny_resnet):

@@ -41,6 +41,16 @@ def test_cka_heatmaps_ignores_other_chapter_parameters(tmp_path):
     assert params["n_images"] == 16 and "n_draws" not in params
 
 
+def test_cka_heatmaps_takes_the_gram_precision_from_the_file_unless_the_flag_says_otherwise(tmp_path):
+    path = _file(tmp_path, "gram_dtype: float32\n")
+    assert cka_heatmaps._arguments([])[0]["gram_dtype"] == "float64"
+    assert cka_heatmaps._arguments(["-f", path])[0]["gram_dtype"] == "float32"
+    assert cka_heatmaps._arguments(["-f", path, "--gram-dtype", "float64"])[0]["gram_dtype"] == "float64"
+    with pytest.raises(SystemExit) as exc:
+        cka_heatmaps._arguments(["-f", _file(tmp_path, "gram_dtype: half\n")])
+    assert _one_line(exc).endswith("gram_dtype must be one of float64, float32, got 'half'")
+
+
 @pytest.mark.parametrize("text, says", [
     ("- n_images: 16\n", "must be a YAML mapping"),
     ('n_images: "abc"\n', "n_images is a string ('abc') but takes a whole number"),

@@ -50,6 +50,9 @@ def model_heatmaps(models: Mapping[str, torch.nn.Module], batches, layers: Mappi
         layers: ``{name: layers}`` for :class:`~vitcnn_utils.hooks.Capture` (default: ``"default"``).
             One model object under several names (a within-model heatmap, ``{"a": m, "b": m}``) runs once
             per minibatch, with one capture of all its names' layers shared by them.
+        gram_dtype: precision of the Gram products ``x @ xᵀ`` (:class:`~vitcnn_utils.cka.MinibatchCKA`):
+            ``torch.float64`` or ``torch.float32`` (or ``"float64"`` / ``"float32"``); every other function here
+            that takes it passes it on the same way.
         amp_dtype: optional autocast dtype for the forward passes (Grams stay in ``gram_dtype``).
 
     Returns:
@@ -154,12 +157,13 @@ def heatmaps_from_grams(grams: Mapping[str, Sequence[Mapping[str, object]]], dev
 
 
 def block_heatmaps(models: Mapping[str, torch.nn.Module], batches, with_input: bool = True,
-                   device: str | torch.device = "cpu", progress: bool = True) -> Heatmaps:
+                   device: str | torch.device = "cpu", progress: bool = True,
+                   gram_dtype: torch.dtype = torch.float64) -> Heatmaps:
     """:func:`model_heatmaps` restricted to each model's :func:`~vitcnn_utils.hooks.block_layers` (layer 0 =
     embedding / stem when ``with_input``, then the block outputs): ``heatmaps[a, b]`` is ``(blocks of a, blocks
     of b)``."""
     layers = {label: block_layers(model, with_input) for label, model in models.items()}
-    return model_heatmaps(models, batches, layers, device=device, progress=progress)
+    return model_heatmaps(models, batches, layers, device=device, gram_dtype=gram_dtype, progress=progress)
 
 
 def attention_distances(model: torch.nn.Module, batches: Iterable, renormalize: bool = True,
@@ -197,7 +201,8 @@ def attention_distances(model: torch.nn.Module, batches: Iterable, renormalize: 
 
 
 def head_subset_cka(vit: torch.nn.Module, other: torch.nn.Module, batches, other_layers, block: int = 0,
-                    subset_size: int = 1, device: str | torch.device = "cpu") -> dict:
+                    subset_size: int = 1, device: str | torch.device = "cpu",
+                    gram_dtype: torch.dtype = torch.float64) -> dict:
     """CKA between subsets of one ViT block's attention heads and layers of another model (paper Fig 5).
 
     The heads of ``block`` are sorted by mean attention distance (over the same ``batches``); each subset is
@@ -223,7 +228,7 @@ def head_subset_cka(vit: torch.nn.Module, other: torch.nn.Module, batches, other
     subsets = [order[i:i + subset_size] for i in range(heads - subset_size + 1)]
     tap = f"blocks.{block}.attn.proj:in"
     other_layers = resolve_layers(other, other_layers)
-    cka = MinibatchCKA(device=device)
+    cka = MinibatchCKA(gram_dtype=gram_dtype, device=device)
     for captured, _ in forward_passes({"vit": vit, "other": other}, batches, {"vit": tap, "other": other_layers},
                                       device=device):
         out = captured["vit"][tap][:, vit.num_prefix_tokens:]                      # (B, P, heads·head_dim)
@@ -250,7 +255,7 @@ def uniform_distance(model: torch.nn.Module) -> float:
 
 def token_patch_cka(model: torch.nn.Module, batches: Iterable, layer: str, patch_size: int,
                     grid: tuple[int, int], num_prefix_tokens: int = 0,
-                    device: str | torch.device = "cpu") -> torch.Tensor:
+                    device: str | torch.device = "cpu", gram_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """CKA between every grid token of ``layer`` and every input patch.
 
     Args:
@@ -263,7 +268,7 @@ def token_patch_cka(model: torch.nn.Module, batches: Iterable, layer: str, patch
         float64 ``(gh·gw tokens, gh·gw positions)``.
     """
     patch_size, grid = _patch_side(patch_size), _grid(grid)
-    cka = MinibatchCKA(device=device)
+    cka = MinibatchCKA(gram_dtype=gram_dtype, device=device)
     for feats, _ in features(model, batches, [INPUT, layer], device=device):     # INPUT: the images the model saw
         tokens = grid_tokens(feats[layer], grid, num_prefix_tokens)
         cka.update(list(tokens.unbind(1)), list(image_patches(feats[INPUT], patch_size).unbind(1)))

@@ -260,26 +260,27 @@ least recently used out beyond 2 GiB, on the device they were computed on (``dev
 Grams once)."""
 
 
-def _block_grams(model: torch.nn.Module, batches, device, draw_grams: dict) -> list:
+def _block_grams(model: torch.nn.Module, batches, device, gram_dtype: str, draw_grams: dict) -> list:
     """``model``'s :func:`~vitcnn_utils.measure.block_grams` over ``batches`` (a draw's images): from
     ``draw_grams`` (this draw's memo), else :data:`GRAM_STORE`, else computed. The key is the call
     (:func:`~vitcnn_utils.cache.call_key`: the model and its preprocessing, the images, the device, the number of
     threads; the store adds :func:`~vitcnn_utils.cache.code_version`)."""
-    spec = cache.call_key(measure.block_grams, model, batches, device=device)
+    spec = cache.call_key(measure.block_grams, model, batches, device=device, gram_dtype=gram_dtype)
     key = json.dumps(spec, sort_keys=True, default=str)
     if key not in draw_grams:
-        draw_grams[key] = GRAM_STORE.get(spec, lambda: measure.block_grams(model, batches, device=device))
+        draw_grams[key] = GRAM_STORE.get(spec, lambda: measure.block_grams(model, batches, device=device,
+                                                                           gram_dtype=gram_dtype))
     return draw_grams[key]
 
 
 def group_heatmaps(models: dict[str, torch.nn.Module], batches, device: str | torch.device = "cpu",
-                   draw_grams: dict | None = None) -> Heatmaps:
+                   gram_dtype: str = "float64", draw_grams: dict | None = None) -> Heatmaps:
     """The block heatmaps of ``models`` (:func:`~vitcnn_utils.measure.heatmaps_from_grams`, the same bits as
     :func:`~vitcnn_utils.measure.block_heatmaps`), each model's Grams computed once per draw and process
     (:func:`_block_grams`; ``draw_grams``: the draw's memo, shared by the chapter's CKA groups)."""
     memo = {} if draw_grams is None else draw_grams
-    return measure.heatmaps_from_grams({k: _block_grams(m, batches, device, memo) for k, m in models.items()},
-                                       device=device)
+    return measure.heatmaps_from_grams({k: _block_grams(m, batches, device, gram_dtype, memo)
+                                        for k, m in models.items()}, device=device, gram_dtype=gram_dtype)
 
 
 def _steps(model) -> int | None:
@@ -448,7 +449,8 @@ def run(params: Params | None = None, **overrides) -> DataScaleResult:
                           + ([{OTHER: group[OTHER], MATCHED: group[MATCHED], **{k: group[k] for k in p.vit_fractions}}]
                              if OTHER in group else []))
             for g in cka_groups:
-                h = cache.measured(group_heatmaps, g, batches, device=p.device, enabled=p.use_cache,
+                h = cache.measured(group_heatmaps, g, batches, device=p.device, gram_dtype=p.gram_dtype,
+                                   enabled=p.use_cache,
                                    unkeyed={"draw_grams": draw_grams})
                 layers[arch] = h.names[MATCHED if OTHER in g else FULL]
                 refs = ({"resnet": FULL} if arch != "ViT" else {"vit_other_seed": OTHER} if OTHER in g else

@@ -518,7 +518,7 @@ def run(params: Params | None = None, **overrides) -> LocalGlobal:
             d, _ = cache.measured(measure.attention_distances, m, batches, device=p.device, enabled=p.use_cache)
             distances[label].append(_nested(d))
         subsets = cache.measured(measure.head_subset_cka, vits["all data"], res, batches, resnet_low_layers,
-                                 device=p.device, enabled=p.use_cache)
+                                 device=p.device, gram_dtype=p.gram_dtype, enabled=p.use_cache)
         rho.append(attention.rank_correlation(subsets["distance"], subsets["cka"].mean(1)))
         by_head = {heads[0]: i for i, heads in enumerate(subsets["heads"])}          # subsets of one head each
         head_distance.append([subsets["distance"][by_head[h]].item() for h in sorted(by_head)])

@@ -363,7 +363,7 @@ def random_init(arch: dict, init_seed: int, device: str | torch.device = "cpu") 
 
 
 def init_baseline(architectures: Mapping[str, dict | None], init_seeds: Sequence[int], batches,
-                  device: str | torch.device = "cpu", use_cache: bool = True) -> dict:
+                  device: str | torch.device = "cpu", use_cache: bool = True, gram_dtype: str = "float64") -> dict:
     """The F1/F2 numbers (:func:`draw_summary`) of the architectures ``{"ViT": arch, "ResNet": arch}`` at
     random initialisation, one heatmap (default layers, as the chapter's) per init seed on ``batches``.
 
@@ -383,7 +383,8 @@ def init_baseline(architectures: Mapping[str, dict | None], init_seeds: Sequence
         models = {label: random_init(architectures[label], s, device) for label in present}
         with warnings.catch_warnings():      # timm zero-initialises each ResNet branch's last BN: constant layers
             warnings.filterwarnings("ignore", message=r".*constant over all", category=UserWarning)
-            heatmaps = cache.measured(measure.model_heatmaps, models, batches, device=device, enabled=use_cache)
+            heatmaps = cache.measured(measure.model_heatmaps, models, batches, device=device, gram_dtype=gram_dtype,
+                                      enabled=use_cache)
         summary = draw_summary(heatmaps, {label: block_outputs(m) for label, m in models.items()})
         for k, (field, label, _) in INIT_FIELDS.items():
             got = summary.get(field)
@@ -397,7 +398,7 @@ def init_baseline(architectures: Mapping[str, dict | None], init_seeds: Sequence
 
 
 def twin_block_cka(model: torch.nn.Module, twin: torch.nn.Module, batches, device: str | torch.device = "cpu",
-                   use_cache: bool = True) -> tuple[list[str], list[float]]:
+                   use_cache: bool = True, gram_dtype: str = "float64") -> tuple[list[str], list[float]]:
     """CKA of each block output (:func:`~vitcnn_utils.hooks.block_outputs`) of ``model`` with the same block of
     ``twin`` on ``batches``: ``(block names, [CKA per block])``, the diagonal of their cross heatmap.
 
@@ -413,7 +414,7 @@ def twin_block_cka(model: torch.nn.Module, twin: torch.nn.Module, batches, devic
                          f"({', '.join(blocks[:3])}...) against {len(twin_blocks)} ({', '.join(twin_blocks[:3])}...)")
     a, b = sorted((model, twin), key=lambda m: json.dumps(cache.model_key(m), sort_keys=True, default=str))
     heatmaps = cache.measured(measure.model_heatmaps, {"a": a, "b": b}, batches, layers={"a": blocks, "b": blocks},
-                              device=device, enabled=use_cache)
+                              device=device, gram_dtype=gram_dtype, enabled=use_cache)
     return list(blocks), [float(v) for v in torch.diagonal(heatmaps["a", "b"])]
 
 
@@ -440,7 +441,8 @@ def run(params: Params | None = None, **overrides) -> RepresentationStructureRes
     draws, summaries, first_batches = [], [], None
     for draw in all_draws:
         batches = draw.images(p.n_images, p.batch_size)
-        heatmaps = cache.measured(measure.model_heatmaps, models, batches, device=p.device, enabled=p.use_cache)
+        heatmaps = cache.measured(measure.model_heatmaps, models, batches, device=p.device, gram_dtype=p.gram_dtype,
+                                  enabled=p.use_cache)
         if draws and heatmaps.names != draws[0].names:
             raise RuntimeError("the captured layers differ between draws")
         draws.append(heatmaps)
@@ -450,7 +452,8 @@ def run(params: Params | None = None, **overrides) -> RepresentationStructureRes
     baseline = None
     if p.init_seeds:
         architectures = {label: architecture_of(models[label], names_given[label]) for label in MODELS}
-        baseline = {**init_baseline(architectures, p.init_seeds, first_batches, p.device, p.use_cache),
+        baseline = {**init_baseline(architectures, p.init_seeds, first_batches, p.device, p.use_cache,
+                                   p.gram_dtype),
                     "seed": seeds[0], "n_images": draws[0].n_images}
     twins = None
     if p.vit_twin is not None or p.resnet_twin is not None:
@@ -467,7 +470,8 @@ def run(params: Params | None = None, **overrides) -> RepresentationStructureRes
                 twins.setdefault("skipped", {})[label.lower()] = (
                     f"`{twin_name}` is not the same architecture as `{names_given[label]}`")
                 continue
-            blocks, values = twin_block_cka(models[label], twin_model, first_batches, p.device, p.use_cache)
+            blocks, values = twin_block_cka(models[label], twin_model, first_batches, p.device, p.use_cache,
+                                            p.gram_dtype)
             twins[label.lower()] = {"twin": twin_name, "blocks": blocks, "cka": values}
 
     names = draws[0].names

@@ -339,7 +339,7 @@ def run(params: Params | None = None, **overrides) -> SkipConnectionsResult:
         summaries.append(skip_ratio_summary(vr, rr, vit_model.num_prefix_tokens))
 
         heatmaps, acc = cache.measured(measure.heatmaps_with_accuracy, vits, batches, device=p.device,
-                                       enabled=p.use_cache)    # one forward pass for both
+                                       gram_dtype=p.gram_dtype, enabled=p.use_cache)    # one forward pass for both
         names = heatmaps.names[intact_name] if names is None else names
         n_seen = heatmaps.n_images
         within.append({label: heatmaps[label, label].double() for label in vits})

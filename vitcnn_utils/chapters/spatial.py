@@ -309,7 +309,8 @@ def run(params: Params | None = None, **overrides) -> SpatialResult:
             """This draw's token–patch CKA matrix of ``model`` at ``label``'s layer (cached)."""
             g = geometry[label]
             return cache.measured(measure.token_patch_cka, model, batches, layers[label], g["patch_size"],
-                                  g["grid"], g["num_prefix_tokens"], device=p.device, enabled=p.use_cache)
+                                  g["grid"], g["num_prefix_tokens"], device=p.device, gram_dtype=p.gram_dtype,
+                                  enabled=p.use_cache)
 
         def probes(model, only=None):
             """This draw's probes of ``model`` at every block, or at the layers ``only`` (cached)."""

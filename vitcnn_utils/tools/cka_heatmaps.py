@@ -5,8 +5,8 @@
         --amp bf16 --out heatmaps.npz
 
 The parameter file is a chapter's (``vit``, ``resnet``, ``weights``, ``pretrained``, ``data``, ``data_dir``,
-``n_images``, ``batch_size``, ``image_size``, ``seed``, ``device``; the chapters' other parameters are ignored,
-any other name is an error, as is a value of the wrong type); flags override it. ``--out`` gets NumPy's
+``n_images``, ``batch_size``, ``image_size``, ``seed``, ``device``, ``gram_dtype``; the chapters' other parameters
+are ignored, any other name is an error, as is a value of the wrong type); flags override it. ``--out`` gets NumPy's
 ``.npz`` suffix if it lacks it. Under ``torchrun`` every process takes every ``world_size``-th minibatch
 (:func:`vitcnn_utils.data.analysis_batches` with ``shard``), the HSIC sums are all-reduced (NCCL on GPUs, gloo
 on CPUs), and rank 0 writes the heatmaps: the same numbers as one process on the same minibatches. The ``.npz`` holds
@@ -34,7 +34,7 @@ from ..runner import AMP_DTYPES as AMP
 
 DEFAULTS = {"vit": "zoo:vit-cls", "resnet": "zoo:resnet", "weights": {}, "pretrained": False,
             "data": "fashion-mnist", "data_dir": None, "n_images": 2048, "batch_size": 256, "image_size": None,
-            "seed": 0, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+            "seed": 0, "device": "cuda" if torch.cuda.is_available() else "cpu", "gram_dtype": "float64"}
 EXAMPLES = {**DEFAULTS, "data_dir": "/path/to/fashion-mnist", "image_size": 224}   # the type of each (None: unset)
 CHAPTER_ONLY = ("n_draws", "figures_dir", "results_dir", "use_cache")   # if the notebooks are not at hand
 
@@ -47,9 +47,9 @@ def _arguments(argv=None) -> tuple[dict, argparse.Namespace]:
     for key in ("n-images", "batch-size", "image-size", "seed"):
         parser.add_argument(f"--{key}", type=int)
     parser.add_argument("--amp", choices=sorted(AMP), default="none", help="autocast dtype of the forward passes")
-    parser.add_argument("--gram-dtype", choices=sorted(GRAM), default="float64",
-                        help="Gram products X Xᵀ; U-centring and HSIC sums stay float64 (float32 Grams are "
-                             "tested within 1e-6 of float64)")
+    parser.add_argument("--gram-dtype", choices=sorted(GRAM),
+                        help="Gram products X Xᵀ (default: the file's gram_dtype, else float64); U-centring and "
+                             "HSIC sums stay float64 (float32 Grams are tested within 1e-6 of float64)")
     parser.add_argument("--out", default="heatmaps.npz", help="where rank 0 writes the heatmaps")
     args = parser.parse_args(argv)
     params = dict(DEFAULTS)
@@ -86,6 +86,8 @@ def _file_parameters(path: str) -> dict:
             book.parameter_type_error(key, value, EXAMPLES[key])
         if error:
             raise SystemExit(f"{path}: {error}")
+    if own.get("gram_dtype", "float64") not in GRAM:
+        raise SystemExit(f"{path}: gram_dtype must be one of {', '.join(GRAM)}, got {own['gram_dtype']!r}")
     return own
 
 
@@ -133,8 +135,8 @@ def main(argv=None) -> dict:
         batches = data.analysis_batches(params["data"], params["n_images"], params["batch_size"], params["seed"],
                                         params["data_dir"], params["image_size"], shard=(rank, world))
         start = time.perf_counter()
-        heatmaps, low, high = _heatmaps_and_interval(models, batches, device, GRAM[args.gram_dtype], AMP[args.amp],
-                                                     progress=rank == 0)
+        heatmaps, low, high = _heatmaps_and_interval(models, batches, device, GRAM[params["gram_dtype"]],
+                                                     AMP[args.amp], progress=rank == 0)
         seconds = time.perf_counter() - start
         if torch.distributed.is_initialized():   # one collective on every backend (NCCL too, at any world size)
             nccl = torch.distributed.get_backend() == "nccl"
