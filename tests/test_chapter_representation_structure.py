@@ -213,3 +213,5 @@ def test_gram_dtype_reaches_every_cka_and_moves_results_only_within_float32_prec
     torch.testing.assert_close(in32.cross, in64.cross, rtol=0, atol=1e-6, equal_nan=True)
     with pytest.raises(ValueError, match="gram_dtype must be one of 'float64', 'float32', got 'half'"):
         rs.run(**kw, gram_dtype="half")
+    with pytest.raises(ValueError, match=r"gram_dtype must be one of 'float64', 'float32', got \['float32'\]"):
+        rs.run(**kw, gram_dtype=["float32"])

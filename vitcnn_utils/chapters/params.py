@@ -61,7 +61,7 @@ class ChapterParams:
     def __post_init__(self):
         if isinstance(self.n_draws, bool) or not isinstance(self.n_draws, int) or self.n_draws < 1:
             raise ValueError(f"n_draws must be a whole number of at least 1, got {self.n_draws!r}")
-        if self.gram_dtype not in GRAM_DTYPES:
+        if not isinstance(self.gram_dtype, str) or self.gram_dtype not in GRAM_DTYPES:
             raise ValueError(f"gram_dtype must be one of {', '.join(map(repr, GRAM_DTYPES))}, got {self.gram_dtype!r}")
 
     @classmethod
