@@ -15,9 +15,7 @@ import importlib
 import pstats
 import time
 
-from vitcnn_utils.tools.book import CHAPTERS, READS_RESULTS
-
-MEASURING = [c for c in CHAPTERS if c not in READS_RESULTS]      # the book's chapters that run models
+from vitcnn_utils.tools.book import MEASURING
 
 
 def _name(func: tuple[str, int, str]) -> str:

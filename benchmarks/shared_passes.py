@@ -23,9 +23,7 @@ from collections import defaultdict
 
 from vitcnn_utils import hooks
 from vitcnn_utils.cache import _tensor_bytes, model_fingerprint
-from vitcnn_utils.tools.book import CHAPTERS, READS_RESULTS
-
-MEASURING = [c for c in CHAPTERS if c not in READS_RESULTS]      # the book's chapters that run models
+from vitcnn_utils.tools.book import MEASURING
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from vitcnn_utils.tools import book
 from vitcnn_utils.models import load_named
 
 PAPER = book.ROOT / "params" / "paper"
-CHAPTERS = [c for c in book.CHAPTERS if c not in book.READS_RESULTS]
+CHAPTERS = book.MEASURING
 LAYER_KEYS = {"vit": ["vit_layer", "vit_erf_layers"], "resnet": ["resnet_layer", "resnet_low_layers", "resnet_erf_layers"]}
 
 

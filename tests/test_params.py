@@ -10,7 +10,7 @@ from vitcnn_utils.chapters.params import BOOK_FIELDS, ChapterParams
 from vitcnn_utils.tools import book
 
 ROOT = Path(__file__).resolve().parents[1]
-MEASURING = [c for c in book.CHAPTERS if c not in book.READS_RESULTS]
+MEASURING = book.MEASURING
 
 
 def plain(value):

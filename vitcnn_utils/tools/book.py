@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (book/, notebooks/,
 PACKAGE = Path(__file__).resolve().parents[1]  # vitcnn_utils/
 CHAPTERS = ["representation_structure", "local_global", "skip_connections", "spatial", "data_scale", "conclusion"]
 READS_RESULTS = {"conclusion"}   # chapters that judge the numbers the others recorded (see vitcnn_utils.findings)
+MEASURING = [c for c in CHAPTERS if c not in READS_RESULTS]      # the chapters that run models, in book order
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
 LONGEST_FIRST = ["data_scale", "spatial", "representation_structure", "skip_connections", "local_global"]
 # (by the chapters' times in the last measured cold build, d97b1d5 in docs/benchmarks.md: 10:52, 8:37, 7:50, 5:43, 2:32)
