@@ -26,8 +26,9 @@ data:
 test: $(VENV)/.installed data
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
+# BOOK_ARGS: more arguments for the book tool, e.g. BOOK_ARGS="-f params.yaml" (a parameter file for every chapter)
 book: $(VENV)/.installed data
-	$(PY) -m vitcnn_utils.tools.book
+	$(PY) -m vitcnn_utils.tools.book $(BOOK_ARGS)
 
 zoo: $(VENV)/.installed data
 	$(PY) -m vitcnn_utils.zoo
